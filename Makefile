@@ -1,0 +1,44 @@
+# multitag: every target builds .venv from requirements.lock first when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-from-lock
+export KERAS_HOME ?= $(CURDIR)/.keras
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: install demo test lock prefect-up prefect-down bench clean
+
+install: $(STAMP)
+
+# The stamp is older than the lock when the lock changed: reinstall exactly the pinned set.
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==0.13.8
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+demo: install
+	$(BIN)/multitag demo
+
+test: install
+	bash scripts/install_test_browser.sh
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+prefect-up: install
+	bash scripts/prefect_up.sh
+
+prefect-down:
+	bash scripts/prefect_down.sh
+
+bench: install
+	$(BIN)/python bench/preprocess.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,112 @@
+"""The `multitag` command line: thin Typer commands over the library's stage functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from multitag.config import ParamsError, load_params
+from multitag.layout import Layout
+
+app = typer.Typer(help="multitag: multi-label image classification pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Download, validate, preprocess and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameters file.")
+
+
+def _params(path: Path, overrides: dict | None = None):
+    try:
+        return load_params(path, overrides)
+    except ParamsError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]{type(err).__name__}: {err}[/red]")
+    raise typer.Exit(1)
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="Dataset name, e.g. voc2007."),
+    raw_dir: Path = typer.Option(Path("data/raw"), help="Where archives are kept and extracted."),
+    base_url: Optional[str] = typer.Option(None, help="Mirror to download from instead of the official host."),
+) -> None:
+    """Download (resumable, checksum-verified) and extract a known dataset."""
+    from multitag.download import download_dataset
+
+    try:
+        root = download_dataset(name, raw_dir, base_url)
+    except (ValueError, OSError) as err:
+        _fail(err)
+    console.print(f"[green]{name} ready at {root}[/green]; set data.source and data.path in params.yaml to use it.")
+
+
+@data_app.command("validate")
+def data_validate(params_path: Path = ParamsOption) -> None:
+    """Validate the configured dataset; bad items go to the quarantine table."""
+    from multitag.sources import DatasetLayoutError
+    from multitag.stages import validate_stage
+    from multitag.validation import ValidationFailed
+
+    params = _params(params_path)
+    try:
+        paths = validate_stage(params)
+    except (DatasetLayoutError, ValidationFailed, ValueError) as err:
+        _fail(err)
+    report = json.loads(paths["report_json"].read_text())
+    console.print(
+        f"[green]{report['images_valid']} valid[/green], {report['images_quarantined']} quarantined "
+        f"({', '.join(f'{k}: {v}' for k, v in report['quarantine_reasons'].items()) or 'none'}). Report: {paths['report_md']}"
+    )
+
+
+@data_app.command("preprocess")
+def data_preprocess(params_path: Path = ParamsOption) -> None:
+    """Split and write uint8 arrays per split to data/processed/."""
+    from multitag.stages import preprocess_stage
+
+    params = _params(params_path)
+    try:
+        summary = preprocess_stage(params)
+    except (FileNotFoundError, RuntimeError) as err:
+        _fail(err)
+    console.print(f"[green]Wrote {summary['splits']} images at {summary['image_size']}px[/green] to {Layout().processed}")
+
+
+@data_app.command("describe")
+def data_describe(params_path: Path = ParamsOption) -> None:
+    """Show per-class counts per split and the quarantine table of the last validation."""
+    layout = Layout()
+    report_path = layout.validated / "report.json"
+    if not report_path.exists():
+        _fail(FileNotFoundError(f"{report_path} not found: run `multitag data validate` first"))
+    report = json.loads(report_path.read_text())
+    splits = sorted({s for counts in report["per_class_counts"].values() for s in counts})
+    table = Table(title=f"{report['images_valid']} valid images, {report['images_quarantined']} quarantined")
+    for column in ["class", *splits]:
+        table.add_column(column)
+    for name, counts in report["per_class_counts"].items():
+        table.add_row(name, *(str(counts.get(s, 0)) for s in splits))
+    Console().print(table)
+    import pandas as pd
+
+    quarantine = pd.read_parquet(layout.validated / "quarantine.parquet")
+    if len(quarantine):
+        Console().print(quarantine[["image_id", "reason", "detail"]].to_string(index=False))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The manifest: one table that every stage after ingestion reads.
+
+Columns (DESIGN.md): image_id, path, sha256, width, height, labels (list of class names),
+split, source. Readers fill what the annotations say (id, path, labels, split, source);
+the validation stage opens each file once and fills sha256, width and height.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source"]
+SPLITS = ("train", "val", "test")
+UNSPLIT = ""  # the source gave no split for this image: preprocessing assigns one
+
+
+@dataclass
+class Record:
+    """One image as a source reader sees it; sha256/width/height are filled by validation."""
+
+    image_id: str
+    path: str
+    labels: list[str]
+    split: str = UNSPLIT
+    source: str = ""
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    problems: list[str] = field(default_factory=list)  # reader-level problems, e.g. unknown class
+
+
+@dataclass
+class SourceData:
+    """What a reader returns: the records and the ordered class list they are labelled with."""
+
+    records: list[Record]
+    classes: list[str]
+
+
+def to_frame(records: Iterable[Record]) -> pd.DataFrame:
+    """Records to a manifest DataFrame with the contract's columns, in order."""
+    rows = [{k: v for k, v in asdict(r).items() if k != "problems"} for r in records]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    return frame.astype({"width": "int64", "height": "int64"})
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    """Write the manifest as parquet (labels stay a list column)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame[COLUMNS].to_parquet(path, index=False)
+    return path
+
+
+def read(path: Path) -> pd.DataFrame:
+    """Read a manifest written by `write`, with labels as Python lists of str."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"manifest {path} not found: run `multitag data validate` first")
+    frame = pd.read_parquet(path)
+    frame["labels"] = frame["labels"].map(lambda xs: [str(x) for x in xs])
+    return frame
+
+
+def apply_class_subset(data: SourceData, classes: list[str] | None, drop_unlabeled: bool) -> SourceData:
+    """Keep only `classes` (in the given order); optionally drop images left with no label.
+
+    Unknown names in `classes` are an error, since a typo would silently train on nothing.
+    """
+    if classes is None:
+        return data
+    unknown = sorted(set(classes) - set(data.classes))
+    if unknown:
+        raise ValueError(
+            f"data.classes names {unknown}, which the dataset does not have; "
+            f"its classes are: {', '.join(data.classes)}"
+        )
+    keep = set(classes)
+    kept: list[Record] = []
+    for record in data.records:
+        filtered = [label for label in record.labels if label in keep or label not in data.classes]
+        if drop_unlabeled and not [label for label in filtered if label in keep] and not record.problems:
+            continue
+        record.labels = filtered
+        kept.append(record)
+    return SourceData(kept, list(classes))
+
+
+def write_classes(classes: list[str], path: Path) -> Path:
+    """classes.json: the ordered class list that columns of every label matrix follow."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(classes, indent=1) + "\n")
+    return path
+
+
+def read_classes(path: Path) -> list[str]:
+    return json.loads(Path(path).read_text())
+
+
+def label_matrix(labels: Iterable[list[str]], classes: list[str]):
+    """Multi-hot uint8 matrix (N, C) in `classes` order; labels outside `classes` are ignored."""
+    import numpy as np
+
+    index = {name: i for i, name in enumerate(classes)}
+    rows = list(labels)
+    matrix = np.zeros((len(rows), len(classes)), dtype=np.uint8)
+    for row, names in enumerate(rows):
+        for name in names:
+            if name in index:
+                matrix[row, index[name]] = 1
+    return matrix

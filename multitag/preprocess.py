@@ -1,0 +1,83 @@
+"""Preprocessing stage: decode and resize every valid image into uint8 `.npy` arrays per split.
+
+Rows are streamed into memory-mapped files by worker processes, each writing its own rows, so
+memory stays flat whatever the number of images, and nothing is ever held as float32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from multitag import manifest, splits
+from multitag.config import PreprocessParams
+from multitag.images import ImageError, decode_file
+from multitag.manifest import SPLITS
+from multitag.parallel import chunks, run_chunks
+
+ROWS_PER_TASK = 32
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One batch of rows for a worker: where to read the images and which rows to fill."""
+
+    x_path: str
+    rows: Sequence[tuple[int, str]]
+    size: int
+    mode: str
+
+
+def preprocess(manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path) -> dict:
+    """Split the validated manifest and write `<split>_x.npy`, `<split>_y.npy`, classes and manifest."""
+    frame = manifest.read(manifest_path)
+    classes = manifest.read_classes(classes_path)
+    frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, splits.read_frozen_test(frozen_test_path))
+    splits.write_frozen_test(frame, frozen_test_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
+    for split in SPLITS:
+        rows = frame[frame["split"] == split].reset_index(drop=True)
+        write_split(rows, classes, out_dir, split, params)
+        summary["splits"][split] = len(rows)
+    manifest.write(frame, out_dir / "manifest.parquet")
+    manifest.write_classes(classes, out_dir / "classes.json")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def write_split(rows: pd.DataFrame, classes: list[str], out_dir: Path, split: str, params: PreprocessParams) -> None:
+    """Allocate the memmap, let workers fill it in place, then write the label matrix."""
+    x_path = out_dir / f"{split}_x.npy"
+    shape = (len(rows), params.image_size, params.image_size, 3)
+    np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+    jobs = [_Job(str(x_path), batch, params.image_size, params.resize) for batch in chunks(list(enumerate(rows["path"])), ROWS_PER_TASK)]
+    run_chunks(_fill_rows, jobs, len(rows), min(params.workers, os.cpu_count() or 1), f"Preprocessing {split}")
+    np.save(out_dir / f"{split}_y.npy", manifest.label_matrix(rows["labels"], classes))
+
+
+def _fill_rows(job: _Job) -> int:
+    """Worker: decode this job's images straight into their rows of the shared memmap."""
+    array = np.load(job.x_path, mmap_mode="r+")
+    for row, path in job.rows:
+        try:
+            array[row] = decode_file(path, job.size, job.mode)  # type: ignore[arg-type]
+        except (ImageError, OSError) as err:
+            raise RuntimeError(f"{path} passed validation but cannot be preprocessed ({err}); re-run `multitag data validate`") from err
+    array.flush()
+    del array
+    return len(job.rows)
+
+
+def load_split(processed_dir: Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(x uint8 (N,H,W,3), y uint8 (N,C)) of one split; x memory-mapped by default."""
+    x_path = processed_dir / f"{split}_x.npy"
+    if not x_path.exists():
+        raise FileNotFoundError(f"{x_path} not found: run `multitag data preprocess` (or `dvc repro preprocess`) first")
+    return np.load(x_path, mmap_mode="r" if mmap else None), np.load(processed_dir / f"{split}_y.npy")

@@ -1,0 +1,45 @@
+"""Dataset readers: each turns one on-disk layout into manifest records and a class list.
+
+`read_source` picks the reader from `data.source`; a wrong path names the path and the layout
+that reader looked for, so the user knows what to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from multitag.config import DataParams
+from multitag.manifest import SourceData, apply_class_subset
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The dataset path does not hold the layout the chosen reader expects."""
+
+
+def require(path: Path, what: str, layouts: str) -> Path:
+    """Return `path` if it exists, else raise an error naming it and the layouts looked for."""
+    if not path.exists():
+        raise DatasetLayoutError(
+            f"{path} not found ({what}). Looked for: {layouts}. "
+            "Check data.path / data.source in params.yaml, or run `multitag data download`."
+        )
+    return path
+
+
+def _readers() -> dict[str, Callable[[Path, DataParams], SourceData]]:
+    from multitag.sources import coco, csv_folder, voc
+
+    return {
+        "voc": voc.read,
+        "coco": coco.read_instances_json,
+        "yolo": coco.read_yolo,
+        "csv": csv_folder.read,
+        "synthetic": csv_folder.read_synthetic,
+    }
+
+
+def read_source(params: DataParams) -> SourceData:
+    """Read the configured dataset and apply the class subset, if any."""
+    data = _readers()[params.source](Path(params.path), params)
+    return apply_class_subset(data, params.classes, params.drop_unlabeled)

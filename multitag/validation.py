@@ -1,0 +1,221 @@
+"""Validation stage: inspect every image, check the manifest with a Great Expectations suite,
+quarantine bad items with one reason each, and write a human-readable report.
+
+The stage fails only when the quarantined fraction exceeds `validate.max_invalid_fraction`;
+below that, bad items are set aside (never silently dropped) and the rest flows on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from multitag import manifest
+from multitag.config import ValidateParams
+from multitag.images import ImageError, inspect
+from multitag.manifest import SPLITS, Record, SourceData
+from multitag.parallel import map_with_progress
+
+QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]
+
+
+class ValidationFailed(RuntimeError):
+    """Too much of the dataset is bad to train on; the message summarises why."""
+
+
+@dataclass
+class ValidationResult:
+    manifest: pd.DataFrame
+    quarantine: pd.DataFrame
+    classes: list[str]
+    report: dict
+
+
+def inspect_path(path: str, max_pixels: int, min_side: int) -> tuple[str, int, int, str, str]:
+    """(sha256, width, height, reason, detail) for one file; reason is '' when it is fine."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "", 0, 0, "missing_file", f"{path} does not exist"
+    except OSError as err:
+        return "", 0, 0, "unreadable_file", str(err)
+    try:
+        info = inspect(data, max_pixels, min_side)
+    except ImageError as err:
+        return "", 0, 0, err.reason, err.detail
+    return info.sha256, info.width, info.height, "", ""
+
+
+def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> ValidationResult:
+    """Check every record; return the clean manifest, the quarantine table and a report."""
+    inspect_one = partial(inspect_path, max_pixels=params.max_pixels, min_side=params.min_side)
+    inspected = map_with_progress(inspect_one, [r.path for r in data.records], workers, "Validating images")
+    reasons: dict[int, tuple[str, str]] = {}
+    for index, (record, (sha, width, height, reason, detail)) in enumerate(zip(data.records, inspected)):
+        record.sha256, record.width, record.height = sha, width, height
+        if record.problems:
+            code, _, text = record.problems[0].partition(": ")
+            reasons[index] = (code, text)
+        elif reason:
+            reasons[index] = (reason, detail)
+    _flag_duplicates(data.records, reasons)
+    frame = manifest.to_frame(data.records)
+    suite_results = _run_suite(frame, data.classes, params, reasons)
+    clean, quarantine = _split_off_quarantine(frame, reasons)
+    report = build_report(clean, quarantine, data.classes, suite_results)
+    if report["invalid_fraction"] > params.max_invalid_fraction:
+        raise ValidationFailed(_failure_summary(report, params.max_invalid_fraction))
+    return ValidationResult(clean, quarantine, data.classes, report)
+
+
+def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]]) -> None:
+    """Keep the first of each id and of each content hash; a copy that would leak into training
+    from the test split is quarantined instead of the test copy."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].split != "test", i))
+    seen_ids: dict[str, int] = {}
+    seen_hashes: dict[str, int] = {}
+    for index in order:
+        if index in reasons:
+            continue
+        record = records[index]
+        if record.image_id in seen_ids:
+            reasons[index] = ("duplicate_id", f"id {record.image_id} already used by {records[seen_ids[record.image_id]].path}")
+            continue
+        seen_ids[record.image_id] = index
+        first = seen_hashes.setdefault(record.sha256, index)
+        if first != index:
+            other = records[first]
+            code = "duplicate_content_across_splits" if other.split != record.split else "duplicate_content"
+            reasons[index] = (code, f"same bytes as {other.image_id} ({other.split or 'unsplit'} split)")
+
+
+def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, reasons: dict[int, tuple[str, str]]) -> list[dict]:
+    """Run the manifest suite with row-level results; failing rows get the expectation's reason."""
+    import great_expectations as gx  # slow import (~4 s): only this stage pays for it
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    known = set(classes)
+    checked = frame.assign(
+        row=range(len(frame)),
+        n_labels=frame["labels"].map(len),
+        unknown_labels=frame["labels"].map(lambda xs: "|".join(x for x in xs if x not in known)),
+    )
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas("multitag").add_dataframe_asset("manifest")
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": checked})
+    result = batch.validate(
+        manifest_suite(gx, params),
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]},
+    )
+    summary = []
+    for item in result.results:
+        reason = item.expectation_config.meta["reason"]
+        rows = [hit["row"] for hit in item.result.get("unexpected_index_list") or []]
+        for row in rows:
+            reasons.setdefault(int(row), (reason, _detail(reason, checked.iloc[int(row)], params)))
+        summary.append({"expectation": item.expectation_config.type, "reason": reason, "success": bool(item.success), "failing_rows": len(rows)})
+    return summary
+
+
+def manifest_suite(gx, params: ValidateParams):
+    """The manifest's data contract, built in code; each expectation names its quarantine reason."""
+    expectations = gx.expectations
+    suite = gx.ExpectationSuite(name="manifest")
+    suite.add_expectation(expectations.ExpectColumnValuesToNotBeNull(column="image_id", meta={"reason": "missing_id"}))
+    suite.add_expectation(expectations.ExpectColumnValuesToBeInSet(column="unknown_labels", value_set=[""], meta={"reason": "unknown_class"}))
+    suite.add_expectation(expectations.ExpectColumnValuesToBeBetween(column="n_labels", min_value=params.min_labels, meta={"reason": "no_labels"}))
+    suite.add_expectation(expectations.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, ""], meta={"reason": "unknown_split"}))
+    suite.add_expectation(expectations.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", meta={"reason": "not_inspected"}))
+    return suite
+
+
+def _detail(reason: str, row: pd.Series, params: ValidateParams) -> str:
+    if reason == "unknown_class":
+        return f"labels not in the class list: {row['unknown_labels'].replace('|', ', ')}"
+    if reason == "no_labels":
+        return f"{row['n_labels']} labels, at least {params.min_labels} required"
+    if reason == "unknown_split":
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
+    return reason
+
+
+def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    bad = sorted(reasons)
+    quarantine = frame.iloc[bad][["image_id", "path", "split", "source", "labels"]].copy()
+    quarantine["reason"] = [reasons[i][0] for i in bad]
+    quarantine["detail"] = [reasons[i][1] for i in bad]
+    clean = frame.drop(frame.index[bad]).reset_index(drop=True)
+    return clean, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
+
+
+def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[str], suite: list[dict]) -> dict:
+    """Counts a person reads before training: per-class images per split, and why items were set aside."""
+    total = len(clean) + len(quarantine)
+    per_class = {
+        name: {split or "unsplit": int(group["labels"].map(lambda xs: name in xs).sum()) for split, group in clean.groupby("split")}
+        for name in classes
+    }
+    return {
+        "images_total": total,
+        "images_valid": len(clean),
+        "images_quarantined": len(quarantine),
+        "invalid_fraction": (len(quarantine) / total) if total else 0.0,
+        "images_per_split": {k or "unsplit": int(v) for k, v in clean["split"].value_counts().items()},
+        "quarantine_reasons": dict(Counter(quarantine["reason"])),
+        "per_class_counts": per_class,
+        "classes_without_images": [name for name, counts in per_class.items() if sum(counts.values()) == 0],
+        "expectations": suite,
+    }
+
+
+def _failure_summary(report: dict, limit: float) -> str:
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report["quarantine_reasons"].items(), key=lambda kv: -kv[1]))
+    return (
+        f"{report['images_quarantined']} of {report['images_total']} images ({report['invalid_fraction']:.1%}) are invalid, "
+        f"above validate.max_invalid_fraction={limit:.1%}. Reasons: {reasons}. "
+        "See the quarantine table (multitag data describe), fix the data or raise the limit in params.yaml."
+    )
+
+
+def write_outputs(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
+    """manifest.parquet, quarantine.parquet, classes.json, report.json and report.md in out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "manifest": manifest.write(result.manifest, out_dir / "manifest.parquet"),
+        "classes": manifest.write_classes(result.classes, out_dir / "classes.json"),
+        "report_json": out_dir / "report.json",
+        "report_md": out_dir / "report.md",
+        "quarantine": out_dir / "quarantine.parquet",
+    }
+    result.quarantine.to_parquet(paths["quarantine"], index=False)
+    paths["report_json"].write_text(json.dumps(result.report, indent=2) + "\n")
+    paths["report_md"].write_text(report_markdown(result.report, result.quarantine))
+    return paths
+
+
+def report_markdown(report: dict, quarantine: pd.DataFrame) -> str:
+    splits = sorted({s for counts in report["per_class_counts"].values() for s in counts})
+    lines = [
+        "# Data validation report",
+        "",
+        f"- images: {report['images_total']}, valid: {report['images_valid']}, quarantined: {report['images_quarantined']} "
+        f"({report['invalid_fraction']:.1%})",
+        f"- images per split: {report['images_per_split']}",
+        "",
+        "## Images per class and split",
+        "",
+        "| class | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    lines += [f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in splits) + " |" for name, c in report["per_class_counts"].items()]
+    lines += ["", "## Quarantine", "", "| image_id | reason | detail |", "|---|---|---|"]
+    lines += [f"| {r.image_id} | {r.reason} | {r.detail} |" for r in quarantine.itertuples()]
+    lines += ["", "## Expectations", "", "| expectation | reason | success | failing rows |", "|---|---|---|---|"]
+    lines += [f"| {e['expectation']} | {e['reason']} | {e['success']} | {e['failing_rows']} |" for e in report["expectations"]]
+    return "\n".join(lines) + "\n"
