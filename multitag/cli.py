@@ -104,6 +104,69 @@ def data_describe(params_path: Path = ParamsOption) -> None:
         Console().print(quarantine[["image_id", "reason", "detail"]].to_string(index=False))
 
 
+@app.command("train")
+def train(
+    arch: list[str] = typer.Option([], "--arch", help="Architecture(s) to train; default: train.architectures."),
+    params_path: Path = ParamsOption,
+    init_model: Optional[Path] = typer.Option(None, help="A saved model.keras to warm-start from."),
+) -> None:
+    """Train architectures on data/processed (each in its own process when several)."""
+    from multitag.stages import train_in_subprocess, train_stage
+
+    params = _params(params_path)
+    names = arch or params.train.architectures
+    try:
+        if len(names) == 1:
+            result = train_stage(params, names[0], init_model=init_model)
+            console.print(f"[green]{names[0]}[/green]: best val mAP {result['best_val_mAP']:.4f} in {result['train_seconds']:.0f}s")
+        else:
+            for name in names:
+                train_in_subprocess(name, params_path, init_model=init_model)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+
+
+@app.command("evaluate")
+def evaluate(
+    model_uri: Optional[str] = typer.Argument(None, help="An MLflow model URI; default: evaluate every trained architecture."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Score models on the frozen test split (thresholds tuned on validation)."""
+    params = _params(params_path)
+    try:
+        if model_uri is None:
+            from multitag.stages import evaluate_stage
+
+            summary = evaluate_stage(params)
+            Console().print((Layout().metrics / "comparison.md").read_text())
+            console.print(f"MLflow parent run {summary['parent_run_id']}")
+        else:
+            from multitag.stages import evaluate_uri
+
+            Console().print_json(data=evaluate_uri(model_uri, params))
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+
+
+@app.command("predict")
+def predict(
+    model_uri: str = typer.Argument(..., help="MLflow model URI, e.g. models:/multitag@champion."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+) -> None:
+    """Print each image's predicted labels and every class probability."""
+    from multitag.predictor import Predictor
+
+    predictor = Predictor.from_uri(model_uri)
+    for path in images:
+        try:
+            result = predictor.predict_bytes([path.read_bytes()])[0]
+        except (OSError, ValueError) as err:
+            console.print(f"[red]{path}: {err}[/red]")
+            continue
+        probabilities = ", ".join(f"{c}={p:.3f}" for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]))
+        Console().print(f"{path}: [bold]{', '.join(result.labels) or '(no label)'}[/bold]  ({probabilities})")
+
+
 def main() -> None:
     app()
 

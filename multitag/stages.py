@@ -30,3 +30,101 @@ def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
         params.preprocess,
         layout.frozen_test,
     )
+
+
+def train_stage(params: Params, architecture: str, layout: Layout = Layout(), init_model: Path | None = None) -> dict:
+    """Train one architecture on the processed arrays; writes models/<arch>/."""
+    from dataclasses import asdict
+
+    from multitag.train import train_architecture
+
+    result = train_architecture(architecture, layout.processed, layout.models / architecture, params.train, init_model)
+    return asdict(result)
+
+
+def train_in_subprocess(architecture: str, params_path: Path, root: Path = Path("."), init_model: Path | None = None) -> Path:
+    """Train in a fresh process so TensorFlow's memory goes back to the OS when it ends."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "multitag.cli", "train", "--arch", architecture, "--params", str(params_path)]
+    if init_model is not None:
+        command += ["--init-model", str(init_model)]
+    subprocess.run(command, cwd=root, check=True)
+    return Layout(root).models / architecture
+
+
+def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "pipeline", extra_tags: dict[str, str] | None = None) -> dict:
+    """Score every trained architecture on the frozen test split and log them to MLflow.
+
+    Writes metrics/evaluation.json (DVC metrics), metrics/comparison.md, metrics/curves/*.csv
+    (DVC plots) and metrics/candidates.json (run ids and model URIs for the gate).
+    """
+    import json
+
+    import keras
+    import numpy as np
+
+    from multitag import tracking
+    from multitag.evaluate import comparison_markdown, comparison_row, evaluate_model
+    from multitag.manifest import read_classes
+    from multitag.preprocess import load_split
+    from multitag.train import MODEL_FILE, load_served_model
+    from multitag.versioning import dvc_dir_hash, git_commit
+
+    classes = read_classes(layout.processed / "classes.json")
+    tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
+    example = np.asarray(load_split(layout.processed, "test")[0][:16])
+    rows, candidates = [], []
+    with tracking.pipeline_run(run_name, tags) as parent:
+        for architecture in params.train.architectures:
+            model_dir = layout.models / architecture
+            if not (model_dir / MODEL_FILE).exists():
+                raise FileNotFoundError(f"{model_dir / MODEL_FILE} not found: run `multitag train --arch {architecture}` first")
+            train_info = json.loads((model_dir / "train_info.json").read_text())
+            history = json.loads((model_dir / "history.json").read_text())
+            model = load_served_model(model_dir)
+            evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate.latency_runs)
+            run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
+            rows.append(comparison_row(evaluation, train_info))
+            candidates.append({"architecture": architecture, "run_id": run_id, "model_uri": model_uri, **rows[-1]})
+            _write_curves(history, layout.metrics / "curves" / f"{architecture}.csv")
+            keras.backend.clear_session()
+        table = comparison_markdown(rows)
+        import mlflow
+
+        mlflow.log_text(table, "comparison.md")
+        mlflow.log_dict(rows, "comparison.json")
+        parent_id = parent.info.run_id
+    tracking.write_json(layout.metrics / "evaluation.json", {row["architecture"]: row for row in rows})
+    (layout.metrics / "comparison.md").write_text(table)
+    summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
+    tracking.write_json(layout.metrics / "candidates.json", summary)
+    return summary
+
+
+def _write_curves(history: dict[str, list[float]], path: Path) -> None:
+    """Per-epoch curves as CSV for `dvc plots show` (one row per epoch across both phases)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    losses = history.get("head_loss", []) + history.get("fine_tune_loss", [])
+    val_map = history.get("head_val_mAP", []) + history.get("fine_tune_val_mAP", [])
+    lines = ["epoch,loss,val_mAP"] + [f"{i},{loss:.6f},{m:.6f}" for i, (loss, m) in enumerate(zip(losses, val_map))]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> dict:
+    """Score one logged model on the current frozen test split with its stored thresholds."""
+    import numpy as np
+
+    from multitag import metrics
+    from multitag.evaluate import predict
+    from multitag.predictor import Predictor
+    from multitag.preprocess import load_split
+
+    predictor = Predictor.from_uri(model_uri)
+    x_test, y_test = load_split(layout.processed, "test")
+    if x_test.shape[1] != predictor.input_size:
+        raise ValueError(f"{model_uri} expects {predictor.input_size}px images but data/processed holds {x_test.shape[1]}px; set preprocess.image_size")
+    scores = predict(predictor.model, x_test)
+    result = metrics.compute_metrics(np.asarray(y_test), scores, predictor.thresholds, predictor.classes)
+    return {"model_uri": model_uri, **{k: v for k, v in result.items() if k != "per_class"}}

@@ -1,0 +1,135 @@
+"""Architectures behind one registry keyed by name, and the head every one of them shares.
+
+A model is `inputs (0-255 float) -> backbone's own preprocessing -> backbone -> pooled features
+-> head -> logits`; the served model appends a sigmoid, so training uses the numerically stable
+from-logits loss while users get probabilities. Normalisation lives in the graph, never on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import keras
+from keras import layers
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build a backbone and normalise its input; `pretrained` backbones get two phases."""
+
+    build: Callable[..., keras.Model]
+    normalise: Callable[[keras.KerasTensor], keras.KerasTensor]
+    pretrained: bool
+
+
+def _scale(offset: float, scale: float) -> Callable:
+    return lambda x: layers.Rescaling(scale, offset, name="normalise")(x)
+
+
+@keras.saving.register_keras_serializable(package="multitag")
+class ReverseChannels(layers.Layer):
+    """RGB -> BGR; a named layer (not a Lambda) so saved models load without unsafe code."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=-1)
+
+
+def _caffe(x):
+    """ResNet50's caffe-style input: BGR channel order, ImageNet means subtracted."""
+    bgr = ReverseChannels(name="rgb_to_bgr")(x)
+    return layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0], name="normalise")(bgr)
+
+
+def _application(constructor: Callable) -> Callable[..., keras.Model]:
+    def build(input_size: int, weights: str | None) -> keras.Model:
+        return constructor(include_top=False, weights=weights, input_shape=(input_size, input_size, 3), pooling=None)
+
+    return build
+
+
+def _small_cnn(input_size: int, weights: str | None) -> keras.Model:
+    """A compact residual CNN trained from scratch: fast on CPU, enough for the shapes demo."""
+    inputs = keras.Input((input_size, input_size, 3))
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(inputs)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
+    for filters in (32, 64, 128, 192):
+        shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False)(x)
+        y = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        y = layers.ReLU()(layers.BatchNormalization()(y))
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        x = layers.ReLU()(layers.Add()([layers.BatchNormalization()(y), shortcut]))
+    model = keras.Model(inputs, x, name="small_cnn")
+    if weights:
+        model.load_weights(weights)
+    return model
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "mobilenetv2": Architecture(_application(keras.applications.MobileNetV2), _scale(-1.0, 1 / 127.5), True),
+    "efficientnetb0": Architecture(_application(keras.applications.EfficientNetB0), lambda x: x, True),  # rescales inside
+    "resnet50": Architecture(_application(keras.applications.ResNet50), _caffe, True),
+    "small_cnn": Architecture(_small_cnn, _scale(0.0, 1 / 255.0), False),
+}
+
+
+def architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def resolve_weights(name: str, weights: str | None) -> str | None:
+    """'imagenet', None, or a file path; a path that does not exist is a clear error, not a download."""
+    if weights in (None, "imagenet") or not architecture(name).pretrained:
+        return weights
+    from pathlib import Path
+
+    if not Path(weights).exists():
+        raise FileNotFoundError(f"train.weights.{name} = {weights} does not exist; use imagenet, null or a weights file")
+    return weights
+
+
+def build_feature_extractor(name: str, input_size: int, weights: str | None) -> keras.Model:
+    """Images (0-255) -> pooled feature vectors: the frozen part that phase 1 runs only once."""
+    arch = architecture(name)
+    backbone = arch.build(input_size, None if weights not in (None, "imagenet") else weights)
+    if weights not in (None, "imagenet"):
+        backbone.load_weights(weights, skip_mismatch=True)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    features = layers.GlobalAveragePooling2D(name="pool")(backbone(arch.normalise(inputs)))
+    return keras.Model(inputs, features, name=f"{name}_features")
+
+
+def build_head(feature_dim: int, n_classes: int, dense_units: list[int], dropout: float) -> keras.Model:
+    """Pooled features -> per-class logits, with optional dense layers and dropout."""
+    inputs = keras.Input((feature_dim,), name="features")
+    x = inputs
+    for units in dense_units:
+        x = layers.Dropout(dropout)(x)
+        x = layers.Dense(units, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    logits = layers.Dense(n_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="head")
+
+
+def assemble(feature_extractor: keras.Model, head: keras.Model) -> keras.Model:
+    """The whole trainable network: images -> logits."""
+    inputs = keras.Input(feature_extractor.input_shape[1:], name="image")
+    return keras.Model(inputs, head(feature_extractor(inputs)), name="multitag_logits")
+
+
+def with_sigmoid(logits_model: keras.Model) -> keras.Model:
+    """The served model: the same graph with a sigmoid on top, so it outputs probabilities."""
+    inputs = keras.Input(logits_model.input_shape[1:], name="image")
+    probabilities = layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits_model(inputs))
+    return keras.Model(inputs, probabilities, name="multitag")
+
+
+def unfreeze_top(feature_extractor: keras.Model, n_layers: int) -> None:
+    """Make the top `n_layers` of the backbone trainable; BatchNorm stays frozen (inference mode)."""
+    backbone = next(layer for layer in feature_extractor.layers if isinstance(layer, keras.Model))
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        in_top = index >= len(backbone.layers) - n_layers
+        layer.trainable = in_top and not isinstance(layer, layers.BatchNormalization)

@@ -1,0 +1,72 @@
+"""A loaded model plus its contract (classes, thresholds, input size): bytes in, labels out.
+
+The CLI, the evaluation gate's smoke test and the API all predict through this class, so every
+consumer decodes images exactly as preprocessing did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from multitag.images import DEFAULT_MAX_PIXELS, decode
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    probabilities: dict[str, float]
+    image_sha256: str
+
+
+@dataclass
+class Predictor:
+    model: object
+    classes: list[str]
+    thresholds: np.ndarray
+    input_size: int
+    resize: str = "stretch"
+    uri: str = ""
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_uri(cls, model_uri: str) -> "Predictor":
+        """Load any MLflow model URI logged by multitag; the URI alone is enough."""
+        from multitag.tracking import configure, load_model
+
+        configure()
+        model, meta = load_model(model_uri)
+        if "classes" not in meta:
+            raise ValueError(f"{model_uri} has no multitag metadata (classes, thresholds): was it logged by multitag?")
+        return cls(
+            model=model,
+            classes=list(meta["classes"]),
+            thresholds=np.asarray(meta["thresholds"], dtype="float64"),
+            input_size=int(meta["input_size"]),
+            resize=meta.get("preprocessing", {}).get("resize", "stretch"),
+            uri=model_uri,
+            info=meta,
+        )
+
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        return decode(data, self.input_size, self.resize, max_pixels)  # type: ignore[arg-type]
+
+    def predict_arrays(self, images: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 -> (N, C) probabilities, one model call for the whole batch."""
+        return np.asarray(self.model.predict_on_batch(images.astype("float32")), dtype="float64")
+
+    def predict_bytes(self, payloads: list[bytes]) -> list[Prediction]:
+        """Decode and predict a batch of encoded images (ImageError for an unusable one)."""
+        batch = np.stack([self.decode(data) for data in payloads])
+        scores = self.predict_arrays(batch)
+        return [self._prediction(row, hashlib.sha256(data).hexdigest()) for row, data in zip(scores, payloads)]
+
+    def _prediction(self, scores: np.ndarray, sha: str) -> Prediction:
+        chosen = [c for c, s, t in zip(self.classes, scores, self.thresholds) if s >= t]
+        return Prediction(chosen, {c: float(s) for c, s in zip(self.classes, scores)}, sha)
+
+    def warm_up(self) -> None:
+        """One prediction so the first user request does not pay for graph tracing."""
+        self.predict_arrays(np.zeros((1, self.input_size, self.input_size, 3), dtype=np.uint8))

@@ -1,0 +1,140 @@
+"""MLflow tracking: one parent run per pipeline run, a nested run per architecture, and the
+model logged with everything needed to serve it from its URI alone.
+
+Defaults to the embedded backend (`sqlite:///mlflow.db`, artefacts in `mlartifacts/`);
+`MLFLOW_TRACKING_URI` points the same code at a tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import numpy as np
+
+from multitag import metrics, plots
+from multitag.evaluate import Evaluation
+
+EXPERIMENT = "multitag"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def configure(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the configured backend and make sure the experiment exists."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    if mlflow.get_experiment_by_name(experiment) is None:
+        artifacts = None if uri.startswith("http") else Path("mlartifacts").resolve().as_uri()
+        mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+@contextmanager
+def pipeline_run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """The parent run of one pipeline run; nested architecture runs hang under it."""
+    configure()
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        yield run
+
+
+def model_metadata(evaluation: Evaluation, input_size: int, resize: str) -> dict:
+    """What a server needs besides the weights: classes, thresholds, input contract."""
+    return {
+        "architecture": evaluation.architecture,
+        "classes": evaluation.classes,
+        "thresholds": evaluation.thresholds,
+        "input_size": input_size,
+        "preprocessing": {
+            "input": "RGB pixels 0-255 as float32, shape (N, input_size, input_size, 3)",
+            "resize": resize,
+            "decode": "multitag.images.decode (EXIF orientation applied, any mode to RGB)",
+            "normalisation": "inside the model graph",
+        },
+    }
+
+
+def log_candidate(
+    model,
+    evaluation: Evaluation,
+    train_info: dict,
+    history: dict[str, list[float]],
+    example: np.ndarray,
+    resize: str,
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """Nested run for one architecture: params, curves, metrics, plots and the model. Returns
+    (run_id, model_uri)."""
+    with mlflow.start_run(run_name=evaluation.architecture, nested=True, tags={**tags, "architecture": evaluation.architecture}) as run:
+        mlflow.log_params({k: v for k, v in train_info.items() if k not in ("classes", "model_path")})
+        for key, values in history.items():
+            for step, value in enumerate(values):
+                mlflow.log_metric(key, value, step=step)
+        for split, result in (("val", evaluation.val), ("test", evaluation.test)):
+            mlflow.log_metrics(metrics.flat_metrics(result["tuned"], f"{split}_"))
+            mlflow.log_metrics(metrics.flat_metrics(result["at_0.5"], f"{split}_at05_"))
+        mlflow.log_metrics({"latency_ms_p50": evaluation.latency_ms_p50, "size_mb": evaluation.size_mb})
+        _log_plots(evaluation, history, example)
+        model_uri = _log_keras_model(model, example[:1].astype("float32"), model_metadata(evaluation, int(example.shape[1]), resize))
+        mlflow.log_dict({"test": evaluation.test, "val": evaluation.val}, "evaluation.json")
+        return run.info.run_id, model_uri.format(run_id=run.info.run_id)
+
+
+def _log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
+    """Save the MLflow Keras model locally, then upload it under the run's `model/` path.
+
+    `mlflow.keras.log_model` with an input example fails in MLflow 3.17 (it writes the example
+    before creating the model folder); saving into an existing folder avoids that. The result is
+    an ordinary `runs:/<run_id>/model` URI that loads and registers like any other.
+    """
+    from mlflow.models import infer_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        path.mkdir()
+        mlflow.keras.save_model(
+            model,
+            str(path),
+            signature=infer_signature(batch, model.predict_on_batch(batch)),
+            input_example=batch,
+            metadata=metadata,
+        )
+        mlflow.log_artifacts(str(path), "model")
+    return "runs:/{run_id}/model"
+
+
+def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example: np.ndarray) -> None:
+    tuned = evaluation.test["tuned"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        plots.training_curves(history, folder / "training_curves.png")
+        plots.per_class_ap_bar({name: c["ap"] for name, c in tuned["per_class"].items()}, folder / "per_class_ap.png")
+        plots.precision_recall_curves(evaluation.y_test, evaluation.scores_test, evaluation.classes, folder / "precision_recall.png")
+        plots.confusion_counts(tuned["per_class"], folder / "confusion_counts.png")
+        count = min(16, len(example))
+        plots.prediction_grid(
+            example[:count], evaluation.y_test[:count], evaluation.scores_test[:count],
+            np.asarray(evaluation.thresholds), evaluation.classes, folder / "predictions.png",
+        )
+        mlflow.log_artifacts(str(folder), "plots")
+
+
+def load_model(model_uri: str):
+    """A served model and its metadata from any MLflow model URI (runs:/, models:/, m-...)."""
+    import multitag.models  # noqa: F401  registers custom layers before deserialising
+
+    model = mlflow.keras.load_model(model_uri)
+    meta = mlflow.models.get_model_info(model_uri).metadata or {}
+    return model, meta
+
+
+def write_json(path: Path, payload: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    return path

@@ -1,0 +1,217 @@
+"""Two-phase training of one architecture on the processed arrays.
+
+Phase 1 runs the frozen backbone once per image and fits the head on those cached features
+(epochs cost milliseconds instead of a backbone pass each). Phase 2 unfreezes the top of the
+backbone and fine-tunes end to end with augmentation, a lower learning rate and early stopping
+on validation mAP. `small_cnn` has no pretrained backbone and trains end to end from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from multitag import manifest, models
+from multitag.config import TrainParams
+from multitag.metrics import average_precision_per_class
+from multitag.preprocess import load_split
+
+MODEL_FILE = "model.keras"
+
+
+@dataclass
+class TrainResult:
+    architecture: str
+    model_path: str
+    input_size: int
+    classes: list[str]
+    weights: str | None
+    train_seconds: float
+    feature_seconds: float
+    head_seconds: float
+    fine_tune_seconds: float
+    best_val_mAP: float
+    parameters: int
+
+
+def configure_runtime(seed: int) -> bool:
+    """Seed everything; deterministic ops on CPU, mixed precision + XLA on a GPU. Returns has_gpu."""
+    keras.utils.set_random_seed(seed)
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if has_gpu:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        tf.config.experimental.enable_op_determinism()
+    return has_gpu
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches read from the uint8 memmap on demand (shuffled per epoch), as float32 0-255."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.shuffle = x, y.astype("float32"), batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.x[rows].astype("float32"), self.y[rows]
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.x))
+
+
+class ValidationMAP(keras.callbacks.Callback):
+    """Adds `val_mAP` to the epoch logs so early stopping and checkpoints follow the real goal."""
+
+    def __init__(self, inputs, y_val: np.ndarray, batch_size: int):
+        super().__init__()
+        self.inputs, self.y_val, self.batch_size = inputs, y_val, batch_size
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        scores = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
+        if logs is not None:
+            logs["val_mAP"] = float(np.nanmean(average_precision_per_class(self.y_val, scores)))
+
+
+def positive_weights(y: np.ndarray, cap: float = 20.0) -> np.ndarray:
+    """neg/pos per class, capped: rare classes count more without one class dominating the loss."""
+    positives = y.sum(axis=0).astype("float64")
+    negatives = len(y) - positives
+    return np.clip(negatives / np.maximum(positives, 1.0), 1.0, cap).astype("float32")
+
+
+def make_loss(kind: str, pos_weight: np.ndarray):
+    """From-logits multi-label loss: plain, positive-weighted BCE, or asymmetric (ASL)."""
+    weight = tf.constant(pos_weight if kind == "positive_weights" else np.ones_like(pos_weight))
+
+    def weighted_bce(y_true, logits):
+        logits = tf.cast(logits, tf.float32)
+        per_class = tf.nn.weighted_cross_entropy_with_logits(tf.cast(y_true, tf.float32), logits, weight)
+        return tf.reduce_mean(per_class, axis=-1)
+
+    def asymmetric(y_true, logits, gamma_neg: float = 4.0, clip: float = 0.05):
+        y_true = tf.cast(y_true, tf.float32)
+        logits = tf.cast(logits, tf.float32)
+        p = tf.sigmoid(logits)
+        p_neg = tf.maximum(p - clip, 0.0)
+        loss_pos = y_true * tf.math.log_sigmoid(logits)
+        loss_neg = (1 - y_true) * tf.pow(p_neg, gamma_neg) * tf.math.log(tf.clip_by_value(1 - p_neg, 1e-8, 1.0))
+        return -tf.reduce_mean(loss_pos + loss_neg, axis=-1)
+
+    return asymmetric if kind == "asymmetric" else weighted_bce
+
+
+def augmentation(seed: int) -> keras.Sequential:
+    """Flips, crops (zoom + shift) and colour jitter; active only while training."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomZoom((-0.15, 0.0), fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomTranslation(0.08, 0.08, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed + 3),
+            keras.layers.RandomContrast(0.15, seed=seed + 4),
+        ],
+        name="augment",
+    )
+
+
+def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """One pass of the frozen backbone over every image: the cache phase 1 trains on."""
+    return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
+
+
+def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str):
+    """Compile with a cosine schedule and fit with val-mAP early stopping; append to `history`."""
+    if epochs <= 0:
+        return
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile="auto")
+    callbacks = [
+        ValidationMAP(val_inputs, y_val, params.batch_size),
+        keras.callbacks.EarlyStopping("val_mAP", mode="max", patience=params.patience, restore_best_weights=True),
+    ]
+    fit_kwargs = {"batch_size": params.batch_size} if isinstance(data[0], np.ndarray) else {}
+    result = model.fit(*data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=True, **fit_kwargs)
+    for key, values in result.history.items():
+        history.setdefault(f"{phase}_{key}", []).extend(float(v) for v in values)
+
+
+def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: TrainParams, init_model: Path | None = None) -> TrainResult:
+    """Train one architecture and save the served (sigmoid) model with its history."""
+    configure_runtime(params.seed)
+    x_train, y_train = load_split(processed_dir, "train")
+    x_val, y_val = load_split(processed_dir, "val")
+    classes = manifest.read_classes(processed_dir / "classes.json")
+    size = int(x_train.shape[1])
+    weights = models.resolve_weights(name, params.weights.get(name))
+    arch = models.architecture(name)
+    loss = make_loss(params.class_weighting, positive_weights(y_train))
+    history: dict[str, list[float]] = {}
+    timings = {"feature": 0.0, "head": 0.0, "fine_tune": 0.0}
+    started = time.perf_counter()
+
+    extractor = models.build_feature_extractor(name, size, weights)
+    head = models.build_head(int(extractor.output_shape[-1]), len(classes), params.dense_units, params.dropout)
+    logits_model = models.assemble(extractor, head)
+    if init_model is not None:
+        logits_model.set_weights(_logits_weights(init_model))
+    steps = len(ImageBatches(x_train, y_train, params.batch_size, True, 0))
+    train_batches = ImageBatches(x_train, y_train, params.batch_size, True, params.seed)
+    val_batches = ImageBatches(x_val, y_val, params.batch_size, False, 0)
+
+    if arch.pretrained and init_model is None:
+        extractor.trainable = False
+        t0 = time.perf_counter()
+        f_train, f_val = extract_features(extractor, x_train, params.batch_size), extract_features(extractor, x_val, params.batch_size)
+        timings["feature"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head")
+        timings["head"] = time.perf_counter() - t0
+        models.unfreeze_top(extractor, params.fine_tune_layers)
+    fine_tune_epochs = params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
+    learning_rate = params.fine_tune_learning_rate if arch.pretrained else params.head_learning_rate
+    trainer = _trainer(logits_model, augmentation(params.seed) if params.augment else None)
+    t0 = time.perf_counter()
+    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune")
+    timings["fine_tune"] = time.perf_counter() - t0
+
+    served = models.with_sigmoid(logits_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    served.save(out_dir / MODEL_FILE)
+    val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
+    result = TrainResult(
+        name, str(out_dir / MODEL_FILE), size, classes, weights, time.perf_counter() - started,
+        timings["feature"], timings["head"], timings["fine_tune"], float(np.nanmax(val_history)), int(served.count_params()),
+    )
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    return result
+
+
+def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Model:
+    """A wrapper that is compiled and fitted instead of `network` itself, so the saved model
+    carries no optimizer, loss or augmentation: only what serving needs."""
+    inputs = keras.Input(network.input_shape[1:])
+    return keras.Model(inputs, network(augment(inputs) if augment is not None else inputs))
+
+
+def _logits_weights(init_model: Path) -> list[np.ndarray]:
+    """Weights of a saved served model minus its (weightless) sigmoid: a warm start."""
+    served = keras.models.load_model(init_model, compile=False)
+    return served.get_weights()
+
+
+def load_served_model(model_dir: Path) -> keras.Model:
+    return keras.models.load_model(model_dir / MODEL_FILE, compile=False)
