@@ -88,7 +88,7 @@ class EvaluateParams(_Strict):
 class GateParams(_Strict):
     min_mAP: float = Field(0.5, ge=0, le=1)
     min_macro_f1: float = Field(0.4, ge=0, le=1)
-    min_improvement: float = 0.0
+    min_improvement: float = 0.005
     max_class_regression: float = Field(0.1, ge=0)
     smoke_latency_ms: float = Field(2000, gt=0)
     register_failed_as_challenger: bool = True

@@ -128,3 +128,73 @@ def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> d
     scores = predict(predictor.model, x_test)
     result = metrics.compute_metrics(np.asarray(y_test), scores, predictor.thresholds, predictor.classes)
     return {"model_uri": model_uri, **{k: v for k, v in result.items() if k != "per_class"}}
+
+
+def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
+    """Pick the best candidate by validation score and judge it against the champion.
+
+    Selection uses validation, never test, so the gate's test comparison stays unbiased.
+    Writes reports/gate.json and reports/gate.md.
+    """
+    import json
+
+    from multitag import gate, registry
+    from multitag.tracking import write_json
+
+    summary = json.loads((layout.metrics / "candidates.json").read_text())
+    key = f"val_{params.evaluate.primary_metric}" if params.evaluate.primary_metric == "mAP" else "val_mAP"
+    best = max(summary["candidates"], key=lambda c: c[key] if c[key] is not None else -1.0)
+    champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
+    champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
+    verdict = gate.judge(best["model_uri"], champion_uri, champion.version if champion else None, params.gate, params.evaluate.primary_metric, layout)
+    result = {"selected": best["architecture"], "verdict": gate.as_dict(verdict), "tags": verdict.tags()}
+    write_json(layout.reports / "gate.json", result)
+    (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict, None))
+    return result
+
+
+def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[str, str] | None = None) -> dict:
+    """Register every evaluated candidate; move aliases for the gated one by its verdict.
+
+    Writes reports/registration.json (the version numbers, the verdict, the champion now).
+    """
+    import json
+
+    from multitag import registry
+    from multitag.tracking import write_json
+
+    summary = json.loads((layout.metrics / "candidates.json").read_text())
+    gate_result = json.loads((layout.reports / "gate.json").read_text())
+    name = params.registry.model_name
+    versions, selected_version = {}, None
+    for candidate in summary["candidates"]:
+        selected = candidate["architecture"] == gate_result["selected"]
+        tags = {
+            "architecture": candidate["architecture"],
+            "data_hash": summary["data_hash"],
+            "git_commit": summary["git_commit"],
+            "run_id": candidate["run_id"],
+            "parent_run_id": summary["parent_run_id"],
+            **{k: candidate[k] for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
+            **(gate_result["tags"] if selected else {"gate_verdict": "not_selected", "gate_reasons": f"lower validation score than {gate_result['selected']}"}),
+            **(extra_tags or {}),
+        }
+        versions[candidate["architecture"]] = registry.register(candidate["model_uri"], name, tags)
+        selected_version = versions[candidate["architecture"]] if selected else selected_version
+    passed = gate_result["verdict"]["passed"]
+    if passed:
+        registry.promote(name, selected_version)
+    elif params.gate.register_failed_as_challenger:
+        registry.mark_challenger(name, selected_version)
+    champion = registry.alias_version(name, registry.CHAMPION)
+    result = {
+        "model_name": name,
+        "versions": versions,
+        "selected": gate_result["selected"],
+        "selected_version": selected_version,
+        "verdict": "passed" if passed else "failed",
+        "reasons": gate_result["verdict"]["reasons"],
+        "champion_version": champion.version if champion else None,
+    }
+    write_json(layout.reports / "registration.json", result)
+    return result
