@@ -15,7 +15,9 @@ from multitag.layout import Layout
 
 app = typer.Typer(help="multitag: multi-label image classification pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Download, validate, preprocess and describe datasets.", no_args_is_help=True)
+registry_app = typer.Typer(help="Inspect and move the model registry's aliases.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
 console = Console(stderr=True)
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameters file.")
@@ -48,6 +50,16 @@ def data_download(
     except (ValueError, OSError) as err:
         _fail(err)
     console.print(f"[green]{name} ready at {root}[/green]; set data.source and data.path in params.yaml to use it.")
+
+
+@data_app.command("synthesize")
+def data_synthesize(params_path: Path = ParamsOption) -> None:
+    """Generate the synthetic shapes dataset (data.synthetic) into data/raw/synthetic."""
+    from multitag.sources import synthetic
+
+    settings = _params(params_path).data.synthetic
+    root = synthetic.generate(Path("data/raw/synthetic"), settings.n_images, settings.image_size, settings.seed)
+    console.print(f"[green]{settings.n_images} synthetic images in {root}[/green]")
 
 
 @data_app.command("validate")
@@ -165,6 +177,67 @@ def predict(
             continue
         probabilities = ", ".join(f"{c}={p:.3f}" for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]))
         Console().print(f"{path}: [bold]{', '.join(result.labels) or '(no label)'}[/bold]  ({probabilities})")
+
+
+@app.command("gate")
+def gate(params_path: Path = ParamsOption) -> None:
+    """Judge the best candidate against the champion; writes reports/gate.md."""
+    from multitag.stages import gate_stage
+
+    try:
+        result = gate_stage(_params(params_path))
+    except FileNotFoundError as err:
+        _fail(err)
+    Console().print((Layout().reports / "gate.md").read_text())
+    console.print(f"selected {result['selected']}: {'PASSED' if result['verdict']['passed'] else 'FAILED'}")
+
+
+@app.command("register")
+def register(params_path: Path = ParamsOption) -> None:
+    """Register every candidate and move aliases by the gate's verdict."""
+    from multitag.stages import register_stage
+
+    try:
+        result = register_stage(_params(params_path))
+    except FileNotFoundError as err:
+        _fail(err)
+    console.print(f"registered {result['versions']}; verdict {result['verdict']}; champion is version {result['champion_version']}")
+
+
+@registry_app.command("list")
+def registry_list(params_path: Path = ParamsOption) -> None:
+    """Every version with its aliases, architecture, test mAP and gate verdict."""
+    from multitag import registry
+
+    name = _params(params_path).registry.model_name
+    table = Table(title=f"registered model {name}")
+    for column in ("version", "aliases", "architecture", "test_mAP", "verdict", "data_hash"):
+        table.add_column(column)
+    for v in registry.list_versions(name):
+        table.add_row(v.version, ", ".join(v.aliases), v.tags.get("architecture", ""), v.tags.get("test_mAP", ""), v.tags.get("gate_verdict", ""), v.tags.get("data_hash", "")[:12])
+    Console().print(table)
+
+
+@registry_app.command("promote")
+def registry_promote(version: str, params_path: Path = ParamsOption) -> None:
+    """Make VERSION the champion (the former one becomes previous-champion)."""
+    from multitag import registry
+
+    name = _params(params_path).registry.model_name
+    former = registry.promote(name, version)
+    console.print(f"[green]champion is now version {version}[/green]" + (f" (previous-champion: {former.version})" if former else ""))
+
+
+@registry_app.command("rollback")
+def registry_rollback(params_path: Path = ParamsOption) -> None:
+    """Move champion back to previous-champion in one step."""
+    from multitag import registry
+
+    try:
+        old, new = registry.rollback(_params(params_path).registry.model_name)
+    except ValueError as err:
+        _fail(err)
+    console.print(f"[green]rolled back: champion {old} -> {new}[/green]")
 
 
 def main() -> None:
