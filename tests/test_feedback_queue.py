@@ -1,0 +1,330 @@
+"""Code tests of the feedback queue: merge semantics, concurrency, leases, crash recovery, imports."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from multitag.feedback import FeedbackQueue, image_extension
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_png(number: int) -> bytes:
+    """Distinct bytes per number that the queue stores as png (the queue never decodes pixels)."""
+    return PNG_MAGIC + number.to_bytes(8, "big")
+
+
+def make_queue(tmp_path: Path, lease_seconds: float = 3600) -> FeedbackQueue:
+    return FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", lease_seconds=lease_seconds)
+
+
+def add_many(db_path: Path, images_dir: Path, numbers: list[int]) -> list[tuple[int, int, bool]]:
+    """(number, id, merged) per add; module level so that spawned processes can run it."""
+    queue = FeedbackQueue(db_path, images_dir)
+    results = [queue.add(fake_png(n), ["cat", f"n{n % 7}"]) for n in numbers]
+    return [(n, result.id, result.merged) for n, result in zip(numbers, results)]
+
+
+def concurrent_jobs() -> list[int]:
+    """1,000 distinct images plus 100 deliberate repeats (every tenth image again), shuffled."""
+    jobs = list(range(1000)) + list(range(0, 1000, 10))
+    random.Random(0).shuffle(jobs)
+    return jobs
+
+
+def check_none_lost_none_doubled(queue: FeedbackQueue, results: list[tuple[int, int, bool]]) -> None:
+    assert len(results) == 1100
+    assert queue.stats()["pending"] == 1000
+    id_of: dict[int, set[int]] = {}
+    for number, item_id, _ in results:
+        id_of.setdefault(number, set()).add(item_id)
+    assert all(len(ids) == 1 for ids in id_of.values()), "a repeated image got a second item"
+    assert len({next(iter(ids)) for ids in id_of.values()}) == 1000
+    assert sum(merged for _, _, merged in results) == 100
+
+
+# -- adding and merging -------------------------------------------------------------------------
+
+
+def test_add_stores_the_image_content_addressed(tmp_path):
+    queue = make_queue(tmp_path)
+    data = fake_png(1)
+    result = queue.add(data, ["dog"], model_version="3", note="was cat")
+    sha = hashlib.sha256(data).hexdigest()
+    assert result.image_sha256 == sha and not result.merged
+    path = queue.image_path(sha)
+    assert path == tmp_path / "images" / sha[:2] / f"{sha}.png"
+    assert path.read_bytes() == data
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    (item,) = queue.list_items()
+    assert item.to_dict() | {"received_at": 0, "updated_at": 0} == {
+        "id": result.id, "image_sha256": sha, "labels": ["dog"], "model_version": "3", "note": "was cat",
+        "received_at": 0, "state": "pending", "claimed_by": None, "lease_expires_at": None,
+        "consumed_by": None, "reason": None, "updated_at": 0,
+    }
+
+
+def test_same_image_and_label_set_is_merged_while_open(tmp_path):
+    queue = make_queue(tmp_path)
+    first = queue.add(fake_png(1), ["dog", "cat"])
+    again = queue.add(fake_png(1), [" cat", "dog", "dog", ""])
+    other_labels = queue.add(fake_png(1), ["cat"])
+    assert again.id == first.id and again.merged
+    assert other_labels.id != first.id and not other_labels.merged
+    assert queue.list_items(limit=10)[-1].labels == ("cat", "dog")
+
+    queue.claim("run-1")
+    assert queue.add(fake_png(1), ["cat", "dog"]).id == first.id, "claimed items still merge"
+    queue.ack("run-1", [first.id])
+    after_consumed = queue.add(fake_png(1), ["cat", "dog"])
+    assert after_consumed.id != first.id and not after_consumed.merged
+
+
+def test_add_by_sha_needs_a_stored_image(tmp_path):
+    queue = make_queue(tmp_path)
+    with pytest.raises(KeyError, match="store_image"):
+        queue.add_by_sha("ab" * 32, ["dog"])
+    with pytest.raises(ValueError, match="sha256"):
+        queue.add_by_sha("../../etc/passwd", ["dog"])
+    sha = queue.store_image(b"\xff\xd8\xff\xe0jpeg bytes")
+    assert queue.image_path(sha).suffix == ".jpg"
+    result = queue.add_by_sha(sha.upper(), ["dog"])
+    assert result.image_sha256 == sha and queue.pending_count() == 1
+
+
+def test_labels_must_be_a_list_not_a_string(tmp_path):
+    with pytest.raises(TypeError, match="list of class names"):
+        make_queue(tmp_path).add(fake_png(1), "dog")
+
+
+@pytest.mark.parametrize(
+    "data, ext",
+    [(b"\xff\xd8\xff\xdb", "jpg"), (fake_png(0), "png"), (b"RIFF\0\0\0\0WEBPVP8 ", "webp"),
+     (b"BM\0\0", "bmp"), (b"GIF89a", "gif"), (b"RIFF\0\0\0\0WAVE", "bin"), (b"", "bin")],
+)
+def test_extension_comes_from_magic_bytes(data, ext):
+    assert image_extension(data) == ext
+
+
+# -- concurrent writers ---------------------------------------------------------------------------
+
+
+def test_concurrent_threads_lose_nothing_and_double_nothing(tmp_path):
+    queue = make_queue(tmp_path)
+    jobs = concurrent_jobs()
+    with ThreadPoolExecutor(8) as pool:
+        chunks = pool.map(lambda part: add_many(queue.db_path, queue.images_dir, part), [jobs[i::8] for i in range(8)])
+        results = [row for chunk in chunks for row in chunk]
+    check_none_lost_none_doubled(queue, results)
+
+
+def test_concurrent_processes_lose_nothing_and_double_nothing(tmp_path):
+    queue = make_queue(tmp_path)
+    jobs = concurrent_jobs()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pending = pool.starmap_async(add_many, [(queue.db_path, queue.images_dir, jobs[i::4]) for i in range(4)])
+        results = [row for chunk in pending.get(timeout=60) for row in chunk]
+    check_none_lost_none_doubled(queue, results)
+
+
+def test_concurrent_claimers_get_disjoint_sets_covering_all(tmp_path):
+    queue = make_queue(tmp_path)
+    ids = {queue.add(fake_png(n), ["cat"]).id for n in range(200)}
+    start = threading.Barrier(4)
+
+    def claim_until_empty(run_id: str) -> list[int]:
+        start.wait()
+        claimed: list[int] = []
+        while batch := queue.claim(run_id, limit=7):
+            assert all(item.claimed_by == run_id and item.state == "claimed" for item in batch)
+            claimed += [item.id for item in batch]
+        return claimed
+
+    with ThreadPoolExecutor(4) as pool:
+        per_run = list(pool.map(claim_until_empty, [f"run-{i}" for i in range(4)]))
+    everything = [item_id for claimed in per_run for item_id in claimed]
+    assert len(everything) == len(set(everything)) == 200
+    assert set(everything) == ids
+    assert queue.stats()["claimed"] == 200
+
+
+# -- leases, ack, release ---------------------------------------------------------------------------
+
+
+def test_expired_leases_return_to_pending(tmp_path):
+    hasty = make_queue(tmp_path, lease_seconds=0.2)
+    patient = make_queue(tmp_path)  # the same queue, claiming with an hour's lease: no timing race
+    for n in range(5):
+        hasty.add(fake_png(n), ["cat"])
+    assert [item.id for item in hasty.claim("run-1", limit=3)] == [1, 2, 3]
+    assert [item.id for item in patient.claim("run-2")] == [4, 5]
+    time.sleep(0.3)
+    assert hasty.release_expired() == 3, "only the expired leases go back"
+    assert hasty.stats()["pending"] == 3 and hasty.stats()["claimed"] == 2
+
+    hasty.claim("run-1", limit=2)
+    time.sleep(0.3)
+    retaken = patient.claim("run-3")
+    assert [item.id for item in retaken] == [1, 2, 3], "claim first returns expired leases"
+    assert hasty.ack("run-1", [1, 2]) == 0, "a run whose lease was taken over cannot ack"
+
+
+def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
+    queue = make_queue(tmp_path)
+    for n in range(10):
+        queue.add(fake_png(n), ["cat"])
+    script = textwrap.dedent(f"""
+        import sys, time
+        from multitag.feedback import FeedbackQueue
+        items = FeedbackQueue({str(queue.db_path)!r}, {str(queue.images_dir)!r}, lease_seconds=0.5).claim("doomed")
+        print(len(items), flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "10"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+    assert child.returncode == -signal.SIGKILL
+    stats = queue.stats()
+    assert stats["claimed"] == 10 and stats["pending"] == 0
+    leftovers = queue.list_items()
+    assert all(item.claimed_by == "doomed" for item in leftovers)
+    time.sleep(max(0.0, max(item.lease_expires_at for item in leftovers) - time.time()) + 0.05)
+    assert sorted(item.id for item in queue.claim("survivor")) == list(range(1, 11))
+
+
+def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
+    queue = make_queue(tmp_path)
+    for n in range(6):
+        queue.add(fake_png(n), ["cat"])
+    mine = [item.id for item in queue.claim("run-a", limit=3)]
+    theirs = [item.id for item in queue.claim("run-b", limit=2)]
+    assert queue.ack("run-a", mine[:2] + theirs + [6, 999]) == 2
+    consumed = queue.list_items("consumed")
+    assert sorted(item.id for item in consumed) == mine[:2]
+    assert all(item.consumed_by == "run-a" and item.lease_expires_at is None for item in consumed)
+    assert queue.stats() | {"pending_labels": None} == {
+        "pending": 1, "claimed": 3, "consumed": 2, "rejected": 0, "total": 6, "pending_labels": None}
+
+    assert queue.release("run-a") == 1
+    assert queue.release("run-b") == 2
+    assert queue.pending_count() == 4 and queue.stats()["claimed"] == 0
+    assert all(item.claimed_by is None for item in queue.list_items("pending"))
+
+
+# -- curation -------------------------------------------------------------------------------------
+
+
+def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(tmp_path):
+    queue = make_queue(tmp_path)
+    leaked = queue.add(fake_png(1), ["cat"])
+    leaked_claimed = queue.add(fake_png(2), ["dog"])
+    clean = queue.add(fake_png(3), ["cat"])
+    queue.claim("run-1", limit=2)
+    assert queue.reject_leaked({leaked.image_sha256, leaked_claimed.image_sha256.upper(), "f" * 64}) == [
+        leaked.id, leaked_claimed.id]
+    rejected = queue.list_items("rejected")
+    assert {item.reason for item in rejected} == {"leakage"}
+    assert all(item.claimed_by is None for item in rejected)
+    assert queue.ack("run-1", [leaked.id]) == 0, "a leaked item cannot be consumed"
+    assert [item.id for item in queue.claim("run-2")] == [clean.id]
+    assert queue.reject_leaked(set()) == []
+
+
+def test_reject_requeue_stats_and_list(tmp_path):
+    queue = make_queue(tmp_path)
+    ids = [queue.add(fake_png(n), labels).id for n, labels in enumerate([["cat"], ["cat", "dog"], ["dog"], ["cat"]])]
+    with pytest.raises(ValueError, match="reason"):
+        queue.reject(ids[:1], " ")
+    assert queue.reject(ids[:2], "blurry") == 2
+    assert queue.reject(ids[:2], "again") == 0, "only open items are rejected"
+    assert queue.stats() == {"pending": 2, "claimed": 0, "consumed": 0, "rejected": 2, "total": 4,
+                             "pending_labels": {"cat": 1, "dog": 1}}
+    assert [item.id for item in queue.list_items()] == ids[::-1]
+    assert [item.reason for item in queue.list_items("rejected", limit=1)] == ["blurry"]
+    with pytest.raises(ValueError, match="unknown state"):
+        queue.list_items("done")
+
+    duplicate = queue.add(fake_png(0), ["cat"])
+    assert queue.requeue([ids[0]]) == 0, "an open item already carries that image and label set"
+    assert queue.requeue() == 1 and queue.pending_count() == 4
+    assert queue.list_items()[-2].reason is None
+    queue.claim("run-1")
+    queue.ack("run-1", [ids[1], duplicate.id])
+    assert queue.requeue([ids[1]], state="consumed") == 1
+    assert queue.list_items()[-2].consumed_by is None
+    with pytest.raises(ValueError, match="release"):
+        queue.requeue(state="claimed")
+
+
+def test_requeue_brings_back_only_the_newest_of_twins(tmp_path):
+    queue = make_queue(tmp_path)
+    older = queue.add(fake_png(1), ["cat"])
+    queue.reject([older.id], "first look")
+    newer = queue.add(fake_png(1), ["cat"])
+    queue.reject([newer.id], "second look")
+    assert queue.requeue() == 1
+    assert [item.id for item in queue.list_items("pending")] == [newer.id]
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path):
+    queue = make_queue(tmp_path)
+    queue.add(fake_png(0), ["cat"])  # the parent's thread now holds a connection
+    child = multiprocessing.get_context("fork").Process(target=queue.add, args=(fake_png(1), ["dog"]))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert queue.stats()["pending_labels"] == {"cat": 1, "dog": 1}
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(fake_png(1))
+    (folder / "b.png").write_bytes(fake_png(2))
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "labels.csv").write_bytes(
+        b"filename,labels\n"
+        b"a.png,cat|dog\n"
+        b"missing.png,cat\n"
+        b"b.png\n"
+        b"\xff\xfe.png,cat\n"
+        b"\n"
+        b"notes.txt,cat\n"
+        b"../outside.png,cat\n"
+        b"a.png,dog| cat\n"
+        b"b.png,bird\n"
+    )
+    (tmp_path / "outside.png").write_bytes(fake_png(3))
+    queue = make_queue(tmp_path / "queue")
+    report = queue.import_dir(folder)
+    assert [(p.line, p.reason.split(":")[0]) for p in report.errors] == [
+        (3, "missing_file"), (4, "bad_csv_row"), (5, "bad_csv_row"), (7, "not_an_image"), (8, "outside_directory")]
+    assert [r.id for r in report.added] == [1, 2] and [r.id for r in report.merged] == [1]
+    assert [item.labels for item in queue.list_items()] == [("bird",), ("cat", "dog")]
+
+
+def test_import_dir_needs_its_csv(tmp_path):
+    queue = make_queue(tmp_path)
+    with pytest.raises(FileNotFoundError, match="filename,labels"):
+        queue.import_dir(tmp_path)
+    (tmp_path / "other.csv").write_text("name,tags\nx.png,cat\n")
+    with pytest.raises(ValueError, match="header"):
+        queue.import_dir(tmp_path, tmp_path / "other.csv")
