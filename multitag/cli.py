@@ -142,6 +142,8 @@ def train(
 def evaluate(
     model_uri: Optional[str] = typer.Argument(None, help="An MLflow model URI; default: evaluate every trained architecture."),
     params_path: Path = ParamsOption,
+    run_name: str = typer.Option("pipeline", help="Name of the MLflow parent run."),
+    tag: list[str] = typer.Option([], help="Extra KEY=VALUE tags for the MLflow runs."),
 ) -> None:
     """Score models on the frozen test split (thresholds tuned on validation)."""
     params = _params(params_path)
@@ -149,7 +151,7 @@ def evaluate(
         if model_uri is None:
             from multitag.stages import evaluate_stage
 
-            summary = evaluate_stage(params)
+            summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
             Console().print((Layout().metrics / "comparison.md").read_text())
             console.print(f"MLflow parent run {summary['parent_run_id']}")
         else:

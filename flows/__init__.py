@@ -1,0 +1,1 @@
+"""Prefect flows: short stories of a run, built from the tasks in `tasks/`."""

@@ -1,0 +1,107 @@
+"""The pipeline's Prefect tasks. Each calls one function of multitag.stages (the same one
+`dvc repro` runs) and returns small, JSON-able summaries: paths, hashes, versions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from multitag import stages
+from multitag.config import load_params
+from multitag.layout import Layout
+from tasks.caching import files_key
+
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
+CACHED = {"persist_result": True}
+CODE = ["multitag/sources", "multitag/validation.py", "multitag/images.py", "multitag/preprocess.py", "multitag/splits.py"]
+
+
+@task(**IO_RETRIES)
+def apply_overrides(params_path: str, overrides: dict) -> str:
+    """Record run parameters in params.yaml first, so DVC sees what this run used."""
+    from multitag.params_file import set_params
+
+    if overrides:
+        set_params(Path(params_path), overrides)
+    return params_path
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], ["multitag/sources/synthetic.py"], ["data/raw/synthetic"]))
+def synthesize(params_path: str) -> str:
+    from multitag.sources import synthetic
+
+    settings = load_params(params_path).data.synthetic
+    return str(synthetic.generate(Path("data/raw/synthetic"), settings.n_images, settings.image_size, settings.seed))
+
+
+def _source_key(context, parameters: dict) -> str:
+    """validate's key also covers the dataset folder named in params."""
+    data_path = str(load_params(parameters.get("params_path", "params.yaml")).data.path)
+    return files_key(["data", "validate"], [data_path, *CODE], [str(Layout().validated)])(context, parameters)
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=_source_key)
+def validate(params_path: str) -> dict[str, str]:
+    return {name: str(path) for name, path in stages.validate_stage(load_params(params_path)).items()}
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["preprocess"], ["data/validated", *CODE], ["data/processed"]))
+def preprocess(params_path: str) -> dict:
+    return stages.preprocess_stage(load_params(params_path))
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", "multitag/train.py", "multitag/models.py"], [], ["architecture", "init_model"]))
+def train(architecture: str, params_path: str, init_model: str | None = None) -> str:
+    """Train in a subprocess so TensorFlow's memory is released after each architecture."""
+    return str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
+
+
+@task
+def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None = None) -> dict:
+    """Evaluate in a subprocess too: it loads every model, then returns only the summary file."""
+    command = [sys.executable, "-m", "multitag.cli", "evaluate", "--params", params_path, "--run-name", run_name]
+    for key, value in (extra_tags or {}).items():
+        command += ["--tag", f"{key}={value}"]
+    subprocess.run(command, check=True)
+    import json
+
+    return json.loads((Layout().metrics / "candidates.json").read_text())
+
+
+@task
+def gate(params_path: str) -> dict:
+    return stages.gate_stage(load_params(params_path))
+
+
+@task(**IO_RETRIES)
+def register(params_path: str, extra_tags: dict[str, str] | None = None) -> dict:
+    return stages.register_stage(load_params(params_path), extra_tags=extra_tags)
+
+
+@task(**IO_RETRIES)
+def record_data_versions() -> None:
+    """`dvc commit` the stages this run executed, so dvc.lock matches what is on disk."""
+    subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], check=True)
+
+
+@task
+def publish_report(registration: dict) -> str:
+    """A Prefect markdown artifact with the comparison table and the gate verdict."""
+    layout = Layout()
+    markdown = "\n".join(
+        [
+            "# Training pipeline",
+            "",
+            "## Architectures",
+            "",
+            (layout.metrics / "comparison.md").read_text(),
+            (layout.reports / "gate.md").read_text(),
+            f"Registered versions: {registration['versions']}; champion is version {registration['champion_version']}.",
+        ]
+    )
+    create_markdown_artifact(markdown=markdown, key="training-pipeline-report", description="Comparison and gate verdict")
+    return markdown
