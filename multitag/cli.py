@@ -15,6 +15,8 @@ from multitag.layout import Layout
 
 app = typer.Typer(help="multitag: multi-label image classification pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Download, validate, preprocess and describe datasets.", no_args_is_help=True)
+feedback_app = typer.Typer(help="The feedback queue of users' corrected labels.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 registry_app = typer.Typer(help="Inspect and move the model registry's aliases.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(registry_app, name="registry")
@@ -240,6 +242,102 @@ def registry_rollback(params_path: Path = ParamsOption) -> None:
     except ValueError as err:
         _fail(err)
     console.print(f"[green]rolled back: champion {old} -> {new}[/green]")
+
+
+def _queue(params_path: Path):
+    from multitag.retraining import open_queue
+
+    return open_queue(_params(params_path))
+
+
+@feedback_app.command("stats")
+def feedback_stats(params_path: Path = ParamsOption) -> None:
+    """Items per state and pending items per label."""
+    Console().print_json(data=_queue(params_path).stats())
+
+
+@feedback_app.command("list")
+def feedback_list(
+    state: Optional[str] = typer.Option(None, help="pending | claimed | consumed | rejected"),
+    limit: int = typer.Option(50),
+    params_path: Path = ParamsOption,
+) -> None:
+    """The newest items (optionally of one state)."""
+    table = Table()
+    for column in ("id", "state", "labels", "image", "model", "reason"):
+        table.add_column(column)
+    for item in _queue(params_path).list_items(state, limit):  # type: ignore[arg-type]
+        table.add_row(str(item.id), item.state, "|".join(item.labels), item.image_sha256[:12], item.model_version or "", item.reason or "")
+    Console().print(table)
+
+
+@feedback_app.command("import")
+def feedback_import(directory: Path, params_path: Path = ParamsOption) -> None:
+    """Queue a folder of images with DIR/labels.csv (filename,labels; labels separated by '|')."""
+    try:
+        report = _queue(params_path).import_dir(directory)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    console.print(f"added {len(report.added)}, merged {len(report.merged)}, errors {len(report.errors)}")
+    for problem in report.errors:
+        console.print(f"[yellow]line {problem.line} {problem.filename}: {problem.reason}[/yellow]")
+
+
+@feedback_app.command("requeue")
+def feedback_requeue(
+    ids: list[int] = typer.Argument(None, help="Item ids; default: every item in --state."),
+    state: str = typer.Option("rejected", help="rejected | consumed"),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Put rejected (or consumed) items back to pending."""
+    count = _queue(params_path).requeue(ids or None, state)  # type: ignore[arg-type]
+    console.print(f"{count} items back to pending")
+
+
+@app.command("retrain")
+def retrain(
+    now: bool = typer.Option(False, "--now", help="Run the retraining flow here and now instead of triggering the deployment."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Retrain from pending feedback (runs the nightly-retraining flow)."""
+    if now:
+        from flows.nightly_retraining import nightly_retraining
+
+        Console().print_json(data=nightly_retraining(params_path=str(params_path)))
+        return
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail(RuntimeError("no Prefect server: run `make prefect-up` and export PREFECT_API_URL, or use `multitag retrain --now`"))
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("nightly-retraining/nightly-retraining", timeout=0)
+    console.print(f"[green]triggered flow run {run.id}[/green]; follow it in the Prefect UI")
+
+
+@app.command("serve")
+def serve(
+    host: Optional[str] = typer.Option(None, help="Default: serve.host (127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Default: serve.port."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Serve the champion: API + web page (http://HOST:PORT/)."""
+    from multitag.api import serve as run_server
+
+    run_server(host, port, params_path)
+
+
+@app.command("demo")
+def demo(params_path: Path = ParamsOption) -> None:
+    """The whole job on the embedded defaults: synthetic data -> trained, gated, registered champion."""
+    from flows.training_pipeline import training_pipeline
+
+    registration = training_pipeline(params_path=str(params_path))
+    Console().print((Layout().metrics / "comparison.md").read_text())
+    console.print(
+        f"[green]gate {registration['verdict']} for {registration['selected']}; champion is version "
+        f"{registration['champion_version']}[/green]\nNext: `.venv/bin/multitag serve` and open http://127.0.0.1:8000/"
+    )
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError("not_an_image", "the content is not a format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageError("truncated", f"cannot read the header: {err}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError("decompression_bomb", f"{width}x{height} exceeds the {max_pixels:,} pixel cap")

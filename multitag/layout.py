@@ -23,6 +23,10 @@ class Layout:
         return self.root / "data" / "frozen_test.json"
 
     @property
+    def feedback_export(self) -> Path:
+        return self.root / "data" / "feedback" / "export"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

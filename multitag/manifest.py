@@ -82,7 +82,7 @@ def apply_class_subset(data: SourceData, classes: list[str] | None, drop_unlabel
     kept: list[Record] = []
     for record in data.records:
         filtered = [label for label in record.labels if label in keep or label not in data.classes]
-        if drop_unlabeled and not [label for label in filtered if label in keep] and not record.problems:
+        if drop_unlabeled and not filtered and not record.problems:
             continue
         record.labels = filtered
         kept.append(record)

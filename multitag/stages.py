@@ -14,7 +14,10 @@ def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]
     from multitag.sources import read_source
     from multitag.validation import validate, write_outputs
 
+    from multitag.retraining import feedback_records
+
     data = read_source(params.data)
+    data.records += feedback_records(layout.feedback_export)
     result = validate(data, params.validate_, workers=params.preprocess.workers)
     return write_outputs(result, layout.validated)
 

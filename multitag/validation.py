@@ -63,9 +63,9 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
             reasons[index] = (code, text)
         elif reason:
             reasons[index] = (reason, detail)
-    _flag_duplicates(data.records, reasons)
     frame = manifest.to_frame(data.records)
     suite_results = _run_suite(frame, data.classes, params, reasons)
+    _flag_duplicates(data.records, reasons)
     clean, quarantine = _split_off_quarantine(frame, reasons)
     report = build_report(clean, quarantine, data.classes, suite_results)
     if report["invalid_fraction"] > params.max_invalid_fraction:

@@ -41,7 +41,8 @@ def synthesize(params_path: str) -> str:
 def _source_key(context, parameters: dict) -> str:
     """validate's key also covers the dataset folder named in params."""
     data_path = str(load_params(parameters.get("params_path", "params.yaml")).data.path)
-    return files_key(["data", "validate"], [data_path, *CODE], [str(Layout().validated)])(context, parameters)
+    inputs = [data_path, str(Layout().feedback_export), *CODE]
+    return files_key(["data", "validate"], inputs, [str(Layout().validated)])(context, parameters)
 
 
 @task(**IO_RETRIES, **CACHED, cache_key_fn=_source_key)

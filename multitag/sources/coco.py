@@ -83,8 +83,9 @@ def read_yolo(root: Path, params: DataParams) -> SourceData:
     records = []
     for subset in subsets or [root / "images"]:
         split = "" if single else split_from_name(subset.name)
+        label_dir = root / "labels" if subset == root / "images" else root / "labels" / subset.name
         for image_path in sorted(p for p in subset.iterdir() if p.is_file()):
-            label_path = root / "labels" / subset.name / f"{image_path.stem}.txt"
+            label_path = label_dir / f"{image_path.stem}.txt"
             labels, problems = _yolo_labels(label_path, classes)
             records.append(Record(image_path.stem, str(image_path), labels, split, "yolo", problems=problems))
     return SourceData(records, classes)
@@ -100,7 +101,10 @@ def _yolo_labels(label_path: Path, classes: list[str]) -> tuple[list[str], list[
         if not fields:
             continue
         try:
-            names.add(classes[int(fields[0])])
+            class_id = int(fields[0])
+            if not 0 <= class_id < len(classes):
+                raise IndexError(class_id)
+            names.add(classes[class_id])
         except (ValueError, IndexError):
             problems.append(f"unknown_class: line {number} of {label_path.name} has class id {fields[0]!r}")
     return sorted(names), problems

@@ -44,7 +44,7 @@ def read(root: Path, params: DataParams) -> SourceData:
     for image_id in sorted(set(splits) - {r.image_id for r in records}):
         records.append(
             Record(image_id, str(root / "JPEGImages" / f"{image_id}.jpg"), [], splits[image_id],
-                   "voc", problems=["missing_annotation"])
+                   "voc", problems=[f"missing_annotation: {image_id} is listed in ImageSets/Main but Annotations/{image_id}.xml does not exist"])
         )
     return SourceData(records, list(VOC_CLASSES))
 

@@ -1,0 +1,50 @@
+"""nightly_retraining: turn users' corrections into a better model, or change nothing.
+
+With enough pending feedback: claim it, add it to the training data (train/val only), retrain
+warm-started from the champion, evaluate on the frozen test split, gate, register, and only
+then mark the feedback consumed. Any failure puts the claimed items back to pending.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from multitag.config import load_params
+from tasks import feedback as fb
+from tasks import pipeline as t
+
+
+@flow(name="nightly-retraining", log_prints=True)
+def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | None = None) -> dict:
+    """Retrain from pending feedback if there is enough of it."""
+    logger = get_run_logger()
+    needed = min_feedback if min_feedback is not None else load_params(params_path).retrain.min_feedback
+    leaked = fb.reject_leaked(params_path)
+    pending = fb.pending_count(params_path)
+    if pending < needed:
+        logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
+        return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked}
+    run_id = flow_run.get_id() or "local"
+    claimed = fb.claim(params_path, run_id)
+    try:
+        run = fb.prepare(params_path, run_id)
+        t.validate(run["params_path"])
+        t.preprocess(run["params_path"])
+        for architecture in run["architectures"]:
+            warm_start = run["init_model"] if architecture == run["champion_architecture"] else None
+            t.train(architecture, run["params_path"], init_model=warm_start)
+        tags = {"feedback_ids": ",".join(map(str, claimed)), "retraining_run": run_id, "warm_start_version": run["champion_version"]}
+        t.evaluate(run["params_path"], run_name="nightly-retraining", extra_tags=tags)
+        t.gate(run["params_path"])
+        registration = t.register(run["params_path"], extra_tags=tags)
+    except Exception:
+        fb.release(params_path, run_id)
+        raise
+    fb.ack(params_path, run_id, claimed)
+    logger.info("used %d feedback items; gate %s; champion is version %s", len(claimed), registration["verdict"], registration["champion_version"])
+    return {"status": "retrained", "feedback_ids": claimed, "rejected_leakage": leaked, **registration}
+
+
+if __name__ == "__main__":
+    nightly_retraining()

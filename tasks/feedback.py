@@ -1,0 +1,73 @@
+"""Prefect tasks of the feedback loop: guard against leakage, claim, prepare, ack or release."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+
+from multitag import retraining
+from multitag.config import load_params
+from multitag.layout import Layout
+from multitag.splits import read_frozen_test
+
+RUN_PARAMS = Path(".multitag/nightly-params.yaml")
+
+
+@task(retries=2, retry_delay_seconds=5)
+def reject_leaked(params_path: str) -> list[int]:
+    """Feedback images whose content is in the frozen test split never train."""
+    frozen = read_frozen_test(Layout().frozen_test) or set()
+    return retraining.open_queue(load_params(params_path)).reject_leaked(frozen)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def pending_count(params_path: str) -> int:
+    queue = retraining.open_queue(load_params(params_path))
+    queue.release_expired()
+    return queue.pending_count()
+
+
+@task(retries=2, retry_delay_seconds=5)
+def claim(params_path: str, run_id: str) -> list[int]:
+    return [item.id for item in retraining.open_queue(load_params(params_path)).claim(run_id)]
+
+
+@task
+def prepare(params_path: str, run_id: str) -> dict:
+    """Export feedback as training data, fetch the champion, write this run's params file.
+
+    The run trains the champion's architecture warm-started from it (all configured
+    architectures when retrain.all_architectures is set).
+    """
+    from multitag.params_file import set_params
+
+    params = load_params(params_path)
+    queue = retraining.open_queue(params)
+    claimed = [item for item in queue.list_items("claimed", limit=10**9) if item.claimed_by == run_id]
+    retraining.export_feedback(queue, claimed, Layout().feedback_export)
+    subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(Layout().feedback_export)], check=False)
+    init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion" / run_id)
+    RUN_PARAMS.parent.mkdir(parents=True, exist_ok=True)
+    RUN_PARAMS.write_text(Path(params_path).read_text())
+    architectures = params.train.architectures if params.retrain.all_architectures else [architecture]
+    set_params(RUN_PARAMS, {"train.architectures": architectures})
+    return {"params_path": str(RUN_PARAMS), "init_model": str(init_model), "champion_version": version,
+            "champion_architecture": architecture, "architectures": architectures, "feedback_ids": [item.id for item in claimed]}
+
+
+@task(retries=2, retry_delay_seconds=5)
+def ack(params_path: str, run_id: str, ids: list[int]) -> int:
+    return retraining.open_queue(load_params(params_path)).ack(run_id, ids)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def release(params_path: str, run_id: str) -> int:
+    return retraining.open_queue(load_params(params_path)).release(run_id)
+
+
+def summary(value: object) -> str:
+    return json.dumps(value)

@@ -1,0 +1,206 @@
+"""Code tests for dataset downloads against a local HTTP server that supports (or ignores) Range."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from multitag import download
+from multitag.download import (Archive, ChecksumError, Dataset, DownloadError, UnsafeArchiveError,
+                               download_dataset, download_file, extract_tar)
+
+ARCHIVE = "vocmini.tar"
+
+
+@dataclass
+class FakeServer:
+    """What the handler serves and how it misbehaves, plus a log of (path, Range header)."""
+
+    url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    ignore_range: bool = False
+    truncate_next: int = 0  # answer this many requests with only half the promised bytes
+    requests: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+def make_handler(state: FakeServer) -> type[BaseHTTPRequestHandler]:
+    class RangeHandler(BaseHTTPRequestHandler):
+        """Serves `state.files` with single byte-range support (SimpleHTTPRequestHandler has none)."""
+
+        def do_GET(self) -> None:
+            path, range_header = self.path.lstrip("/"), self.headers.get("Range")
+            state.requests.append((path, range_header))
+            if path not in state.files:
+                self.send_error(404)
+                return
+            body = state.files[path]
+            match = re.fullmatch(r"bytes=(\d+)-", range_header or "")
+            if match is None or state.ignore_range:
+                self._send(200, body, {})
+            elif int(match[1]) >= len(body):
+                self._send(416, b"", {"Content-Range": f"bytes */{len(body)}"})
+            else:
+                start = int(match[1])
+                self._send(206, body[start:], {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"})
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            if state.truncate_next:
+                state.truncate_next -= 1
+                body = body[: len(body) // 2]
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return RangeHandler
+
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    state = FakeServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def make_tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+VOC_MINI = make_tar({
+    "VOCdevkit/VOC2007/Annotations/000001.xml": b"<annotation><object><name>dog</name></object></annotation>",
+    "VOCdevkit/VOC2007/JPEGImages/000001.jpg": bytes(range(256)) * 200,
+    "VOCdevkit/VOC2007/ImageSets/Main/train.txt": b"000001\n",
+})
+VOC_MINI_SHA256 = hashlib.sha256(VOC_MINI).hexdigest()
+
+
+def test_download_dataset_verifies_extracts_and_then_skips(server: FakeServer, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    archive = Archive("http://official.invalid/voc/" + ARCHIVE, ARCHIVE, md5=hashlib.md5(VOC_MINI).hexdigest(),
+                      sha256=VOC_MINI_SHA256)
+    monkeypatch.setitem(download.DATASETS, "voc2007", Dataset((archive,), "VOCdevkit/VOC2007"))
+
+    root = download_dataset("voc2007", tmp_path / "raw", base_url=server.url + "/")
+
+    assert root == tmp_path / "raw" / "VOCdevkit" / "VOC2007"
+    assert (root / "ImageSets" / "Main" / "train.txt").read_text() == "000001\n"
+    assert (tmp_path / "raw" / ARCHIVE).read_bytes() == VOC_MINI
+    assert not (tmp_path / "raw" / f"{ARCHIVE}.part").exists()
+    assert server.requests == [(ARCHIVE, None)]
+    assert download_dataset("voc2007", tmp_path / "raw", base_url=server.url) == root
+    assert len(server.requests) == 1, "a verified, extracted dataset is not fetched again"
+
+
+def test_unknown_dataset_lists_known_names(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="voc2007, voc2012"):
+        download_dataset("imagenet", tmp_path)
+
+
+def test_resumes_a_partial_download_with_range(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    half = len(VOC_MINI) // 2
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(VOC_MINI[:half])
+
+    dest = download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, VOC_MINI_SHA256)
+
+    assert server.requests == [(ARCHIVE, f"bytes={half}-")]
+    assert dest.read_bytes() == VOC_MINI
+
+
+def test_server_ignoring_range_restarts_from_scratch(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    server.ignore_range = True
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(VOC_MINI[: len(VOC_MINI) // 2])
+
+    dest = download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, VOC_MINI_SHA256)
+
+    assert server.requests[0][1] is not None, "a resume was attempted"
+    assert dest.read_bytes() == VOC_MINI
+
+
+def test_complete_part_file_is_not_fetched_again(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    (tmp_path / f"{ARCHIVE}.part").write_bytes(VOC_MINI)
+
+    dest = download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, VOC_MINI_SHA256)
+
+    assert dest.read_bytes() == VOC_MINI
+    assert server.requests == [(ARCHIVE, f"bytes={len(VOC_MINI)}-")]
+
+
+def test_dropped_connection_is_retried_and_resumed(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    server.truncate_next = 1
+
+    dest = download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, VOC_MINI_SHA256, backoff_s=0)
+
+    assert dest.read_bytes() == VOC_MINI
+    assert [header for _, header in server.requests] == [None, f"bytes={len(VOC_MINI) // 2}-"]
+
+
+def test_missing_file_fails_fast_without_retries(server: FakeServer, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="404"):
+        download_file(f"{server.url}/nope.tar", tmp_path / "nope.tar", None, backoff_s=0)
+    assert len(server.requests) == 1
+
+
+def test_checksum_mismatch_keeps_a_corrupt_file_and_says_what_to_do(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+
+    with pytest.raises(ChecksumError, match=r"sha256 is [0-9a-f]{64}, expected 0{64}.*run the download again"):
+        download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, "0" * 64)
+
+    assert (tmp_path / f"{ARCHIVE}.corrupt").read_bytes() == VOC_MINI
+    assert not (tmp_path / ARCHIVE).exists() and not (tmp_path / f"{ARCHIVE}.part").exists()
+
+
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "VOCdevkit/../../evil.txt"])
+def test_path_traversal_member_is_rejected_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(make_tar({"VOCdevkit/ok.txt": b"ok", name: b"pwned"}))
+    target = tmp_path / "raw"
+
+    with pytest.raises(UnsafeArchiveError, match="unsafe member"):
+        extract_tar(archive, target)
+
+    assert not (target / "VOCdevkit").exists()
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_symlink_pointing_outside_is_rejected(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        link = tarfile.TarInfo("VOCdevkit/escape")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../outside"
+        tar.addfile(link)
+    archive = tmp_path / "link.tar"
+    archive.write_bytes(buffer.getvalue())
+
+    with pytest.raises(UnsafeArchiveError):
+        extract_tar(archive, tmp_path / "raw")

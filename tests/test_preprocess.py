@@ -1,0 +1,183 @@
+"""Code and data tests of preprocessing: array contracts, row alignment, resize modes, the frozen
+test split, stratified ratios and determinism."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from corpus import colour_for, csv_row, encode, solid, write_bytes, write_csv
+
+from multitag import images, manifest
+from multitag.config import DataParams, PreprocessParams, SplitRatios, ValidateParams
+from multitag.preprocess import load_split, preprocess
+from multitag.sources import read_source
+from multitag.splits import read_frozen_test
+from multitag.validation import validate, write_outputs
+
+CLASSES = ["cat", "dog", "person"]
+PREVALENCE = (0.5, 0.3, 0.6)
+SIZE = 16
+IMAGE_SHAPE = (20, 12)  # width, height: not square, so letterbox and stretch differ
+
+
+def labels_of(index: int) -> list[str]:
+    """A fixed, non-empty label set per image index (independent of the library)."""
+    draw = np.random.default_rng(index).random(len(CLASSES))
+    names = [name for name, p, u in zip(CLASSES, PREVALENCE, draw) if u < p]
+    return names or [CLASSES[index % len(CLASSES)]]
+
+
+def write_dataset(root: Path, count: int) -> dict[str, list[str]]:
+    """`count` unsplit images img_0000.png... with unique colours; returns id -> labels."""
+    dataset = {f"img_{i:04d}": labels_of(i) for i in range(count)}
+    for image_id in dataset:
+        target = root / f"{image_id}.png"
+        if not target.exists():
+            write_bytes(target, encode(solid(image_id, IMAGE_SHAPE), "PNG"))
+    write_csv(root, [csv_row(f"{i}.png", labels) for i, labels in dataset.items()], CLASSES)
+    return dataset
+
+
+def validate_into(dataset_root: Path, validated: Path) -> tuple[Path, Path]:
+    result = validate(read_source(DataParams(source="csv", path=dataset_root)), ValidateParams(), workers=2)
+    assert result.quarantine.empty
+    paths = write_outputs(result, validated)
+    return paths["manifest"], paths["classes"]
+
+
+@dataclass
+class Validated:
+    root: Path
+    dataset: dict[str, list[str]]
+    manifest_path: Path
+    classes_path: Path
+
+    def preprocess(self, out: Path, frozen: Path | None = None, **params) -> dict:
+        settings = PreprocessParams(**{"image_size": SIZE, "workers": 2, **params})
+        return preprocess(self.manifest_path, self.classes_path, out, settings, frozen or out.parent / f"{out.name}_frozen.json")
+
+
+def make_validated(root: Path, count: int) -> Validated:
+    dataset = write_dataset(root / "dataset", count)
+    return Validated(root, dataset, *validate_into(root / "dataset", root / "validated"))
+
+
+@pytest.fixture(scope="module")
+def hundred(tmp_path_factory) -> Validated:
+    """100 validated unsplit images, shared by the tests that only read it."""
+    return make_validated(tmp_path_factory.mktemp("hundred"), 100)
+
+
+def processed_splits(out: Path) -> dict[str, pd.DataFrame]:
+    frame = manifest.read(out / "manifest.parquet")
+    return {split: frame[frame["split"] == split].reset_index(drop=True) for split in ("train", "val", "test")}
+
+
+def test_arrays_follow_the_contract(hundred, tmp_path):
+    summary = hundred.preprocess(tmp_path / "processed")
+    out = tmp_path / "processed"
+    assert manifest.read_classes(out / "classes.json") == CLASSES
+    assert list(manifest.read(out / "manifest.parquet").columns) == manifest.COLUMNS
+    total = 0
+    for split, rows in processed_splits(out).items():
+        x, y = load_split(out, split)
+        assert isinstance(x, np.memmap), "x is memory-mapped, never loaded whole by default"
+        assert x.dtype == np.uint8 and x.shape == (len(rows), SIZE, SIZE, 3)
+        assert y.dtype == np.uint8 and y.shape == (len(rows), len(CLASSES))
+        assert summary["splits"][split] == len(rows) > 0
+        total += len(rows)
+    assert total == len(hundred.dataset)
+
+
+def test_label_matrix_and_pixels_follow_the_manifest_rows(hundred, tmp_path):
+    """Row i of <split>_y and <split>_x is the i-th image of that split in the processed manifest."""
+    out = tmp_path / "processed"
+    hundred.preprocess(out)
+    for split, rows in processed_splits(out).items():
+        x, y = load_split(out, split, mmap=False)
+        expected_y = np.array([[name in hundred.dataset[i] for name in CLASSES] for i in rows["image_id"]], dtype=np.uint8)
+        np.testing.assert_array_equal(y, expected_y)
+        assert [sorted(labels) for labels in rows["labels"]] == [sorted(hundred.dataset[i]) for i in rows["image_id"]]
+        expected_x = np.array([colour_for(i) for i in rows["image_id"]], dtype=int)[:, None, None, :]
+        assert np.abs(x.astype(int) - expected_x).max() <= 1, f"{split}: pixels are not in manifest order"
+
+
+def test_letterbox_pads_and_stretch_fills(hundred, tmp_path):
+    hundred.preprocess(tmp_path / "stretch", resize="stretch")
+    hundred.preprocess(tmp_path / "letterbox", resize="letterbox")
+    # 20x12 into 16: letterbox scales by 0.8 to 16x10 and centres it, 3 black rows above and below
+    for split, rows in processed_splits(tmp_path / "stretch").items():
+        colours = np.array([colour_for(i) for i in rows["image_id"]], dtype=int)[:, None, None, :]
+        stretched = load_split(tmp_path / "stretch", split)[0].astype(int)
+        boxed = load_split(tmp_path / "letterbox", split)[0].astype(int)
+        assert np.abs(stretched - colours).max() <= 1
+        assert (boxed[:, :3] == 0).all() and (boxed[:, 13:] == 0).all()
+        assert np.abs(boxed[:, 4:12] - colours).max() <= 1
+    portrait = images.decode(encode(solid("portrait", (12, 20)), "PNG"), SIZE, "letterbox").astype(int)
+    assert (portrait[:, :3] == 0).all() and (portrait[:, 13:] == 0).all()
+    assert np.abs(portrait[:, 4:12] - colour_for("portrait")).max() <= 1
+
+
+def test_frozen_test_split_survives_new_images(tmp_path):
+    first = make_validated(tmp_path, 100)
+    out, frozen = tmp_path / "processed", tmp_path / "frozen_test.json"
+    first.preprocess(out, frozen)
+    before = processed_splits(out)["test"]
+    assert len(before) > 0
+    assert read_frozen_test(frozen) == set(before["sha256"])
+
+    grown = make_validated(tmp_path, 140)  # 40 new unsplit images; same work folders, as in `dvc repro`
+    grown.preprocess(out, frozen, seed=7)  # even a new seed must not move the test split
+    after = processed_splits(out)
+    new_ids = set(grown.dataset) - set(first.dataset)
+    assert set(before["image_id"]) <= set(after["test"]["image_id"]), "a test image left the test split"
+    assert not new_ids & set(after["test"]["image_id"]), "a new image entered the frozen test split"
+    assert new_ids <= set(after["train"]["image_id"]) | set(after["val"]["image_id"])
+    assert not set(after["test"]["sha256"]) & (set(after["train"]["sha256"]) | set(after["val"]["sha256"]))
+    assert read_frozen_test(frozen) == set(before["sha256"])
+
+
+def test_frozen_hash_wins_over_a_source_split(hundred, tmp_path):
+    """Content hashed into the frozen test split stays in test even when the source now says train."""
+    out, frozen = tmp_path / "processed", tmp_path / "frozen_test.json"
+    hundred.preprocess(out, frozen)
+    test_ids = set(processed_splits(out)["test"]["image_id"])
+    relabelled = manifest.read(hundred.manifest_path)
+    relabelled["split"] = "train"
+    moved = Validated(hundred.root, hundred.dataset, manifest.write(relabelled, tmp_path / "relabelled.parquet"), hundred.classes_path)
+    moved.preprocess(tmp_path / "again", frozen)
+    again = processed_splits(tmp_path / "again")
+    assert set(again["test"]["image_id"]) == test_ids
+    assert len(again["val"]) == 0 and len(again["train"]) == len(hundred.dataset) - len(test_ids)
+
+
+def class_shares(rows: pd.DataFrame) -> list[float]:
+    """Fraction of rows that have each class, in CLASSES order."""
+    return [float(np.mean([name in labels for labels in rows["labels"]])) for name in CLASSES]
+
+
+def test_stratified_split_honours_the_ratios(tmp_path):
+    validated = make_validated(tmp_path, 200)
+    ratios = SplitRatios(train=0.6, val=0.2, test=0.2)
+    validated.preprocess(tmp_path / "processed", split_ratios=ratios)
+    splits = processed_splits(tmp_path / "processed")
+    for split, share in ratios.model_dump().items():
+        assert abs(len(splits[split]) - share * 200) <= 3, f"{split}: {len(splits[split])} images"
+    overall = class_shares(pd.concat(splits.values()))
+    for split, rows in splits.items():
+        for name, share, expected in zip(CLASSES, class_shares(rows), overall):
+            assert abs(share - expected) <= 0.08, f"{name} in {split}: {share:.2f} vs {expected:.2f} overall"
+
+
+def test_same_seed_same_split_and_arrays(hundred, tmp_path):
+    for name, seed in [("a", 3), ("b", 3), ("c", 4)]:
+        hundred.preprocess(tmp_path / name, seed=seed)
+    a, b, c = (manifest.read(tmp_path / n / "manifest.parquet").set_index("image_id")["split"] for n in "abc")
+    pd.testing.assert_series_equal(a, b)
+    assert not a.equals(c), "a different seed should give a different split"
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(load_split(tmp_path / "a", split)[0], load_split(tmp_path / "b", split)[0])
