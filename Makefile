@@ -8,10 +8,17 @@ export KERAS_HOME ?= $(CURDIR)/.keras
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+SHARED_WEIGHTS := $(wildcard ../shared/weights/*.h5)
 
-.PHONY: install demo test lock prefect-up prefect-down bench clean
+.PHONY: install weights demo test lock prefect-up prefect-down serve bench clean
 
 install: $(STAMP)
+
+# Offline ImageNet weights (../shared/weights) where Keras looks before downloading.
+weights:
+	@mkdir -p $(KERAS_HOME)/models
+	@for f in $(SHARED_WEIGHTS); do ln -sf "$$(realpath $$f)" $(KERAS_HOME)/models/; done
 
 # The stamp is older than the lock when the lock changed: reinstall exactly the pinned set.
 $(STAMP): requirements.lock pyproject.toml
@@ -24,12 +31,15 @@ $(STAMP): requirements.lock pyproject.toml
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-demo: install
+demo: install weights
 	$(BIN)/multitag demo
 
-test: install
+test: install weights
 	bash scripts/install_test_browser.sh
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+serve: install
+	$(BIN)/multitag serve
 
 prefect-up: install
 	bash scripts/prefect_up.sh
@@ -37,8 +47,11 @@ prefect-up: install
 prefect-down:
 	bash scripts/prefect_down.sh
 
-bench: install
+bench: install weights
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/orchestration.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -56,12 +56,21 @@ def alias_version(name: str, alias: str) -> VersionInfo | None:
 
 
 def list_versions(name: str) -> list[VersionInfo]:
-    """All versions, newest first, with their aliases and tags."""
+    """All versions, newest first, with their aliases and tags.
+
+    Searching versions does not return their aliases, so they come from the registered model.
+    """
+    mlflow_client = client()
     try:
-        versions = client().search_model_versions(f"name = '{name}'")
+        versions = mlflow_client.search_model_versions(f"name = '{name}'")
+        aliases = mlflow_client.get_registered_model(name).aliases or {}
     except MlflowException:
         return []
-    return sorted((_info(v) for v in versions), key=lambda v: -int(v.version))
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    infos = [VersionInfo(str(v.version), sorted(by_version.get(str(v.version), [])), dict(v.tags or {}), v.source, v.run_id) for v in versions]
+    return sorted(infos, key=lambda v: -int(v.version))
 
 
 def _info(version) -> VersionInfo:

@@ -1,0 +1,213 @@
+"""End to end on tiny synthetic data: the Prefect training pipeline, DVC parity, the gate's
+policy, registry aliases and rollback, and the nightly retraining from feedback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from project import make_project, project_env, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """One tiny project on which the training pipeline has run once under Prefect."""
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for key, value in project_env(root).items():
+            patch.setenv(key, value)
+        from prefect.testing.utilities import prefect_test_harness
+
+        from flows.training_pipeline import training_pipeline
+
+        with prefect_test_harness(server_startup_timeout=180):
+            registration = training_pipeline()
+            yield root, registration
+
+
+def _params():
+    from multitag.config import load_params
+
+    return load_params("params.yaml")
+
+
+def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
+    from multitag import registry
+
+    root, registration = project
+    assert registration["verdict"] == "passed"
+    champion = registry.alias_version("multitag", registry.CHAMPION)
+    assert champion is not None and champion.version == registration["champion_version"]
+    lock = (root / "dvc.lock").read_text()
+    assert champion.tags["data_hash"] in lock, "the champion's data hash is the DVC hash of data/processed"
+    assert champion.tags["gate_verdict"] == "passed" and champion.tags["architecture"] == "small_cnn"
+    for artefact in ("models/small_cnn/model.keras", "metrics/evaluation.json", "reports/gate.md", "reports/registration.json"):
+        assert (root / artefact).exists(), artefact
+
+
+def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
+    root, _ = project
+    env = project_env(root)
+    status = run([sys.executable, "-m", "dvc", "status", "--json"], root, env)
+    assert json.loads(status.stdout) == {}
+    repro = run([sys.executable, "-m", "dvc", "repro"], root, env)
+    assert "Running stage" not in repro.stdout
+
+
+def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process(project):
+    import keras
+
+    from multitag.preprocess import load_split
+    from multitag.registry import alias_version
+
+    root, _ = project
+    x_test, _ = load_split(root / "data" / "processed", "test")
+    batch = np.asarray(x_test[:8])
+    in_memory = keras.models.load_model(root / "models" / "small_cnn" / "model.keras", compile=False).predict_on_batch(batch.astype("float32"))
+    np.save(root / "batch.npy", batch)
+    uri = f"runs:/{alias_version('multitag', 'champion').run_id}/model"
+    script = (
+        "import sys, numpy as np; from multitag.predictor import Predictor; "
+        "p = Predictor.from_uri(sys.argv[1]); np.save(sys.argv[3], p.predict_arrays(np.load(sys.argv[2])))"
+    )
+    subprocess.run([sys.executable, "-c", script, uri, str(root / "batch.npy"), str(root / "fresh.npy")], check=True, env=dict(os.environ))
+    np.testing.assert_allclose(np.load(root / "fresh.npy"), in_memory, rtol=1e-5, atol=1e-6)
+
+
+def test_worse_candidate_is_registered_but_never_promoted(project):
+    """Shuffled labels make a model no better than chance; the gate must keep the champion."""
+    from multitag import registry, stages
+    from multitag.layout import Layout
+
+    root, _ = project
+    params = _params()
+    params.gate.min_improvement = 0.01
+    champion_before = registry.alias_version("multitag", registry.CHAMPION).version
+    y_path = Layout().processed / "train_y.npy"
+    original = np.load(y_path)
+    np.save(y_path, np.random.default_rng(0).permutation(original))
+    try:
+        stages.train_stage(params, "small_cnn")
+    finally:
+        np.save(y_path, original)
+    stages.evaluate_stage(params, run_name="worse")
+    verdict = stages.gate_stage(params)
+    registration = stages.register_stage(params)
+    assert not verdict["verdict"]["passed"] and "beats_champion" in verdict["verdict"]["checks"]
+    assert registration["verdict"] == "failed"
+    assert registry.alias_version("multitag", registry.CHAMPION).version == champion_before
+    failed = registry.alias_version("multitag", registry.CHALLENGER)
+    assert failed is not None and failed.tags["gate_verdict"] == "failed" and failed.version == registration["selected_version"]
+
+
+def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(project):
+    from multitag import registry, stages
+
+    params = _params()
+    params.train.small_cnn_epochs = 8
+    params.gate.min_improvement = -1.0  # any candidate that passes the floors and the smoke test
+    old = registry.alias_version("multitag", registry.CHAMPION).version
+    stages.train_stage(params, "small_cnn")
+    stages.evaluate_stage(params, run_name="better")
+    stages.gate_stage(params)
+    registration = stages.register_stage(params)
+    assert registration["verdict"] == "passed"
+    assert registry.alias_version("multitag", registry.CHAMPION).version == registration["selected_version"]
+    assert registry.alias_version("multitag", registry.PREVIOUS).version == old
+    registry.rollback("multitag")
+    assert registry.alias_version("multitag", registry.CHAMPION).version == old
+    assert registry.alias_version("multitag", registry.PREVIOUS) is None
+
+
+def test_unloadable_model_fails_the_smoke_test(project, tmp_path):
+    import mlflow
+
+    from multitag import gate, tracking
+    from multitag.layout import Layout
+
+    tracking.configure()
+    with mlflow.start_run(run_name="broken") as run:
+        mlflow.log_text("not a model", "model/MLmodel")
+    result = gate.smoke_test(f"runs:/{run.info.run_id}/model", Layout())
+    assert result["ok"] is False and result["error"]
+
+
+def test_concurrent_promotions_leave_exactly_one_champion(project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from multitag import registry
+
+    versions = [v.version for v in registry.list_versions("multitag")][:3]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda v: registry.promote("multitag", v), versions * 3))
+    holders = [v for v in registry.list_versions("multitag") if registry.CHAMPION in v.aliases]
+    assert len(holders) == 1 and holders[0].version in versions
+
+
+def _add_feedback(root, count: int) -> tuple[list[int], int]:
+    """`count` corrections of training images plus one of a frozen test image (leakage)."""
+    from multitag.retraining import open_queue
+
+    queue = open_queue(_params())
+    images = sorted((root / "data" / "raw" / "synthetic" / "images").glob("*.png"))
+    frozen = set(json.loads((root / "data" / "frozen_test.json").read_text())["sha256"])
+    by_hash = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
+    train_images = [p for sha, p in by_hash.items() if sha not in frozen][:count]
+    ids = [queue.add(p.read_bytes(), ["circle", "square"]).id for p in train_images]
+    leaked = queue.add(by_hash[sorted(frozen)[0]].read_bytes(), ["square"]).id
+    return ids, leaked
+
+
+def test_failed_retraining_returns_claimed_feedback_to_pending(project):
+    from flows.nightly_retraining import nightly_retraining
+    from multitag import registry
+    from multitag.params_file import set_params
+    from multitag.retraining import open_queue
+
+    root, _ = project
+    ids, _ = _add_feedback(root, 3)
+    broken = root / "params-broken.yaml"
+    broken.write_text((root / "params.yaml").read_text())
+    set_params(broken, {"train.weights": {"small_cnn": str(root / "no-such-weights.h5")}})
+    versions_before = len(registry.list_versions("multitag"))
+    with pytest.raises(Exception):  # the module fixture's Prefect test harness is still up
+        nightly_retraining(params_path=str(broken))
+    queue = open_queue(_params())
+    assert sorted(i.id for i in queue.list_items("pending", 100)) == sorted(ids)
+    assert len(registry.list_versions("multitag")) == versions_before
+
+
+def test_nightly_retraining_consumes_feedback_and_tags_the_new_version(project):
+    from flows.nightly_retraining import nightly_retraining
+    from multitag import registry
+    from multitag.retraining import open_queue
+
+    root, _ = project
+    queue = open_queue(_params())
+    pending = sorted(i.id for i in queue.list_items("pending", 100))
+    if len(pending) < 3:
+        pending += _add_feedback(root, 3)[0]
+    idle = nightly_retraining(min_feedback=50)
+    assert idle["status"] == "nothing to do" and queue.pending_count() == len(pending)
+    result = nightly_retraining()
+    assert result["status"] == "retrained" and sorted(result["feedback_ids"]) == sorted(pending)
+    states = {item.id: item.state for item in queue.list_items(limit=100)}
+    assert all(states[i] == "consumed" for i in pending)
+    assert "rejected" in states.values(), "the frozen test image was rejected as leakage"
+    newest = registry.list_versions("multitag")[0]
+    assert newest.tags["feedback_ids"] == ",".join(map(str, sorted(pending)))
+    manifest = pd.read_parquet(root / "data" / "processed" / "manifest.parquet")
+    feedback_rows = manifest[manifest["source"] == "feedback"]
+    assert len(feedback_rows) == len(pending) and set(feedback_rows["split"]) <= {"train", "val"}
+    frozen = set(json.loads((root / "data" / "frozen_test.json").read_text())["sha256"])
+    assert not set(manifest.loc[manifest["split"] != "test", "sha256"]) & frozen
