@@ -43,6 +43,9 @@ def _set_one(text: str, dotted: str, value: object) -> str:
     if block is None:
         raise ValueError(f"params file has no group {group!r}")
     line = re.compile(rf"(?m)^(  {re.escape(key)}:)[^\S\n]*([^#\n]*?)([^\S\n]*#.*)?$")
+    current = line.search(block.group(1))
+    if current is not None and not current.group(2).strip():
+        raise ValueError(f"{dotted} is a nested block in params.yaml; set its keys one by one instead")
     body, found = line.subn(lambda m: f"{m.group(1)} {json.dumps(value)}{m.group(3) or ''}", block.group(1), count=1)
     if not found:
         body = block.group(1) + f"  {key}: {json.dumps(value)}\n"
