@@ -11,6 +11,8 @@ import json
 import re
 from pathlib import Path
 
+import yaml
+
 from multitag.config import load_params
 
 
@@ -20,8 +22,11 @@ def set_params(path: Path, overrides: dict[str, object]) -> bool:
     The new file is validated before it replaces the old one.
     """
     text = original = path.read_text()
-    for dotted, value in overrides.items():
-        text = _set_one(text, dotted, value)
+    try:
+        for dotted, value in overrides.items():
+            text = _set_one(text, dotted, value)
+    except _BlockValue:
+        text = _rewrite(original, overrides)
     if text == original:
         return False
     candidate = path.with_suffix(".yaml.new")
@@ -35,6 +40,19 @@ def set_params(path: Path, overrides: dict[str, object]) -> bool:
     return True
 
 
+class _BlockValue(Exception):
+    """The key's value is a YAML block, which a line edit cannot replace."""
+
+
+def _rewrite(text: str, overrides: dict[str, object]) -> str:
+    """Fallback for block-style values: load, set, dump (comments are lost, values are not)."""
+    tree = yaml.safe_load(text) or {}
+    for dotted, value in overrides.items():
+        group, _, key = dotted.partition(".")
+        tree.setdefault(group, {})[key] = value
+    return yaml.safe_dump(tree, sort_keys=False)
+
+
 def _set_one(text: str, dotted: str, value: object) -> str:
     group, _, key = dotted.partition(".")
     if not key or "." in key:
@@ -45,7 +63,7 @@ def _set_one(text: str, dotted: str, value: object) -> str:
     line = re.compile(rf"(?m)^(  {re.escape(key)}:)[^\S\n]*([^#\n]*?)([^\S\n]*#.*)?$")
     current = line.search(block.group(1))
     if current is not None and not current.group(2).strip():
-        raise ValueError(f"{dotted} is a nested block in params.yaml; set its keys one by one instead")
+        raise _BlockValue(dotted)
     body, found = line.subn(lambda m: f"{m.group(1)} {json.dumps(value)}{m.group(3) or ''}", block.group(1), count=1)
     if not found:
         body = block.group(1) + f"  {key}: {json.dumps(value)}\n"

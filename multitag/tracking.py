@@ -86,6 +86,20 @@ def log_candidate(
         return run.info.run_id, model_uri.format(run_id=run.info.run_id)
 
 
+def serving_requirements() -> list[str]:
+    """Pinned from this environment: MLflow's inference would re-import TensorFlow in a
+    subprocess (10-30 s per logged model) to find the same answer."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("tensorflow-cpu", "keras", "mlflow", "numpy", "pillow"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
 def _log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
     """Save the MLflow Keras model locally, then upload it under the run's `model/` path.
 
@@ -104,6 +118,7 @@ def _log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
             signature=infer_signature(batch, model.predict_on_batch(batch)),
             input_example=batch,
             metadata=metadata,
+            pip_requirements=serving_requirements(),
         )
         mlflow.log_artifacts(str(path), "model")
     return "runs:/{run_id}/model"

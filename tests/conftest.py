@@ -1,0 +1,174 @@
+"""Shared fixtures.
+
+Serving fixtures: `tiny_champion` (an untrained 32px small_cnn registered and promoted in a
+throwaway MLflow registry, built in seconds: behaviour tests need a model, not a good one),
+`registry_env` (points this test's registry calls at it), `fresh_model_name` (a registered model
+of its own for tests that move aliases), `serve_params` and `live_server` (the API on a free
+loopback port, in a thread of the test process, stopped in teardown).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+TINY_CLASSES = ["cat", "dog", "person"]
+TINY_THRESHOLDS = [0.3, 0.5, 0.7]
+TINY_INPUT = 32
+
+
+@dataclass(frozen=True)
+class TinyChampion:
+    """A registered, promoted tiny model; register `model_uri` again to make more versions."""
+
+    env: dict[str, str]
+    model_uri: str
+    name: str
+    version: str
+    classes: list[str]
+    thresholds: list[float]
+    input_size: int
+
+
+@pytest.fixture(scope="session")
+def tiny_champion(tmp_path_factory: pytest.TempPathFactory) -> TinyChampion:
+    """Build, log, register and promote an untrained small_cnn (32px, 3 classes) in a tmp registry."""
+    import keras
+    import mlflow
+    import numpy as np
+
+    from multitag import models, registry, tracking
+
+    root = tmp_path_factory.mktemp("registry")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "MULTITAG_REGISTRY_LOCK": str(root / "registry.lock")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        patch.chdir(root)  # the experiment's artefacts go to ./mlartifacts, i.e. under root
+        # MLflow infers pip requirements by importing TensorFlow in a subprocess (10-30 s); this model
+        # never leaves the test, so its default requirements will do.
+        patch.setattr("mlflow.keras.save.infer_pip_requirements", lambda path, flavor, fallback=None, **_: fallback)
+        keras.utils.set_random_seed(0)
+        features = models.build_feature_extractor("small_cnn", TINY_INPUT, None)
+        model = models.with_sigmoid(models.assemble(features, models.build_head(features.output_shape[-1], len(TINY_CLASSES), [], 0.0)))
+        metadata = {
+            "architecture": "small_cnn",
+            "classes": TINY_CLASSES,
+            "thresholds": TINY_THRESHOLDS,
+            "input_size": TINY_INPUT,
+            "preprocessing": {"resize": "stretch", "normalisation": "inside the model graph"},
+        }
+        tracking.configure()
+        with mlflow.start_run(run_name="tiny-champion") as run:
+            batch = np.zeros((1, TINY_INPUT, TINY_INPUT, 3), dtype="float32")
+            model_uri = tracking._log_keras_model(model, batch, metadata).format(run_id=run.info.run_id)
+        name = "tiny"
+        version = registry.register(model_uri, name, {"architecture": "small_cnn", "test_mAP": "0.5", "gate_verdict": "passed"})
+        registry.promote(name, version)
+    return TinyChampion(env, model_uri, name, version, TINY_CLASSES, TINY_THRESHOLDS, TINY_INPUT)
+
+
+@pytest.fixture
+def registry_env(tiny_champion: TinyChampion, monkeypatch: pytest.MonkeyPatch) -> TinyChampion:
+    """Point registry calls (the test's and the in-thread server's) at the tiny champion's registry."""
+    for key, value in tiny_champion.env.items():
+        monkeypatch.setenv(key, value)
+    return tiny_champion
+
+
+_model_names = itertools.count()
+
+
+@pytest.fixture
+def fresh_model_name(registry_env: TinyChampion) -> str:
+    """A registered model name no other test uses (no versions yet), for tests that move aliases."""
+    return f"isolated-{next(_model_names)}-{time.time_ns()}"
+
+
+def server_params(root: Path, model_name: str, **serve: object):
+    """Params for a test server: its own feedback queue under `root`, fast alias polling, any serve overrides."""
+    from multitag.config import Params
+
+    return Params.model_validate({
+        "registry": {"model_name": model_name},
+        "serve": {"reload_interval_s": 0.2, **serve},
+        "feedback": {"db_path": str(root / "feedback" / "queue.db"), "images_dir": str(root / "feedback" / "images")},
+    })
+
+
+@pytest.fixture
+def serve_params(tmp_path: Path) -> Callable[..., object]:
+    """`serve_params(model_name, **serve)`: server_params under this test's tmp_path."""
+    return lambda model_name, **serve: server_params(tmp_path, model_name, **serve)
+
+
+@dataclass
+class LiveServer:
+    """The API served by uvicorn in a thread of the test process, on its own loopback port."""
+
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_live_server(app: object, timeout_s: float = 60) -> LiveServer:
+    """Serve `app` on a free port (the bound socket is handed to uvicorn, so no other process can take it)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError("the test server did not start; see the log above")
+        time.sleep(0.02)
+    return LiveServer(f"http://127.0.0.1:{sock.getsockname()[1]}", app, server, thread)
+
+
+@pytest.fixture
+def live_server() -> Iterator[Callable[..., LiveServer]]:
+    """Start API servers with `live_server(params, retrain_trigger=None)`; all are stopped in teardown."""
+    from multitag.api import create_app
+
+    started: list[LiveServer] = []
+
+    def start(params: object, retrain_trigger: Callable | None = None) -> LiveServer:
+        started.append(start_live_server(create_app(params, retrain_trigger=retrain_trigger)))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_champion: TinyChampion, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server per test module on the tiny champion (whose alias never moves), with small limits
+    (4 files, 200 kB each) so that limit tests stay cheap; tests that move aliases start their own."""
+    from multitag.api import create_app
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in tiny_champion.env.items():
+            patch.setenv(key, value)
+        params = server_params(tmp_path_factory.mktemp("tiny-server"), tiny_champion.name, max_files=4, max_upload_bytes=200_000)
+        server = start_live_server(create_app(params))
+        try:
+            yield server
+        finally:
+            server.stop()
