@@ -21,6 +21,7 @@ class Architecture:
     build: Callable[..., keras.Model]
     normalise: Callable[[keras.KerasTensor], keras.KerasTensor]
     pretrained: bool
+    pooling: str = "avg"  # "max" suits presence detection of small objects from scratch
 
 
 def _scale(offset: float, scale: float) -> Callable:
@@ -49,16 +50,18 @@ def _application(constructor: Callable) -> Callable[..., keras.Model]:
 
 
 def _small_cnn(input_size: int, weights: str | None) -> keras.Model:
-    """A compact residual CNN trained from scratch: fast on CPU, enough for the shapes demo."""
+    """A compact CNN trained from scratch: fast on CPU, enough for the shapes demo.
+
+    Full-resolution stem and max-pooled stages keep thin strokes visible; residual 1x1
+    shortcuts keep it trainable in few epochs.
+    """
     inputs = keras.Input((input_size, input_size, 3))
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(inputs)
-    x = layers.ReLU()(layers.BatchNormalization()(x))
+    x = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(24, 3, padding="same", use_bias=False)(inputs)))
     for filters in (32, 64, 128, 192):
-        shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False)(x)
-        y = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
-        y = layers.ReLU()(layers.BatchNormalization()(y))
-        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
-        x = layers.ReLU()(layers.Add()([layers.BatchNormalization()(y), shortcut]))
+        y = layers.ReLU()(layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)))
+        y = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(y))
+        shortcut = layers.Conv2D(filters, 1, use_bias=False)(x)
+        x = layers.MaxPooling2D()(layers.ReLU()(layers.Add()([y, shortcut])))
     model = keras.Model(inputs, x, name="small_cnn")
     if weights:
         model.load_weights(weights)
@@ -69,7 +72,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mobilenetv2": Architecture(_application(keras.applications.MobileNetV2), _scale(-1.0, 1 / 127.5), True),
     "efficientnetb0": Architecture(_application(keras.applications.EfficientNetB0), lambda x: x, True),  # rescales inside
     "resnet50": Architecture(_application(keras.applications.ResNet50), _caffe, True),
-    "small_cnn": Architecture(_small_cnn, _scale(0.0, 1 / 255.0), False),
+    "small_cnn": Architecture(_small_cnn, _scale(0.0, 1 / 255.0), False, pooling="max"),
 }
 
 
@@ -97,7 +100,8 @@ def build_feature_extractor(name: str, input_size: int, weights: str | None) -> 
     if weights not in (None, "imagenet"):
         backbone.load_weights(weights, skip_mismatch=True)
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    features = layers.GlobalAveragePooling2D(name="pool")(backbone(arch.normalise(inputs)))
+    pool = layers.GlobalMaxPooling2D if arch.pooling == "max" else layers.GlobalAveragePooling2D
+    features = pool(name="pool")(backbone(arch.normalise(inputs)))
     return keras.Model(inputs, features, name=f"{name}_features")
 
 

@@ -70,8 +70,7 @@ def _fill_rows(job: _Job) -> int:
             array[row] = decode_file(path, job.size, job.mode)  # type: ignore[arg-type]
         except (ImageError, OSError) as err:
             raise RuntimeError(f"{path} passed validation but cannot be preprocessed ({err}); re-run `multitag data validate`") from err
-    array.flush()
-    del array
+    del array  # a shared mapping: the rows are in the page cache for every reader, no flush needed
     return len(job.rows)
 
 

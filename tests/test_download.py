@@ -7,16 +7,24 @@ import io
 import re
 import tarfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from multitag import download
-from multitag.download import (Archive, ChecksumError, Dataset, DownloadError, UnsafeArchiveError,
-                               download_dataset, download_file, extract_tar)
+from multitag.download import (
+    Archive,
+    ChecksumError,
+    Dataset,
+    DownloadError,
+    UnsafeArchiveError,
+    download_dataset,
+    download_file,
+    extract_tar,
+)
 
 ARCHIVE = "vocmini.tar"
 
@@ -73,7 +81,7 @@ def server() -> Iterator[FakeServer]:
     state = FakeServer()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield state
     httpd.shutdown()

@@ -165,8 +165,8 @@ def _add_feedback(root, count: int) -> tuple[list[int], int]:
     frozen = set(json.loads((root / "data" / "frozen_test.json").read_text())["sha256"])
     by_hash = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
     train_images = [p for sha, p in by_hash.items() if sha not in frozen][:count]
-    ids = [queue.add(p.read_bytes(), ["circle", "square"]).id for p in train_images]
-    leaked = queue.add(by_hash[sorted(frozen)[0]].read_bytes(), ["square"]).id
+    ids = [queue.add(p.read_bytes(), ["circle", "ring"]).id for p in train_images]
+    leaked = queue.add(by_hash[sorted(frozen)[0]].read_bytes(), ["ring"]).id
     return ids, leaked
 
 
