@@ -21,6 +21,7 @@ from multitag.images import ImageError, inspect
 from multitag.manifest import SPLITS, Record, SourceData
 from multitag.parallel import map_with_progress
 
+SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid fraction
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]
 
 
@@ -74,9 +75,10 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
 
 
 def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]]) -> None:
-    """Keep the first of each id and of each content hash; a copy that would leak into training
-    from the test split is quarantined instead of the test copy."""
-    order = sorted(range(len(records)), key=lambda i: (records[i].split != "test", i))
+    """Keep one copy of each id and of each content hash, in this order of preference:
+    the test copy (test content never trains), then a user's feedback (a correction replaces
+    the source's labels), then the first seen."""
+    order = sorted(range(len(records)), key=lambda i: (records[i].split != "test", records[i].source != "feedback", i))
     seen_ids: dict[str, int] = {}
     seen_hashes: dict[str, int] = {}
     for index in order:
@@ -89,9 +91,14 @@ def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]])
         seen_ids[record.image_id] = index
         first = seen_hashes.setdefault(record.sha256, index)
         if first != index:
-            other = records[first]
-            code = "duplicate_content_across_splits" if other.split != record.split else "duplicate_content"
-            reasons[index] = (code, f"same bytes as {other.image_id} ({other.split or 'unsplit'} split)")
+            reasons[index] = _duplicate_reason(records[first], record)
+
+
+def _duplicate_reason(kept: Record, dropped: Record) -> tuple[str, str]:
+    if kept.source == "feedback" and kept.split != "test":
+        return SUPERSEDED, f"labels corrected by user feedback {kept.image_id}"
+    code = "duplicate_content_across_splits" if kept.split != dropped.split else "duplicate_content"
+    return code, f"same bytes as {kept.image_id} ({kept.split or 'unsplit'} split)"
 
 
 def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, reasons: dict[int, tuple[str, str]]) -> list[dict]:
@@ -157,6 +164,7 @@ def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, tuple[str, str
 def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[str], suite: list[dict]) -> dict:
     """Counts a person reads before training: per-class images per split, and why items were set aside."""
     total = len(clean) + len(quarantine)
+    invalid = int((quarantine["reason"] != SUPERSEDED).sum())
     per_class = {
         name: {split or "unsplit": int(group["labels"].map(lambda xs: name in xs).sum()) for split, group in clean.groupby("split")}
         for name in classes
@@ -165,7 +173,7 @@ def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[st
         "images_total": total,
         "images_valid": len(clean),
         "images_quarantined": len(quarantine),
-        "invalid_fraction": (len(quarantine) / total) if total else 0.0,
+        "invalid_fraction": (invalid / total) if total else 0.0,
         "images_per_split": {k or "unsplit": int(v) for k, v in clean["split"].value_counts().items()},
         "quarantine_reasons": dict(Counter(quarantine["reason"])),
         "per_class_counts": per_class,
