@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+from contextlib import contextmanager
 from typing import Callable, Iterable, Sequence, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -14,6 +16,25 @@ R = TypeVar("R")
 def progress_bar() -> Progress:
     """The one progress bar style of every long step."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def _default_signals() -> None:
+    """Workers forked from a Prefect task inherit its SIGTERM handler; give them the default."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def _pool(workers: int):
+    """A fork pool whose workers finish their queue and exit (close + join, not terminate)."""
+    pool = mp.get_context("fork").Pool(workers, initializer=_default_signals)
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
@@ -35,7 +56,7 @@ def map_with_progress(
                 results.append(func(item))
                 progress.advance(task)
             return results
-        with mp.get_context("fork").Pool(workers) as pool:
+        with _pool(workers) as pool:
             for result in pool.imap(func, items, chunksize=chunksize):
                 results.append(result)
                 progress.advance(task)
@@ -51,6 +72,6 @@ def run_chunks(func: Callable[[Sequence[T]], int], batches: Iterable[Sequence[T]
             for batch in batches:
                 progress.advance(task, func(batch))
             return
-        with mp.get_context("fork").Pool(workers) as pool:
+        with _pool(workers) as pool:
             for done in pool.imap_unordered(func, batches):
                 progress.advance(task, done)
