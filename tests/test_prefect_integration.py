@@ -1,0 +1,185 @@
+"""The deployed path, end to end: a real Prefect server, prefect.yaml deployed with the CLI, a
+process worker, and a `training-pipeline` run triggered through the API on tiny synthetic data.
+
+It runs in a throwaway copy of the project (tests/project.py: the working tree's code and
+pipeline files, own git and DVC), not in a `git clone`: a clone would test the last commit, not
+the files being changed, and would miss untracked ones. Every store (Prefect's database and
+results, MLflow, Keras, DVC) lives under that copy, and the server listens on a free loopback
+port, so the test never touches the developer's own server or registry. Teardown stops exactly
+the processes this test started (each in its own session, so with their children): SIGTERM,
+a grace period, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from project import make_project, project_env, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+POOL = "multitag-process"
+DEPLOYMENT = "training-pipeline/training-pipeline"
+TINY_DATA = {"data.synthetic": {"n_images": 120, "image_size": 32, "seed": 0}, "train.head_epochs": 1}
+RUN_PARAMETERS = {"epochs": 1, "architectures": ["small_cnn"]}
+SERVER_START_S = 120
+WORKER_READY_S = 90
+FLOW_RUN_S = 480
+STOP_GRACE_S = 10
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+@dataclass
+class Stack:
+    """A started server and worker for one project copy."""
+
+    root: Path
+    env: dict[str, str]
+    api_url: str
+    processes: dict[str, subprocess.Popen]
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        text = (self.root / ".prefect" / f"{name}.log").read_text(errors="replace")
+        return f"--- last lines of {name}.log ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(name: str, command: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start `command` in its own session (so its children can be stopped with it), logging to .prefect/<name>.log."""
+    with open(root / ".prefect" / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+        return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the process group this test created, wait, then SIGKILL whatever is left in it."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)  # start_new_session: the group id is the PID we started
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # a leader still shutting down, or children it left in its group
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def wait_until(check, what: str, timeout_s: float, stack: Stack, name: str) -> None:
+    """Poll `check()` until true; fail with the process's log when it exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if stack.processes[name].poll() is not None:
+            pytest.fail(f"the {name} exited (code {stack.processes[name].returncode}) before {what}\n{stack.log_tail(name)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout_s:.0f}s\n{stack.log_tail(name)}")
+        time.sleep(1)
+
+
+def server_healthy(api_url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).json() is True
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def pool_ready(api_url: str) -> bool:
+    """READY once a worker has sent a heartbeat for the pool."""
+    import httpx
+
+    try:
+        return httpx.get(f"{api_url}/work_pools/{POOL}", timeout=2).json().get("status") == "READY"
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def tiny_project(root: Path) -> Path:
+    """The project copy with tiny params, written so that the flow's run parameters can be set in it.
+
+    `set_params` rewrites one `key: value` line, so lists must stay on one line: dump leaf
+    collections in flow style ([small_cnn], not a block list).
+    """
+    import yaml
+
+    make_project(root, TINY_DATA)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, default_flow_style=None))
+    return root
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Server on a free port, process pool, prefect.yaml deployed, a worker polling; all stopped after."""
+    from multitag.config import load_params
+
+    root = tiny_project(tmp_path_factory.mktemp("prefect") / "project")
+    (root / ".prefect").mkdir()
+    api_url = f"http://127.0.0.1:{free_port()}/api"
+    env = {
+        **os.environ,
+        **project_env(root),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick the run up quickly (default 10 s)
+        "MULTITAG_PROJECT_DIR": str(root),  # prefect.yaml's pull step
+        "MULTITAG_RETRAIN_TIMEZONE": load_params(root / "params.yaml").retrain.timezone,
+    }
+    stack = Stack(root, env, api_url, {})
+    try:
+        port = api_url.rsplit(":", 1)[1].split("/")[0]
+        stack.processes["server"] = start("server", [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port], root, env)
+        wait_until(lambda: server_healthy(api_url), "healthy server", SERVER_START_S, stack, "server")
+        run([PREFECT, "work-pool", "create", POOL, "--type", "process"], root, env)
+        stack.processes["worker"] = start("worker", [PREFECT, "worker", "start", "--pool", POOL], root, env)
+        deploy = subprocess.run([PREFECT, "deploy", "--all", "--no-prompt"], cwd=root, env=env, capture_output=True, text=True, check=False)
+        assert deploy.returncode == 0, f"`prefect deploy --all` failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
+        wait_until(lambda: pool_ready(api_url), f"worker polling {POOL}", WORKER_READY_S, stack, "worker")
+        yield stack
+    finally:
+        for name in ("worker", "server"):
+            if name in stack.processes:
+                stop(stack.processes[name])
+
+
+def test_deployed_training_pipeline_runs_on_a_worker_and_registers_a_champion(stack: Stack):
+    from mlflow import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from multitag.config import load_params
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}):
+        flow_run = run_deployment(DEPLOYMENT, parameters=RUN_PARAMETERS, timeout=FLOW_RUN_S, poll_interval=2)
+    assert flow_run.state is not None and flow_run.state.is_completed(), (
+        f"flow run {flow_run.name} ended {flow_run.state!r}\n{stack.log_tail('worker', 80)}"
+    )
+
+    # The pull step ran the flow in the project copy, and the run parameters reached params.yaml.
+    params = load_params(stack.root / "params.yaml")
+    assert (stack.root / "reports" / "registration.json").exists()
+    assert params.train.architectures == ["small_cnn"] and params.train.small_cnn_epochs == 1
+
+    uri = stack.env["MLFLOW_TRACKING_URI"]
+    champion = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(params.registry.model_name, "champion")
+    assert champion.tags["architecture"] == "small_cnn" and champion.tags["gate_verdict"] == "passed"
