@@ -115,7 +115,7 @@ say "work pool $POOL (process) exists"
 
 export MULTITAG_RETRAIN_TIMEZONE
 MULTITAG_RETRAIN_TIMEZONE="$("$BIN/python" -c 'from multitag.config import load_params; print(load_params("params.yaml").retrain.timezone)')"
-"$BIN/prefect" deploy --all --no-prompt
+"$BIN/python" -m flows.deploy
 say "deployed prefect.yaml"
 
 start worker "$BIN/prefect" worker start --pool "$POOL"

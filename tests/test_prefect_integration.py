@@ -152,8 +152,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_until(lambda: server_healthy(api_url), "healthy server", SERVER_START_S, stack, "server")
         run([PREFECT, "work-pool", "create", POOL, "--type", "process"], root, env)
         stack.processes["worker"] = start("worker", [PREFECT, "worker", "start", "--pool", POOL], root, env)
-        deploy = subprocess.run([PREFECT, "deploy", "--all", "--no-prompt"], cwd=root, env=env, capture_output=True, text=True, check=False)
-        assert deploy.returncode == 0, f"`prefect deploy --all` failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
+        deploy = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=root, env=env, capture_output=True, text=True, check=False)
+        assert deploy.returncode == 0, f"deploying prefect.yaml failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
         wait_until(lambda: pool_ready(api_url), f"worker polling {POOL}", WORKER_READY_S, stack, "worker")
         yield stack
     finally:
