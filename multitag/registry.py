@@ -36,6 +36,7 @@ def client() -> MlflowClient:
 
 def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
     """Register `model_uri` as a new version of `name`, tagged; returns the version number."""
+    client()  # the backend MLFLOW_TRACKING_URI names now, not the one MLflow was last pointed at
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}, await_registration_for=60)
     return str(version.version)
 

@@ -25,10 +25,15 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def configure(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the configured backend and make sure the experiment exists."""
+    """Point MLflow at the configured backend and make sure the experiment exists.
+
+    The registry follows the tracking URI unless the user sets `MLFLOW_REGISTRY_URI`. We never
+    call `mlflow.set_registry_uri`: it pins a process-wide URI *and* writes it into the
+    environment, so a later `configure()` for another backend would keep registering models in
+    the first one (seen in the test session: versions landed in another project's database).
+    """
     uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
     if mlflow.get_experiment_by_name(experiment) is None:
         artifacts = None if uri.startswith("http") else Path("mlartifacts").resolve().as_uri()
         mlflow.create_experiment(experiment, artifact_location=artifacts)

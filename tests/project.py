@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,14 @@ def project_env(root: Path) -> dict[str, str]:
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, check=True, capture_output=True, text=True)
+
+
+def stored_aliases(database: Path, model_name: str = "multitag") -> dict[str, str]:
+    """Alias -> version of `model_name` as stored in an MLflow SQLite file, read with sqlite3.
+
+    Deliberately not through MLflow: its tracking and registry URIs are process-wide, so a test
+    that asks MLflow can be answered by another database than the one it means to check.
+    """
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+        rows = connection.execute("SELECT alias, version FROM registered_model_aliases WHERE name = ?", (model_name,))
+        return {alias: str(version) for alias, version in rows}

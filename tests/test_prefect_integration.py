@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from project import make_project, project_env, run
+from project import make_project, project_env, run, stored_aliases
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -180,8 +180,8 @@ def test_deployed_training_pipeline_runs_on_a_worker_and_registers_a_champion(st
     assert (stack.root / "reports" / "registration.json").exists()
     assert params.train.architectures == ["small_cnn"] and params.train.small_cnn_epochs == 1
 
-    # The deployed run registered its candidate and the registry has a champion. (Which registry
-    # database a flow run launched by the worker writes to, when earlier tests in the same session
-    # moved MLflow's process-wide URIs, is an open question: see the closing note.)
+    # The deployed run registered its candidate in the project's own registry database, read
+    # directly (not through MLflow's process-wide URIs), and that version is the champion.
     registration = json.loads((stack.root / "reports" / "registration.json").read_text())
     assert registration["versions"].get("small_cnn") and registration["champion_version"] is not None
+    assert stored_aliases(stack.root / "mlflow.db").get("champion") == str(registration["champion_version"])
