@@ -7,6 +7,8 @@ then mark the feedback consumed. Any failure puts the claimed items back to pend
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -46,5 +48,5 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
     return {"status": "retrained", "feedback_ids": claimed, "rejected_leakage": leaked, **registration}
 
 
-if __name__ == "__main__":
-    nightly_retraining()
+if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH]
+    nightly_retraining(*sys.argv[1:2])

@@ -298,20 +298,24 @@ def _queue_feedback(queue: FeedbackQueue, upload: bytes | None, sha: str | None,
 # -- triggering retraining --------------------------------------------------------------------
 
 
-def retrain_trigger_from_env(log_path: Path) -> RetrainTrigger:
-    """A Prefect deployment run when MULTITAG_RETRAIN_DEPLOYMENT names one, else a detached local flow process."""
+def retrain_trigger_from_env(log_path: Path, params_path: Path | str = "params.yaml") -> RetrainTrigger:
+    """A Prefect deployment run when MULTITAG_RETRAIN_DEPLOYMENT names one, else a detached local flow process.
+
+    Either way the flow reads the params file this server was started with, so a server on a
+    custom params file retrains on that file's data, queue and registry, not on the defaults.
+    """
     deployment = os.environ.get(RETRAIN_DEPLOYMENT_ENV)
     if deployment:
-        return lambda: run_prefect_deployment(deployment)
-    return lambda: start_flow_process([sys.executable, "-m", RETRAIN_MODULE], log_path)
+        return lambda: run_prefect_deployment(deployment, str(params_path))
+    return lambda: start_flow_process([sys.executable, "-m", RETRAIN_MODULE, str(params_path)], log_path)
 
 
-def run_prefect_deployment(name: str) -> dict[str, str]:
+def run_prefect_deployment(name: str, params_path: str) -> dict[str, str]:
     """Schedule the deployment and return at once (timeout=0): a Prefect worker runs it."""
     # Imported here, not at the top: Prefect takes seconds to import.
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(name, timeout=0)
+    flow_run = run_deployment(name, parameters={"params_path": params_path}, timeout=0)
     return {"via": "prefect", "deployment": name, "flow_run_id": str(flow_run.id)}
 
 
@@ -345,7 +349,7 @@ def create_app(params: Params | None = None, params_path: Path | str = "params.y
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = FeedbackQueue(params.feedback.db_path, params.feedback.images_dir, params.feedback.lease_seconds)
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s)
-        trigger = retrain_trigger or retrain_trigger_from_env(params.feedback.db_path.parent / "retrain.log")
+        trigger = retrain_trigger or retrain_trigger_from_env(params.feedback.db_path.parent / "retrain.log", params_path)
         app.state.services = Services(params, watcher, queue, trigger)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         watcher.start()

@@ -221,12 +221,15 @@ def test_retrain_queues_images_and_triggers_a_run(registry_env, live_server, ser
 
 
 def test_retrain_trigger_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setattr(api, "run_prefect_deployment", lambda name: {"via": "prefect", "deployment": name})
+    """The run reads the server's own params file, through Prefect or as a local process."""
+    monkeypatch.setattr(api, "run_prefect_deployment", lambda name, params_path: {"via": "prefect", "deployment": name, "params": params_path})
     monkeypatch.setattr(api, "start_flow_process", lambda command, log_path: {"via": "subprocess", "command": " ".join(command)})
     monkeypatch.setenv(api.RETRAIN_DEPLOYMENT_ENV, "nightly-retraining/nightly")
-    assert api.retrain_trigger_from_env(tmp_path / "log")() == {"via": "prefect", "deployment": "nightly-retraining/nightly"}
+    assert api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")() == {"via": "prefect", "deployment": "nightly-retraining/nightly",
+                                                                           "params": "site.yaml"}
     monkeypatch.delenv(api.RETRAIN_DEPLOYMENT_ENV)
-    assert api.retrain_trigger_from_env(tmp_path / "log")()["command"] == f"{sys.executable} -m flows.nightly_retraining"
+    command = api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")()["command"]
+    assert command == f"{sys.executable} -m flows.nightly_retraining site.yaml"
 
 
 def test_flow_process_runs_detached_and_logs(tmp_path):

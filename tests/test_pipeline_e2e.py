@@ -257,6 +257,19 @@ def _training_child(process) -> bool:
         return False
 
 
+def test_retraining_module_reads_the_params_file_it_is_given(project):
+    """`python -m flows.nightly_retraining PARAMS` (what the API's /retrain starts) honours PARAMS."""
+    from prefect.settings import PREFECT_API_URL
+
+    root, _ = project
+    custom = _params_variant(root, "params-custom.yaml", {"retrain": {"min_feedback": 987654}})
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    finished = subprocess.run([sys.executable, "-m", "flows.nightly_retraining", custom], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "nothing to do" in finished.stdout + finished.stderr and "987654 needed" in finished.stdout + finished.stderr
+
+
 def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(project, live_server):
     """The whole loop: predict through the API, correct through the API, retrain nightly, and the
     running API hot-reloads the new champion, which carries the feedback ids it learned from."""
