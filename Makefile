@@ -32,7 +32,7 @@ lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
 demo: install weights
-	$(BIN)/multitag demo
+	$(BIN)/multitag pipeline --source synthetic
 
 test: install weights
 	bash scripts/install_test_browser.sh

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from multitag import stages
 from multitag.config import load_params
 from tasks import pipeline as t
 
@@ -33,17 +34,17 @@ def training_pipeline(
     """Train every configured architecture, let the gate judge the best, register them all."""
     params_path = t.apply_overrides(params_path, run_overrides(architectures, epochs, data_source, data_path))
     params = load_params(params_path)
-    t.synthesize(params_path)
+    t.synthesize(params_path)  # generates shapes only when they are the data
     t.validate(params_path)
     t.preprocess(params_path)
     for architecture in params.train.architectures:
         t.train(architecture, params_path)
     t.evaluate(params_path, run_name="training-pipeline")
-    verdict = t.gate(params_path)
+    t.gate(params_path)
     registration = t.register(params_path)
     t.record_data_versions()
     t.publish_report(registration)
-    get_run_logger().info("gate %s for %s; champion is version %s", registration["verdict"], verdict["selected"], registration["champion_version"])
+    get_run_logger().info(stages.outcome_message(registration))
     return registration
 
 

@@ -56,12 +56,16 @@ def data_download(
 
 @data_app.command("synthesize")
 def data_synthesize(params_path: Path = ParamsOption) -> None:
-    """Generate the synthetic shapes dataset (data.synthetic) into data/raw/synthetic."""
-    from multitag.sources import synthetic
+    """Generate the synthetic shapes dataset (data.synthetic) into data/raw/synthetic; a photo
+    source generates nothing."""
+    from multitag.stages import synthesize_stage
 
-    settings = _params(params_path).data.synthetic
-    root = synthetic.generate(Path("data/raw/synthetic"), settings.n_images, settings.image_size, settings.seed)
-    console.print(f"[green]{settings.n_images} synthetic images in {root}[/green]")
+    params = _params(params_path)
+    root = synthesize_stage(params)
+    if params.data.source == "synthetic":
+        console.print(f"[green]{params.data.synthetic.n_images} synthetic images in {root}[/green]")
+    else:
+        console.print(f"data.source is {params.data.source}: no shapes generated")
 
 
 @data_app.command("validate")
@@ -205,7 +209,10 @@ def register(params_path: Path = ParamsOption) -> None:
         result = register_stage(_params(params_path))
     except FileNotFoundError as err:
         _fail(err)
-    console.print(f"registered {result['versions']}; verdict {result['verdict']}; champion is version {result['champion_version']}")
+    from multitag.stages import outcome_message
+
+    console.print(f"registered {result['versions']}; verdict {result['verdict']}")
+    console.print(outcome_message(result))
 
 
 @registry_app.command("list")
@@ -327,17 +334,53 @@ def serve(
     run_server(host, port, params_path)
 
 
-@app.command("demo")
-def demo(params_path: Path = ParamsOption) -> None:
-    """The whole job on the embedded defaults: synthetic data -> trained, gated, registered champion."""
-    from flows.training_pipeline import training_pipeline
+@app.command("pipeline")
+def pipeline(
+    source: str = typer.Option(..., help="voc | coco | yolo | csv | synthetic"),
+    path: Optional[Path] = typer.Option(None, help="Dataset folder (default for synthetic: data/raw/synthetic)."),
+    classes: Optional[str] = typer.Option(None, help="A class subset, comma-separated: person,dog,cat."),
+    model_name: Optional[str] = typer.Option(None, help="Registered model name; default: one per task (the dataset's folder name)."),
+    arch: list[str] = typer.Option([], "--arch", help="Architecture(s); default: the recipe of the data's kind."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """The whole pipeline on this dataset: validate, preprocess, train, evaluate, gate, register.
 
-    registration = training_pipeline(params_path=str(params_path))
+    The choice is recorded in params.yaml first (as the Prefect flow's parameters are), so
+    `dvc status` and `dvc repro` agree with what ran. `make demo` is `--source synthetic`.
+    """
+    from flows.training_pipeline import training_pipeline
+    from multitag.params_file import set_params
+    from multitag.stages import outcome_message
+
+    try:
+        choice = dataset_choice(_params(params_path), source, path, classes, model_name, arch)
+        set_params(params_path, choice)
+        registration = training_pipeline(params_path=str(params_path))
+    except (ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err)
     Console().print((Layout().metrics / "comparison.md").read_text())
-    console.print(
-        f"[green]gate {registration['verdict']} for {registration['selected']}; champion is version "
-        f"{registration['champion_version']}[/green]\nNext: `.venv/bin/multitag serve` and open http://127.0.0.1:8000/"
-    )
+    console.print(outcome_message(registration))
+
+
+def dataset_choice(current, source: str, path: Optional[Path], classes: Optional[str], model_name: Optional[str], arch: list[str]) -> dict:
+    """params.yaml keys for this dataset; the recipe's architectures when the data's kind changes."""
+    from multitag.config import DataParams
+    from multitag.recipes import RECIPES, kind_of
+
+    DataParams(source=source)  # type: ignore[arg-type]  # an unknown source fails here, with the choices
+    if path is None and source != "synthetic":
+        raise ValueError(f"--path is required for --source {source}")
+    choice: dict[str, object] = {
+        "data.source": source,
+        "data.path": str(path or Layout().synthetic),
+        "data.classes": [c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        "registry.model_name": model_name or "auto",
+    }
+    if arch:
+        choice["train.architectures"] = list(arch)
+    elif kind_of(current.data.source) != kind_of(source):
+        choice["train.architectures"] = RECIPES[kind_of(source)]["train.architectures"]
+    return choice
 
 
 def main() -> None:

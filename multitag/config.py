@@ -6,6 +6,9 @@ path in the message, not deep inside a stage.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -55,39 +58,60 @@ class SplitRatios(_Strict):
 
 
 class PreprocessParams(_Strict):
-    image_size: int = Field(64, ge=16, le=1024)
+    image_size: int | Literal["auto"] = "auto"
     resize: Literal["stretch", "letterbox"] = "stretch"
     workers: int = Field(2, ge=1)
     seed: int = 42
     split_ratios: SplitRatios = SplitRatios()
+    keep_source_splits: bool = False
+
+    @model_validator(mode="after")
+    def _size_in_range(self) -> "PreprocessParams":
+        if self.image_size != "auto" and not 16 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be between 16 and 1024 (or auto), got {self.image_size}")
+        return self
 
 
 class TrainParams(_Strict):
-    architectures: list[str] = ["small_cnn", "mobilenetv2"]
+    """`auto` values take the recipe of the data's kind (multitag/recipes.py): photos or shapes."""
+
+    architectures: list[str] = ["small_cnn", "mobilenetv2"]  # concrete: dvc.yaml's foreach reads it
     seed: int = 42
     batch_size: int = Field(32, ge=1)
     head_epochs: int = Field(30, ge=0)
     head_learning_rate: float = Field(3e-3, gt=0)
-    fine_tune_epochs: int = Field(8, ge=0)
-    fine_tune_learning_rate: float = Field(3e-4, gt=0)
-    fine_tune_layers: int = Field(20, ge=0)
+    fine_tune_epochs: int | Literal["auto"] = "auto"
+    fine_tune_learning_rate: float | Literal["auto"] = "auto"
+    fine_tune_layers: int | Literal["auto"] = "auto"
     patience: int = Field(4, ge=1)
-    dense_units: list[int] = [128]
+    dense_units: list[int] | Literal["auto"] = "auto"
     dropout: float = Field(0.2, ge=0, lt=1)
-    class_weighting: Literal["none", "positive_weights", "asymmetric"] = "positive_weights"
+    class_weighting: Literal["auto", "none", "positive_weights", "asymmetric"] = "auto"
     weights: dict[str, str | None] = {}
-    small_cnn_epochs: int = Field(25, ge=1)
+    small_cnn_epochs: int = Field(30, ge=1)
     augment: bool = True
+    flip_average: bool | Literal["auto"] = "auto"
 
 
 class EvaluateParams(_Strict):
     primary_metric: Literal["mAP", "macro_f1", "micro_f1"] = "mAP"
     latency_runs: int = Field(20, ge=1)
+    min_threshold_positives: int = Field(8, ge=1)
+    default_threshold: float = Field(0.5, gt=0, lt=1)
+    threshold_bounds: tuple[float, float] = (0.1, 0.9)
+
+    @model_validator(mode="after")
+    def _bounds_hold_the_default(self) -> "EvaluateParams":
+        low, high = self.threshold_bounds
+        if not 0 < low <= self.default_threshold <= high < 1:
+            raise ValueError(f"threshold_bounds {self.threshold_bounds} must satisfy 0 < low <= default_threshold ({self.default_threshold}) <= high < 1")
+        return self
 
 
 class GateParams(_Strict):
-    min_mAP: float = Field(0.5, ge=0, le=1)
-    min_macro_f1: float = Field(0.4, ge=0, le=1)
+    min_mAP: float | None = Field(None, ge=0, le=1)
+    min_macro_f1: float | None = Field(None, ge=0, le=1)
+    baselines: list[Literal["class_prior", "probe"]] = ["class_prior", "probe"]
     min_improvement: float = 0.005
     max_class_regression: float = Field(0.1, ge=0)
     smoke_latency_ms: float = Field(2000, gt=0)
@@ -95,7 +119,23 @@ class GateParams(_Strict):
 
 
 class RegistryParams(_Strict):
-    model_name: str = "multitag"
+    model_name: str = "auto"  # auto: one registered model per task (task_model_name)
+
+
+DEMO_MODEL_NAME = "multitag"
+
+
+def task_model_name(data: DataParams) -> str:
+    """The registered model of this task: the demo's is `multitag`, your dataset's is named after
+    its folder (plus its class subset), so a model for one class list never serves, or blocks,
+    another's (`voc-real`, `voc-real-cat-dog`, `voc-real-7f3a9c01` for a long subset)."""
+    if data.source == "synthetic":
+        return DEMO_MODEL_NAME
+    name = re.sub(r"[^a-z0-9]+", "-", Path(os.path.abspath(data.path)).name.lower()).strip("-") or data.source
+    if data.classes:
+        subset = "-".join(re.sub(r"[^a-z0-9]+", "", c.lower()) for c in data.classes)
+        name += f"-{subset}" if len(subset) <= 40 else f"-{hashlib.sha1('|'.join(sorted(data.classes)).encode()).hexdigest()[:8]}"
+    return name
 
 
 class ServeParams(_Strict):
@@ -132,6 +172,16 @@ class Params(_Strict):
     retrain: RetrainParams = RetrainParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _resolve_auto(self) -> "Params":
+        """Replace every `auto` with the recipe of this data's kind, so stages only see values."""
+        from multitag.recipes import resolve
+
+        resolve(self)
+        if self.registry.model_name == "auto":
+            self.registry.model_name = task_model_name(self.data)
+        return self
 
 
 class ParamsError(ValueError):

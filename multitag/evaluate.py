@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from multitag import metrics
+from multitag.config import EvaluateParams
 from multitag.preprocess import load_split
 
 
@@ -19,6 +20,7 @@ class Evaluation:
     architecture: str
     classes: list[str]
     thresholds: list[float]
+    default_threshold_classes: list[str]
     val: dict
     test: dict
     latency_ms_p50: float
@@ -45,19 +47,21 @@ def single_image_latency_ms(model: keras.Model, image: np.ndarray, runs: int) ->
     return float(np.median(timings))
 
 
-def evaluate_model(architecture: str, model: keras.Model, model_file: Path, processed_dir: Path, classes: list[str], latency_runs: int) -> Evaluation:
-    """Tune thresholds on validation, then score the frozen test split with them."""
+def evaluate_model(architecture: str, model: keras.Model, model_file: Path, processed_dir: Path, classes: list[str], params: EvaluateParams) -> Evaluation:
+    """Tune thresholds on validation (bounded; too few positives keep the default), then score
+    the frozen test split with them."""
     x_val, y_val = load_split(processed_dir, "val")
     x_test, y_test = load_split(processed_dir, "test")
     scores_val, scores_test = predict(model, x_val), predict(model, x_test)
-    thresholds = metrics.tune_thresholds(y_val, scores_val)
+    thresholds = metrics.tune_thresholds(y_val, scores_val, params.min_threshold_positives, params.default_threshold, params.threshold_bounds)
     return Evaluation(
         architecture=architecture,
         classes=classes,
         thresholds=[float(t) for t in thresholds],
+        default_threshold_classes=metrics.too_few_to_tune(y_val, classes, params.min_threshold_positives),
         val=metrics.evaluate_at_thresholds(y_val, scores_val, thresholds, classes),
         test=metrics.evaluate_at_thresholds(y_test, scores_test, thresholds, classes),
-        latency_ms_p50=single_image_latency_ms(model, np.asarray(x_test[0] if len(x_test) else x_val[0]), latency_runs),
+        latency_ms_p50=single_image_latency_ms(model, np.asarray(x_test[0] if len(x_test) else x_val[0]), params.latency_runs),
         size_mb=model_file.stat().st_size / 1e6,
         y_test=np.asarray(y_test),
         scores_test=scores_test,

@@ -11,6 +11,10 @@ class Layout:
     root: Path = Path(".")
 
     @property
+    def synthetic(self) -> Path:
+        return self.root / "data" / "raw" / "synthetic"
+
+    @property
     def validated(self) -> Path:
         return self.root / "data" / "validated"
 

@@ -110,17 +110,35 @@ def _best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
     return float(midpoint if midpoint > cut_offs[best + 1] else cut_offs[best])
 
 
-def tune_thresholds(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """Per-class threshold that maximises F1 on this data (the validation split). 0.5 without positives.
+def tune_thresholds(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    min_positives: int = 1,
+    default: float = 0.5,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> np.ndarray:
+    """Per-class threshold that maximises F1 on this data (the validation split), within `bounds`.
 
     Only the N distinct scores can change the predictions, so a single sort finds the exact
     best F1. A grid of thresholds costs more and can miss it. The threshold sits half-way
     between the lowest accepted score and the next lower one, so `>=` and `>` agree on this
     data, and unseen scores near the edge fall on the side the data supports. When several
     cut-offs tie on F1, the highest is chosen, because it predicts fewer labels.
+
+    A class with fewer than `min_positives` positives keeps `default`: with one or two
+    positives the F1-best cut-off is often "everything positive" (seen on real VOC photos:
+    bird, boat, bus at 0.00), which would tag every photo with that class.
     """
     y_true, y_score = _check_inputs(y_true, y_score)
-    return np.array([_best_f1_threshold(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
+    tuned = np.array([_best_f1_threshold(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
+    tuned = np.where(y_true.sum(axis=0) >= min_positives, tuned, default)
+    return np.clip(tuned, *bounds)
+
+
+def too_few_to_tune(y_true: np.ndarray, classes: list[str], min_positives: int) -> list[str]:
+    """The classes whose threshold `tune_thresholds` leaves at the default (reported by name)."""
+    counts = np.asarray(y_true).sum(axis=0)
+    return [name for name, count in zip(classes, counts) if count < min_positives]
 
 
 def apply_thresholds(y_score: np.ndarray, thresholds: float | np.ndarray) -> np.ndarray:

@@ -36,6 +36,14 @@ class ReverseChannels(layers.Layer):
         return keras.ops.flip(inputs, axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="multitag")
+class MirrorImage(layers.Layer):
+    """Left-right mirror of an (N, H, W, C) batch; a named layer so saved models load safely."""
+
+    def call(self, inputs):
+        return keras.ops.flip(inputs, axis=2)
+
+
 def _caffe(x):
     """ResNet50's caffe-style input: BGR channel order, ImageNet means subtracted."""
     bgr = ReverseChannels(name="rgb_to_bgr")(x)
@@ -122,10 +130,18 @@ def assemble(feature_extractor: keras.Model, head: keras.Model) -> keras.Model:
     return keras.Model(inputs, head(feature_extractor(inputs)), name="multitag_logits")
 
 
-def with_sigmoid(logits_model: keras.Model) -> keras.Model:
-    """The served model: the same graph with a sigmoid on top, so it outputs probabilities."""
+def with_sigmoid(logits_model: keras.Model, flip_average: bool = False) -> keras.Model:
+    """The served model: the same graph with a sigmoid on top, so it outputs probabilities.
+
+    With `flip_average`, it scores each image and its mirror image and averages the two
+    probabilities (test-time augmentation that is inside the graph, so every consumer gets it).
+    """
     inputs = keras.Input(logits_model.input_shape[1:], name="image")
-    probabilities = layers.Activation("sigmoid", name="probabilities", dtype="float32")(logits_model(inputs))
+    sigmoid = layers.Activation("sigmoid", name="probabilities", dtype="float32")
+    probabilities = sigmoid(logits_model(inputs))
+    if flip_average:
+        mirrored = sigmoid(logits_model(MirrorImage(name="mirror")(inputs)))
+        probabilities = layers.Average(name="flip_average", dtype="float32")([probabilities, mirrored])
     return keras.Model(inputs, probabilities, name="multitag")
 
 

@@ -34,14 +34,20 @@ class _Job:
     mode: str
 
 
-def preprocess(manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path) -> dict:
-    """Split the validated manifest and write `<split>_x.npy`, `<split>_y.npy`, classes and manifest."""
+def preprocess(manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path, dataset: str = "default") -> dict:
+    """Split the validated manifest and write `<split>_x.npy`, `<split>_y.npy`, classes and manifest.
+
+    `dataset` names whose frozen test set applies (splits.dataset_key); an empty split is an error.
+    """
     frame = manifest.read(manifest_path)
     classes = manifest.read_classes(classes_path)
-    frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, splits.read_frozen_test(frozen_test_path))
-    splits.write_frozen_test(frame, frozen_test_path)
+    frozen = splits.read_frozen_test(frozen_test_path, dataset)
+    elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
+    frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits)
+    splits.require_nonempty(frame, dataset, params.split_ratios, len(frozen) if frozen is not None else None)
+    splits.write_frozen_test(frame, frozen_test_path, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
+    summary = {"dataset": dataset, "image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
     for split in SPLITS:
         rows = frame[frame["split"] == split].reset_index(drop=True)
         write_split(rows, classes, out_dir, split, params)

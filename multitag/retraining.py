@@ -12,7 +12,7 @@ from pathlib import Path
 
 from multitag.config import Params
 from multitag.feedback import FeedbackItem, FeedbackQueue
-from multitag.manifest import Record
+from multitag.manifest import FEEDBACK_SOURCE, Record
 
 VAL_PERCENT = 15
 
@@ -55,7 +55,7 @@ def feedback_records(export_dir: Path) -> list[Record]:
         return []
     records = csv_folder.read(export_dir, DataParams()).records
     for record in records:
-        record.source = "feedback"
+        record.source = FEEDBACK_SOURCE
         record.image_id = f"feedback-{record.image_id}"
     return records
 

@@ -1,13 +1,16 @@
 """Deterministic multi-label stratified splits, with a frozen test split.
 
-The test split is made once and frozen in `frozen_test.json` (content hashes). Later runs put
-every frozen image back in test, never draw new test images, and so never leak test content
-into training, whatever the source or the feedback adds.
+Each dataset's test split is made once and frozen in `frozen_test.json` (content hashes, one set
+per dataset). Later runs put every frozen image back in test, never draw new test images for a
+dataset that has a set, and so never leak test content into training, whatever the source or
+the feedback adds. A new dataset (say your own photos after the shapes demo) gets its own
+stratified test split; images frozen for any dataset stay out of training everywhere.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,10 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from multitag.config import SplitRatios
+from multitag.manifest import FEEDBACK_SOURCE as FEEDBACK
 from multitag.manifest import label_matrix
+
+LEGACY = "legacy"  # the dataset name of a frozen_test.json written before sets were per dataset
 
 
 def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -30,19 +36,32 @@ def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return picked
 
 
-def assign_splits(frame: pd.DataFrame, classes: list[str], ratios: SplitRatios, seed: int, frozen_test: set[str] | None) -> pd.Series:
+def assign_splits(
+    frame: pd.DataFrame,
+    classes: list[str],
+    ratios: SplitRatios,
+    seed: int,
+    frozen_test: set[str] | None,
+    frozen_elsewhere: set[str] = frozenset(),  # type: ignore[assignment]
+    keep_source_splits: bool = True,
+) -> pd.Series:
     """Final split of every row.
 
-    1. Rows whose hash is in the frozen test set, or that the source puts in test, are test; if
-       there is no frozen set yet and the source gave no test split, a stratified `ratios.test`
-       share of all rows becomes test.
-    2. Rows with a source split keep it; unsplit rows are stratified into train and val.
+    1. Rows whose hash is in this dataset's frozen test set, or in any other dataset's, or that
+       the source puts in test, are test. If this dataset has no frozen set yet and the source
+       gave no test split, a stratified `ratios.test` share of its own rows (never feedback)
+       becomes test.
+    2. Rows with a source split keep it, unless `keep_source_splits` is off: then the source's
+       train/val rows are re-stratified by `ratios` (feedback keeps the split its export fixed).
     """
     split = frame["split"].fillna("").copy()
-    if frozen_test is not None:
-        split[frame["sha256"].isin(frozen_test)] = "test"
-    elif not (split == "test").any() and ratios.test > 0:
-        split[stratified_pick(label_matrix(frame["labels"], classes), ratios.test, seed)] = "test"
+    if not keep_source_splits:
+        split[split.isin(["train", "val"]) & (frame["source"] != FEEDBACK)] = ""
+    split[frame["sha256"].isin(set(frozen_test or ()) | set(frozen_elsewhere))] = "test"
+    if frozen_test is None and not (split == "test").any() and ratios.test > 0:
+        own = np.flatnonzero((frame["source"] != FEEDBACK).to_numpy())
+        picked = stratified_pick(label_matrix(frame["labels"].iloc[own], classes), ratios.test, seed)
+        split.iloc[own[picked]] = "test"
     unsplit = np.flatnonzero(split.to_numpy() == "")
     if len(unsplit):
         val_share = ratios.val / (ratios.train + ratios.val)
@@ -51,17 +70,57 @@ def assign_splits(frame: pd.DataFrame, classes: list[str], ratios: SplitRatios, 
     return split
 
 
-def read_frozen_test(path: Path) -> set[str] | None:
-    """The frozen test hashes, or None before the first split was made."""
-    return set(json.loads(path.read_text())["sha256"]) if path.exists() else None
+def dataset_key(source: str, path: Path | str) -> str:
+    """Which dataset a frozen test set belongs to: the source kind and its folder as configured."""
+    return f"{source}:{os.path.normpath(str(path))}"
 
 
-def write_frozen_test(frame: pd.DataFrame, path: Path) -> None:
-    """Freeze the test split: the file only ever grows, so no image leaves the test split."""
-    previous = json.loads(path.read_text()) if path.exists() else {"image_id": [], "sha256": []}
+def _read_all(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Every dataset's frozen set; a file from before per-dataset sets counts as one dataset."""
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    return stored["datasets"] if "datasets" in stored else {LEGACY: stored}
+
+
+def read_frozen_test(path: Path, dataset: str | None = None) -> set[str] | None:
+    """The frozen test hashes of `dataset` (None before its first split was made), or with no
+    dataset named the union over every dataset: the set no training image may come from."""
+    stored = _read_all(path)
+    if dataset is not None:
+        return set(stored[dataset]["sha256"]) if dataset in stored else None
+    return {sha for entry in stored.values() for sha in entry["sha256"]} if stored else None
+
+
+def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str) -> None:
+    """Freeze this dataset's test split: its set only ever grows, so no image leaves test; the
+    other datasets' sets are kept as they are."""
+    stored = _read_all(path)
+    previous = stored.get(dataset, {"image_id": [], "sha256": []})
     frozen = dict(zip(previous["sha256"], previous["image_id"]))
     test = frame[frame["split"] == "test"]
     frozen.update({sha: frozen.get(sha, image_id) for sha, image_id in zip(test["sha256"], test["image_id"])})
     ordered = sorted(frozen.items())
+    stored[dataset] = {"image_id": [i for _, i in ordered], "sha256": [s for s, _ in ordered]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"image_id": [i for _, i in ordered], "sha256": [s for s, _ in ordered]}, indent=1) + "\n")
+    path.write_text(json.dumps({"datasets": stored}, indent=1) + "\n")
+
+
+class EmptySplitError(ValueError):
+    """A split came out empty; the message says why and what to change."""
+
+
+def require_nonempty(frame: pd.DataFrame, dataset: str, ratios: SplitRatios, frozen_count: int | None) -> None:
+    """Refuse to write a split with no images: every later stage would fail less clearly."""
+    counts = frame["split"].value_counts()
+    for split in ("train", "val", "test"):
+        if counts.get(split, 0):
+            continue
+        if split == "test" and frozen_count:
+            why = (f"none of the {frozen_count} frozen test images of {dataset} are in the validated data (the dataset "
+                   "changed under the same path?); remove its entry from data/frozen_test.json to draw a new test split")
+        elif split == "test" and ratios.test == 0:
+            why = "preprocess.split_ratios.test is 0 and the source has no test split"
+        else:
+            why = f"only {len(frame)} valid images; add images or change preprocess.split_ratios"
+        raise EmptySplitError(f"the {split} split of {dataset} would be empty: {why}")

@@ -9,6 +9,24 @@ from multitag.config import Params
 from multitag.layout import Layout
 
 
+def synthesize_stage(params: Params, layout: Layout = Layout()) -> Path:
+    """Generate the demo's shapes, only when they are the data; a photo source generates none.
+
+    The folder still exists afterwards (empty but for a note if it never held shapes), because
+    it is the `synthesize` stage's DVC out and `dvc commit` needs every out on disk.
+    """
+    from multitag.sources import synthetic
+
+    target = layout.synthetic
+    if params.data.source != "synthetic":
+        target.mkdir(parents=True, exist_ok=True)
+        if not any(target.iterdir()):
+            (target / "NOT_GENERATED.txt").write_text(f"data.source is {params.data.source}: no shapes are generated.\n")
+        return target
+    settings = params.data.synthetic
+    return synthetic.generate(target, settings.n_images, settings.image_size, settings.seed)
+
+
 def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]:
     """Read the configured source, validate it, write manifest/quarantine/report."""
     from multitag.sources import read_source
@@ -25,6 +43,7 @@ def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]
 def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
     """Split the validated manifest and write the uint8 arrays per split."""
     from multitag.preprocess import preprocess
+    from multitag.splits import dataset_key
 
     return preprocess(
         layout.validated / "manifest.parquet",
@@ -32,6 +51,7 @@ def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
         layout.processed,
         params.preprocess,
         layout.frozen_test,
+        dataset_key(params.data.source, params.data.path),
     )
 
 
@@ -78,7 +98,7 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     classes = read_classes(layout.processed / "classes.json")
     tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
     example = np.asarray(load_split(layout.processed, "test")[0][:16])
-    rows, candidates = [], []
+    rows, candidates, defaulted = [], [], {}
     with tracking.pipeline_run(run_name, tags) as parent:
         for architecture in params.train.architectures:
             model_dir = layout.models / architecture
@@ -87,23 +107,34 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             train_info = json.loads((model_dir / "train_info.json").read_text())
             history = json.loads((model_dir / "history.json").read_text())
             model = load_served_model(model_dir)
-            evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate.latency_runs)
+            evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
             run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
             rows.append(comparison_row(evaluation, train_info))
+            defaulted[architecture] = evaluation.default_threshold_classes
             candidates.append({"architecture": architecture, "run_id": run_id, "model_uri": model_uri, **rows[-1]})
             _write_curves(history, layout.metrics / "curves" / f"{architecture}.csv")
             keras.backend.clear_session()
-        table = comparison_markdown(rows)
+        table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
         import mlflow
 
         mlflow.log_text(table, "comparison.md")
         mlflow.log_dict(rows, "comparison.json")
         parent_id = parent.info.run_id
-    tracking.write_json(layout.metrics / "evaluation.json", {row["architecture"]: row for row in rows})
+    tracking.write_json(layout.metrics / "evaluation.json", {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows})
     (layout.metrics / "comparison.md").write_text(table)
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
     tracking.write_json(layout.metrics / "candidates.json", summary)
     return summary
+
+
+def threshold_note(defaulted: dict[str, list[str]], params) -> str:
+    """Which classes kept the default threshold, and why, under the comparison table."""
+    lines = [f"- {arch}: {', '.join(names)}" for arch, names in defaulted.items() if names]
+    if not lines:
+        return ""
+    head = (f"\nThreshold {params.default_threshold} kept (fewer than {params.min_threshold_positives} validation positives, "
+            f"too few to tune); tuned thresholds are bounded to {list(params.threshold_bounds)}:\n\n")
+    return head + "\n".join(lines) + "\n"
 
 
 def _write_curves(history: dict[str, list[float]], path: Path) -> None:
@@ -142,6 +173,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     import json
 
     from multitag import gate, registry
+    from multitag.baselines import score_baselines
     from multitag.tracking import write_json
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
@@ -149,7 +181,8 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     best = max(summary["candidates"], key=lambda c: c[key] if c[key] is not None else -1.0)
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
-    verdict = gate.judge(best["model_uri"], champion_uri, champion.version if champion else None, params.gate, params.evaluate.primary_metric, layout)
+    baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)
+    verdict = gate.judge(best["model_uri"], champion_uri, champion.version if champion else None, params.gate, params.evaluate.primary_metric, layout, baselines)
     result = {"selected": best["architecture"], "verdict": gate.as_dict(verdict), "tags": verdict.tags()}
     write_json(layout.reports / "gate.json", result)
     (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict, None))
@@ -201,3 +234,19 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     }
     write_json(layout.reports / "registration.json", result)
     return result
+
+
+def outcome_message(registration: dict) -> str:
+    """How every run ends: what is served now, or why nothing is and what to do next."""
+    name, champion = registration["model_name"], registration["champion_version"]
+    selected, version = registration["selected"], registration["selected_version"]
+    if registration["verdict"] == "passed":
+        head = f"Gate passed: {selected} (version {version}) is now the champion of {name}."
+    else:
+        reasons = "; ".join(registration["reasons"]) or "see reports/gate.md"
+        head = f"Gate failed for {selected} (version {version}, now `challenger`): {reasons}."
+    if champion is None:
+        return (f"{head}\nNothing is served for {name} yet. Next: read reports/gate.md; to serve this model anyway, "
+                f"`multitag registry promote {version}`; or improve it (more photos, `train` params) and run the pipeline again.")
+    served = f"models:/{name}@champion (version {champion})"
+    return f"{head}\nServed now: {served}. Next: `multitag serve` and open the page, or `multitag predict models:/{name}@champion PHOTO.jpg`."

@@ -55,6 +55,7 @@ def model_metadata(evaluation: Evaluation, input_size: int, resize: str) -> dict
         "architecture": evaluation.architecture,
         "classes": evaluation.classes,
         "thresholds": evaluation.thresholds,
+        "default_threshold_classes": evaluation.default_threshold_classes,
         "input_size": input_size,
         "preprocessing": {
             "input": "RGB pixels 0-255 as float32, shape (N, input_size, input_size, 3)",

@@ -9,6 +9,7 @@ on validation mAP. `small_cnn` has no pretrained backbone and trains end to end 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -85,6 +86,27 @@ class ValidationMAP(keras.callbacks.Callback):
             logs["val_mAP"] = float(np.nanmean(average_precision_per_class(self.y_val, scores)))
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """One line per epoch (phase, epoch, loss, val mAP, time left), so a long run can be followed."""
+
+    def __init__(self, architecture: str, phase: str, epochs: int):
+        super().__init__()
+        self.architecture, self.phase, self.epochs = architecture, phase, epochs
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
+        left = per_epoch * (self.epochs - epoch - 1)
+        report(f"{self.architecture} {self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+               f"val mAP {logs.get('val_mAP', float('nan')):.4f}, {per_epoch:.0f} s/epoch, at most {left:.0f} s left in this phase")
+
+
+def report(message: str) -> None:
+    """Progress to stderr, flushed: training runs in a child process whose output the user sees."""
+    print(f"[train] {message}", file=sys.stderr, flush=True)
+
+
 def positive_weights(y: np.ndarray, cap: float = 20.0) -> np.ndarray:
     """neg/pos per class, capped: rare classes count more without one class dominating the loss."""
     positives = y.sum(axis=0).astype("float64")
@@ -135,7 +157,7 @@ def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> 
     return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
 
 
-def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str):
+def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str, architecture: str):
     """Compile with a cosine schedule and fit with val-mAP early stopping; append to `history`."""
     if epochs <= 0:
         return
@@ -143,6 +165,7 @@ def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: T
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile="auto")
     callbacks = [
         ValidationMAP(val_inputs, y_val, params.batch_size),
+        EpochProgress(architecture, phase, epochs),
         keras.callbacks.EarlyStopping("val_mAP", mode="max", patience=params.patience, restore_best_weights=True),
     ]
     fit_kwargs = {"batch_size": params.batch_size} if isinstance(data[0], np.ndarray) else {}
@@ -177,20 +200,24 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     if arch.pretrained and init_model is None:
         extractor.trainable = False
         t0 = time.perf_counter()
+        report(f"{name}: frozen {name} features of {len(x_train) + len(x_val)} images at {size}px ...")
         f_train, f_val = extract_features(extractor, x_train, params.batch_size), extract_features(extractor, x_val, params.batch_size)
         timings["feature"] = time.perf_counter() - t0
+        report(f"{name}: features in {timings['feature']:.0f} s; training the head on them")
         t0 = time.perf_counter()
-        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head")
+        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head", name)
         timings["head"] = time.perf_counter() - t0
         models.unfreeze_top(extractor, params.fine_tune_layers)
     fine_tune_epochs = params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
     learning_rate = params.fine_tune_learning_rate if arch.pretrained else params.head_learning_rate
     trainer = _trainer(logits_model, augmentation(params.seed) if params.augment else None)
     t0 = time.perf_counter()
-    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune")
+    phase = "fine_tune" if arch.pretrained else "from_scratch"
+    report(f"{name}: {phase.replace('_', ' ')}, up to {fine_tune_epochs} epochs on {len(x_train)} images (early stopping on val mAP)")
+    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", name)
     timings["fine_tune"] = time.perf_counter() - t0
 
-    served = models.with_sigmoid(logits_model)
+    served = models.with_sigmoid(logits_model, flip_average=bool(params.flip_average))
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
     val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
@@ -200,6 +227,7 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     )
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    report(f"{name}: done in {result.train_seconds:.0f} s, best val mAP {result.best_val_mAP:.4f}")
     return result
 
 

@@ -30,12 +30,9 @@ def apply_overrides(params_path: str, overrides: dict) -> str:
     return params_path
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], ["multitag/sources/synthetic.py"], ["data/raw/synthetic"]))
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], ["multitag/sources/synthetic.py"], [str(Layout().synthetic)]))
 def synthesize(params_path: str) -> str:
-    from multitag.sources import synthetic
-
-    settings = load_params(params_path).data.synthetic
-    return str(synthetic.generate(Path("data/raw/synthetic"), settings.n_images, settings.image_size, settings.seed))
+    return str(stages.synthesize_stage(load_params(params_path)))
 
 
 def _source_key(context, parameters: dict) -> str:

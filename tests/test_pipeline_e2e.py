@@ -18,6 +18,8 @@ import yaml
 
 from project import make_project, project_env, run, stored_aliases
 
+from multitag.splits import read_frozen_test
+
 pytestmark = pytest.mark.slow
 
 
@@ -165,7 +167,7 @@ def _add_feedback(root, count: int) -> tuple[list[int], int]:
 
     queue = open_queue(_params())
     images = sorted((root / "data" / "raw" / "synthetic" / "images").glob("*.png"))
-    frozen = set(json.loads((root / "data" / "frozen_test.json").read_text())["sha256"])
+    frozen = read_frozen_test(root / "data" / "frozen_test.json")
     by_hash = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
     train_images = [p for sha, p in by_hash.items() if sha not in frozen][:count]
     ids = [queue.add(p.read_bytes(), ["circle", "ring"]).id for p in train_images]
@@ -284,7 +286,7 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
     params.serve.reload_interval_s = 0.2
     server = live_server(params)
     champion = registry.alias_version("multitag", registry.CHAMPION).version
-    frozen = set(json.loads((root / "data" / "frozen_test.json").read_text())["sha256"])
+    frozen = read_frozen_test(root / "data" / "frozen_test.json")
     images = sorted((root / "data" / "raw" / "synthetic" / "images").glob("*.png"))
     train_images = [p for p in images if hashlib.sha256(p.read_bytes()).hexdigest() not in frozen][-4:]
     test_image = next(p for p in images if hashlib.sha256(p.read_bytes()).hexdigest() in frozen)

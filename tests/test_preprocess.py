@@ -56,9 +56,9 @@ class Validated:
     manifest_path: Path
     classes_path: Path
 
-    def preprocess(self, out: Path, frozen: Path | None = None, **params) -> dict:
+    def preprocess(self, out: Path, frozen: Path | None = None, dataset: str = "csv:dataset", **params) -> dict:
         settings = PreprocessParams(**{"image_size": SIZE, "workers": 2, **params})
-        return preprocess(self.manifest_path, self.classes_path, out, settings, frozen or out.parent / f"{out.name}_frozen.json")
+        return preprocess(self.manifest_path, self.classes_path, out, settings, frozen or out.parent / f"{out.name}_frozen.json", dataset)
 
 
 def make_validated(root: Path, count: int) -> Validated:
@@ -152,7 +152,61 @@ def test_frozen_hash_wins_over_a_source_split(hundred, tmp_path):
     moved.preprocess(tmp_path / "again", frozen)
     again = processed_splits(tmp_path / "again")
     assert set(again["test"]["image_id"]) == test_ids
-    assert len(again["val"]) == 0 and len(again["train"]) == len(hundred.dataset) - len(test_ids)
+    assert len(again["train"]) + len(again["val"]) == len(hundred.dataset) - len(test_ids)
+
+
+def test_source_train_and_val_are_resplit_unless_kept(tmp_path):
+    """Photos: the source's train/val split is redrawn by split_ratios (more images to train on)."""
+    validated = make_validated(tmp_path, 100)
+    sourced = manifest.read(validated.manifest_path)
+    sourced["split"] = np.where(np.arange(len(sourced)) < 50, "train", "val")  # a 50/50 source split
+    resplit = Validated(validated.root, validated.dataset, manifest.write(sourced, tmp_path / "sourced.parquet"), validated.classes_path)
+    counts = resplit.preprocess(tmp_path / "resplit")["splits"]
+    assert counts["train"] > 2 * counts["val"] and counts["test"] > 0
+    kept = resplit.preprocess(tmp_path / "kept", keep_source_splits=True)["splits"]
+    kept_splits = processed_splits(tmp_path / "kept")
+    original = dict(zip(sourced["image_id"], sourced["split"]))
+    assert all(original[i] == "train" for i in kept_splits["train"]["image_id"]) and kept["val"] > 0
+
+
+def test_a_new_dataset_gets_its_own_frozen_test_split(tmp_path):
+    """After the demo, your own data: its own stratified test split, none of the first's images."""
+    frozen = tmp_path / "frozen_test.json"
+    demo = make_validated(tmp_path / "demo", 80)
+    demo.preprocess(tmp_path / "demo_processed", frozen, dataset="synthetic:data/raw/synthetic")
+    demo_test = read_frozen_test(frozen, "synthetic:data/raw/synthetic")
+
+    # a different dataset whose images are all new (other colours: ids start at 500)
+    own_root = tmp_path / "own" / "dataset"
+    dataset = {f"img_{i:04d}": labels_of(i) for i in range(500, 600)}
+    for image_id in dataset:
+        write_bytes(own_root / f"{image_id}.png", encode(solid(image_id, IMAGE_SHAPE), "PNG"))
+    write_csv(own_root, [csv_row(f"{i}.png", labels) for i, labels in dataset.items()], CLASSES)
+    own = Validated(tmp_path / "own", dataset, *validate_into(own_root, tmp_path / "own" / "validated"))
+    counts = own.preprocess(tmp_path / "own_processed", frozen, dataset="csv:own")["splits"]
+    own_test = processed_splits(tmp_path / "own_processed")["test"]
+    assert counts["test"] == len(own_test) >= 10, counts
+    assert set(own_test["image_id"]) <= set(dataset), "a demo image is in the new dataset's test split"
+    assert read_frozen_test(frozen, "synthetic:data/raw/synthetic") == demo_test, "the demo's frozen set changed"
+    assert read_frozen_test(frozen) == demo_test | set(own_test["sha256"])
+    again = own.preprocess(tmp_path / "own_again", frozen, dataset="csv:own", seed=3)
+    assert set(processed_splits(tmp_path / "own_again")["test"]["image_id"]) == set(own_test["image_id"]) and again["splits"]["test"] == counts["test"]
+
+
+def test_a_frozen_test_set_that_matches_no_image_is_an_error_not_an_empty_split(tmp_path):
+    from multitag.splits import EmptySplitError
+
+    frozen = tmp_path / "frozen_test.json"
+    first = make_validated(tmp_path / "first", 60)
+    first.preprocess(tmp_path / "first_processed", frozen, dataset="csv:data")
+    replaced = make_validated(tmp_path / "second", 60)  # same ids and colours -> same hashes...
+    relabelled = manifest.read(replaced.manifest_path)
+    relabelled["sha256"] = relabelled["sha256"].str[::-1]  # ...so pretend every image changed
+    changed = Validated(replaced.root, replaced.dataset, manifest.write(relabelled, tmp_path / "changed.parquet"), replaced.classes_path)
+    with pytest.raises(EmptySplitError, match="none of the .* frozen test images of csv:data"):
+        changed.preprocess(tmp_path / "changed_processed", frozen, dataset="csv:data")
+    with pytest.raises(EmptySplitError, match="test split .* is 0"):
+        first.preprocess(tmp_path / "no_test", tmp_path / "other.json", split_ratios=SplitRatios(train=0.8, val=0.2, test=0.0))
 
 
 def class_shares(rows: pd.DataFrame) -> list[float]:
