@@ -40,7 +40,7 @@ from multitag.predictor import Predictor
 log = logging.getLogger("multitag.api")
 
 STATIC_DIR = Path(__file__).parent / "static"
-NO_MODEL = "no model yet: run `make demo` (or the training pipeline) to register a champion"
+NO_MODEL = "no model yet: no champion of {name}; run `make demo` or `multitag pipeline --source ... --path ...` to register one"
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and small form fields around the files
 METRIC_TAGS = ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")
 RETRAIN_DEPLOYMENT_ENV = "MULTITAG_RETRAIN_DEPLOYMENT"
@@ -189,7 +189,7 @@ def _served(services: Services) -> ServedModel:
     """The model to answer with, or 503 saying how to get one."""
     served = services.watcher.current
     if served is None:
-        raise HTTPException(503, _problem("no_model", NO_MODEL))
+        raise HTTPException(503, _problem("no_model", NO_MODEL.format(name=services.watcher.name)))
     return served
 
 

@@ -348,6 +348,12 @@ def pipeline(
     The choice is recorded in params.yaml first (as the Prefect flow's parameters are), so
     `dvc status` and `dvc repro` agree with what ran. `make demo` is `--source synthetic`.
     """
+    import os
+
+    # Without PREFECT_API_URL the flow starts a temporary server; on 2 busy cores it can take
+    # longer than Prefect's 20 s default to answer, so allow two minutes unless the user chose.
+    # Set before Prefect is imported: it reads its settings then.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.training_pipeline import training_pipeline
     from multitag.params_file import set_params
     from multitag.stages import outcome_message

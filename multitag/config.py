@@ -87,7 +87,7 @@ class TrainParams(_Strict):
     dense_units: list[int] | Literal["auto"] = "auto"
     dropout: float = Field(0.2, ge=0, lt=1)
     class_weighting: Literal["auto", "none", "positive_weights", "asymmetric"] = "auto"
-    weights: dict[str, str | None] = {}
+    weights: dict[str, str | None] = {"mobilenetv2": "imagenet", "efficientnetb0": "imagenet", "resnet50": "imagenet", "small_cnn": None}
     small_cnn_epochs: int = Field(30, ge=1)
     augment: bool = True
     flip_average: bool | Literal["auto"] = "auto"

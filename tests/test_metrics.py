@@ -311,3 +311,25 @@ def test_apply_thresholds_predicts_at_or_above_the_threshold():
     scores = np.array([[0.2, 0.5, 0.7]])
     np.testing.assert_array_equal(apply_thresholds(scores, 0.5), [[False, True, True]])
     np.testing.assert_array_equal(apply_thresholds(scores, [0.1, 0.6, 0.7]), [[True, False, True]])
+
+
+def test_a_class_with_too_few_positives_keeps_the_default_threshold_and_tuned_ones_are_bounded():
+    """On real photos, 1-5 validation positives made the F1-best cut-off "everything positive"."""
+    rng = np.random.default_rng(0)
+    y_true = np.zeros((200, 3), dtype=np.uint8)
+    y_true[:2, 0] = 1  # rare: two positives, both scored lowest, so F1-best would be ~0.0
+    y_true[:100, 1] = 1  # frequent and well separated
+    y_true[:60, 2] = 1  # frequent, best cut-off far below the lower bound
+    y_score = np.column_stack([
+        np.r_[0.001, 0.002, rng.uniform(0.01, 0.9, 198)],
+        np.r_[rng.uniform(0.6, 1.0, 100), rng.uniform(0.0, 0.4, 100)],
+        np.r_[rng.uniform(0.02, 0.04, 60), rng.uniform(0.0, 0.01, 140)],
+    ])
+    assert tune_thresholds(y_true, y_score)[0] < 0.01  # what the old rule served
+    tuned = tune_thresholds(y_true, y_score, min_positives=8, default=0.5, bounds=(0.1, 0.9))
+    assert tuned[0] == 0.5
+    assert 0.4 <= tuned[1] <= 0.6
+    assert tuned[2] == 0.1
+    from multitag.metrics import too_few_to_tune
+
+    assert too_few_to_tune(y_true, ["rare", "common", "low"], 8) == ["rare"]

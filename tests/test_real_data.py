@@ -109,3 +109,61 @@ def test_coco_real_labels_match_the_yolo_files(tmp_path):
     assert len(processed) + len(quarantine) == 128
     assert all((processed["split"] == s).sum() > 0 for s in ("train", "val", "test"))
     assert_splits_leak_free(processed)
+
+
+VOC_SLICE = 420  # photos: enough for frequent classes to tune, few enough that rare ones cannot
+
+
+def voc_slice(root: Path, count: int) -> Path:
+    """The first `count` voc-real photos (by id) as a VOC folder of symlinks: a small real dataset."""
+    source = DATASETS / "voc-real"
+    ids = sorted((source / "ImageSets" / "Main" / "trainval.txt").read_text().split())[:count]
+    for folder, suffix in (("JPEGImages", ".jpg"), ("Annotations", ".xml")):
+        (root / folder).mkdir(parents=True)
+        for image_id in ids:
+            (root / folder / f"{image_id}{suffix}").symlink_to(source / folder / f"{image_id}{suffix}")
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.mark.slow
+def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_photos(tmp_path, monkeypatch):
+    """The photo recipe's head on frozen ImageNet features, thresholds as evaluate tunes them.
+
+    Before bounded thresholds with a default for rare classes, classes with 1-5 validation
+    positives got thresholds of ~0 and were served on nearly every photo.
+    """
+    from multitag.evaluate import evaluate_model
+    from multitag.metrics import apply_thresholds
+    from multitag.stages import train_stage
+    from multitag.train import MODEL_FILE, load_served_model
+
+    weights = SHARED / "weights"
+    (tmp_path / "keras" / "models").mkdir(parents=True)
+    for file in weights.glob("*.h5"):
+        (tmp_path / "keras" / "models" / file.name).symlink_to(file)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    data = voc_slice(tmp_path / "voc-slice", VOC_SLICE)
+    params = Params.model_validate({
+        "data": {"source": "voc", "path": str(data)},
+        "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
+        "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
+    })
+    layout = Layout(root=tmp_path / "work")
+    validate_stage(params, layout)
+    preprocess_stage(params, layout)
+    train_stage(params, "mobilenetv2", layout)
+    model_dir = layout.models / "mobilenetv2"
+    classes = manifest.read_classes(layout.processed / "classes.json")
+    evaluation = evaluate_model("mobilenetv2", load_served_model(model_dir), model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
+
+    assert evaluation.default_threshold_classes, "a 420-photo slice has classes too rare to tune"
+    low, high = params.evaluate.threshold_bounds
+    assert all(low <= t <= high for t in evaluation.thresholds)
+    predicted = apply_thresholds(evaluation.scores_test, np.asarray(evaluation.thresholds)).sum(axis=0)
+    true = evaluation.y_test.sum(axis=0)
+    over = {c: (int(p), int(t)) for c, p, t in zip(classes, predicted, true) if p > 3 * max(t, 1)}
+    assert not over, f"served on more than 3x the true count (predicted, true): {over}"
+    per_image = predicted.sum() / len(evaluation.y_test)
+    assert per_image <= 2 * true.sum() / len(evaluation.y_test), f"{per_image:.2f} labels per photo"
