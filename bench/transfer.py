@@ -1,27 +1,25 @@
-"""Does the project's fine-tuning beat a linear probe? Transfer learning on the real VOC photos.
+"""Does the project's photo recipe beat a strong linear probe on real photos? voc-real, one run.
 
-Three models on the same processed arrays (one run of the validate and preprocess stages, the
-official VOC train/val split, default 160 px), each in its own fresh subprocess:
+Three models, scored on the same frozen test split of ../shared/datasets/voc-real (the pipeline's
+own split: validate + preprocess stages, a stratified 15 % test set), each in a fresh subprocess:
 
-- probe: scikit-learn `LogisticRegression`, one binary model per class (one-vs-rest), on the
-  frozen ImageNet MobileNetV2 pooled features (`extract_features`); classes without positives in
-  train are skipped (score 0). C is chosen by 3-fold cross-validation on train only (mean AP of
-  the out-of-fold scores), so the probe never sees val; features are used raw (all ReLU6 pooled
-  activations on one scale);
-- mobilenetv2: the project's `train_architecture("mobilenetv2", ...)`, two-phase fine-tuning;
-- small_cnn: `train_architecture("small_cnn", ...)`, trained from scratch.
+- champion: the photo recipe as `multitag pipeline --source voc` trains it (params.yaml with its
+  `auto` values resolved for photos: multitag/recipes.py), thresholds tuned by `evaluate_model`;
+- probe: the strong baseline. scikit-learn logistic regression on frozen ImageNet MobileNetV2
+  features at 320 px, flip-averaged, fitted on train+val, C by 3-fold cross-validation on
+  train+val (multitag/baselines.py, the gate's own probe); its thresholds are tuned by the
+  project's rule on the out-of-fold scores, so it needs no split of its own;
+- today: the recipe before this change: 224 px, the official VOC train/val split (same test),
+  a 128-unit head, positive class weights, top 20 layers at 3e-4 for 8 epochs, no flip
+  averaging, and F1-best thresholds with no bounds and no fallback for rare classes.
 
-Every score is mAP from `metrics.average_precision_per_class` (classes without positives left
-out) on the predictions of the saved model. `train_architecture` picks its epochs by val mAP
-(early stopping with restore_best_weights), so its val mAP is slightly optimistic; the frozen
-test split, which no model sees, is scored too as the check on that.
+Printed per model, on test: mAP over the classes with test positives, mAP of the six frequent
+classes, micro-F1 at the thresholds it would serve with, and predicted against true labels per
+image; then the champion's margins over the probe.
 
-    .venv/bin/python bench/transfer.py                                   # the settings in FINE_TUNE_OVERRIDES
-    .venv/bin/python bench/transfer.py --set train.fine_tune_epochs=4    # try other train params
-    .venv/bin/python bench/transfer.py --methods probe mobilenetv2       # a subset
-
-Needs ../shared (photos and weights); the 224 px ImageNet weights are staged for the chosen size
-as in bench/train.py.
+    .venv/bin/python bench/transfer.py                    # all three (about 40 min on 2 cores)
+    .venv/bin/python bench/transfer.py --methods champion probe
+    .venv/bin/python bench/transfer.py --set train.fine_tune_epochs=3   # a champion variant
 """
 
 from __future__ import annotations
@@ -40,153 +38,161 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (  # bench/train.py: offline weights and the VOC arrays
-    ROOT,
-    VOC_DIR,
-    bench_params,
-    machine_info,
-    prepare_voc_arrays,
-    require_shared_data,
-    stage_imagenet_weights,
-)
+from train import ROOT, VOC_DIR, machine_info, require_shared_data, stage_imagenet_weights  # bench/train.py
 
 RESULTS_PATH = ROOT / "bench" / "results" / "transfer.json"
-METHODS = ("probe", "mobilenetv2", "small_cnn")
-PROBE_CS = (0.001, 0.01, 0.1, 1.0)
-PROBE_FOLDS = 3
-# Train params for both architectures on top of params.yaml, chosen on val only (bench/README.md):
-# at the default 3e-4 the fine-tune val mAP peaks at epoch 2 and then falls; at 1e-4 with the top
-# 40 layers it climbs and holds, with the best last-epoch val mAP of the settings tried.
-FINE_TUNE_OVERRIDES: dict[str, object] = {"train.fine_tune_learning_rate": 1e-4, "train.fine_tune_layers": 40}
+METHODS = ("champion", "probe", "today")
+FREQUENT = ["cat", "cow", "dog", "horse", "person", "sheep"]
+PROBE_SIZE = 320
+TODAY: dict[str, object] = {
+    "preprocess.image_size": 224,
+    "preprocess.keep_source_splits": True,
+    "train.architectures": ["mobilenetv2"],
+    "train.dense_units": [128],
+    "train.class_weighting": "positive_weights",
+    "train.fine_tune_layers": 20,
+    "train.fine_tune_learning_rate": 3e-4,
+    "train.fine_tune_epochs": 8,
+    "train.flip_average": False,
+    "evaluate.min_threshold_positives": 1,
+    "evaluate.threshold_bounds": [0.0, 1.0],
+}
 
 
-# --- the children -------------------------------------------------------------------------------
+def method_params(method: str, extra: dict):
+    """params.yaml on voc-real, with the method's own settings on top."""
+    from multitag.config import load_params
+    from multitag.recipes import PHOTOS, RECIPES
+
+    # the architectures `multitag pipeline --source voc` records (params.yaml holds the demo's)
+    base = {"data.source": "voc", "data.path": str(VOC_DIR), "train.architectures": RECIPES[PHOTOS]["train.architectures"]}
+    overrides = {**base, **(TODAY if method == "today" else {}), **(extra if method == "champion" else {})}
+    if method == "probe":
+        overrides["preprocess.image_size"] = PROBE_SIZE
+    return load_params(ROOT / "params.yaml", overrides)
 
 
-def mean_ap(y_true: np.ndarray, scores: np.ndarray) -> float:
-    from multitag.metrics import average_precision_per_class
-
-    return float(np.nanmean(average_precision_per_class(y_true, scores)))
+# --- the children ------------------------------------------------------------------------------
 
 
-def fit_probe(features: np.ndarray, y: np.ndarray, c: float) -> list:
-    """One logistic regression per class; None where train has no positives (or no negatives)."""
-    from sklearn.linear_model import LogisticRegression
+def run_trained(processed: Path, params, out_dir: Path) -> dict:
+    """Train like the pipeline's train stage, tune thresholds like its evaluate stage."""
+    from multitag.evaluate import evaluate_model
+    from multitag.manifest import read_classes
+    from multitag.train import MODEL_FILE, load_served_model, train_architecture
 
-    return [LogisticRegression(C=c, max_iter=2000).fit(features, y[:, k]) if 0 < y[:, k].sum() < len(y) else None
-            for k in range(y.shape[1])]
+    architecture = params.train.architectures[0]
+    result = train_architecture(architecture, processed, out_dir, params.train)
+    classes = read_classes(processed / "classes.json")
+    evaluation = evaluate_model(architecture, load_served_model(out_dir), out_dir / MODEL_FILE, processed, classes, params.evaluate)
+    return {"scores": evaluation.scores_test, "thresholds": np.asarray(evaluation.thresholds),
+            "info": {"train_seconds": result.train_seconds, "fine_tune_seconds": result.fine_tune_seconds,
+                     "default_threshold_classes": evaluation.default_threshold_classes, "image_size": result.input_size}}
 
 
-def probe_scores(probes: list, features: np.ndarray) -> np.ndarray:
-    return np.column_stack([p.predict_proba(features)[:, 1] if p is not None else np.zeros(len(features)) for p in probes])
-
-
-def choose_c(features: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, dict[str, float]]:
-    """The C with the best mean AP of out-of-fold scores on train (K-fold), and every C's score."""
+def run_probe(processed: Path, params) -> dict:
+    """The strong probe: 320 px flip-averaged features, train+val, C by CV, out-of-fold thresholds."""
     from sklearn.model_selection import KFold
-
-    cv_map = {}
-    for c in PROBE_CS:
-        out_of_fold = np.zeros(y.shape, dtype="float64")
-        for fit_rows, score_rows in KFold(PROBE_FOLDS, shuffle=True, random_state=seed).split(features):
-            out_of_fold[score_rows] = probe_scores(fit_probe(features[fit_rows], y[fit_rows], c), features[score_rows])
-        cv_map[str(c)] = mean_ap(y, out_of_fold)
-    return float(max(PROBE_CS, key=lambda c: cv_map[str(c)])), cv_map
-
-
-def run_probe(processed: Path, size: int) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from multitag import models, train
-
-    params = bench_params(size).train
-    train.configure_runtime(params.seed)
-    splits = {s: train.load_split(processed, s) for s in ("train", "val", "test")}
-    extractor = models.build_feature_extractor("mobilenetv2", size, "imagenet")
-    extractor.trainable = False
-    started = time.perf_counter()
-    features = {s: train.extract_features(extractor, x, params.batch_size) for s, (x, _) in splits.items()}
-    feature_seconds = time.perf_counter() - started
-    features = {s: f.astype("float64") for s, f in features.items()}
-    y_train = splits["train"][1]
-    # One BLAS thread: on 2 busy cores, multi-threaded lbfgs was ~35x slower (threads spinning).
-    with threadpool_limits(1):
-        c, cv_map = choose_c(features["train"], y_train, params.seed)
-        probes = fit_probe(features["train"], y_train, c)
-    return {
-        "seconds": time.perf_counter() - started, "feature_seconds": feature_seconds,
-        "val_mAP": mean_ap(splits["val"][1], probe_scores(probes, features["val"])),
-        "test_mAP": mean_ap(splits["test"][1], probe_scores(probes, features["test"])),
-        "C": c, "cv_mAP_by_C": cv_map, "skipped_classes": [k for k, p in enumerate(probes) if p is None],
-    }
-
-
-def run_trained(architecture: str, processed: Path, size: int, overrides: dict, out_dir: Path) -> dict:
-    from multitag.evaluate import predict
+    from multitag import baselines, metrics
     from multitag.preprocess import load_split
-    from multitag.train import load_served_model, train_architecture
 
-    params = bench_params(size, overrides).train
-    result = train_architecture(architecture, processed, out_dir, params)
-    history = json.loads((out_dir / "history.json").read_text())
-    model = load_served_model(out_dir)
-    scores = {s: mean_ap(y, predict(model, x)) for s, (x, y) in ((s, load_split(processed, s)) for s in ("val", "test"))}
-    return {
-        "seconds": result.train_seconds, "feature_seconds": result.feature_seconds, "head_seconds": result.head_seconds,
-        "fine_tune_seconds": result.fine_tune_seconds, "val_mAP": scores["val"], "test_mAP": scores["test"],
-        "best_val_mAP_in_history": result.best_val_mAP, "parameters": result.parameters,
-        "head_epochs_run": len(history.get("head_val_mAP", [])),
-        "head_best_val_mAP": max(history.get("head_val_mAP", [float("nan")])),
-        "fine_tune_epochs_run": len(history.get("fine_tune_val_mAP", [])),
-        "fine_tune_val_mAP_per_epoch": history.get("fine_tune_val_mAP", []),
-        "params": params.model_dump(),
-    }
+    started = time.perf_counter()
+    data = {name: load_split(processed, name) for name in ("train", "val", "test")}
+    features = {name: baselines.flip_averaged_features(x) for name, (x, _) in data.items()}
+    fit_x = np.concatenate([features["train"], features["val"]])
+    fit_y = np.concatenate([data["train"][1], data["val"][1]])
+    with threadpool_limits(1):
+        c, cv_map = baselines.choose_c(fit_x, fit_y, params.train.seed)
+        out_of_fold = np.zeros(fit_y.shape)
+        for fit_rows, score_rows in KFold(baselines.PROBE_FOLDS, shuffle=True, random_state=params.train.seed).split(fit_x):
+            out_of_fold[score_rows] = baselines.probe_scores(baselines.fit_probe(fit_x[fit_rows], fit_y[fit_rows], c), fit_x[score_rows])
+        probes = baselines.fit_probe(fit_x, fit_y, c)
+    e = params.evaluate
+    thresholds = metrics.tune_thresholds(fit_y, out_of_fold, e.min_threshold_positives, e.default_threshold, e.threshold_bounds)
+    return {"scores": baselines.probe_scores(probes, features["test"]), "thresholds": thresholds,
+            "info": {"seconds": time.perf_counter() - started, "C": c, "cv_mAP_by_C": {str(k): v for k, v in cv_map.items()}}}
 
 
 def child_main(args: argparse.Namespace) -> None:
-    processed, overrides = Path(args.processed), json.loads(args.overrides_json)
-    if args.child == "probe":
-        result = run_probe(processed, args.size)
-    else:
-        result = run_trained(args.child, processed, args.size, overrides, Path(args.model_dir))
-    Path(args.result).write_text(json.dumps(result))
+    processed, extra = Path(args.processed), json.loads(args.overrides_json)
+    params = method_params(args.child, extra)
+    result = run_probe(processed, params) if args.child == "probe" else run_trained(processed, params, Path(args.model_dir))
+    np.savez(args.result + ".npz", scores=result["scores"], thresholds=result["thresholds"])
+    Path(args.result + ".json").write_text(json.dumps(result["info"], default=float))
 
 
-# --- the parent -------------------------------------------------------------------------------
+# --- the parent ----------------------------------------------------------------------------------
 
 
-def measure(method: str, args: argparse.Namespace, processed: Path, scratch: Path, overrides: dict) -> dict:
-    result_path, stderr_path = scratch / f"{method}.json", scratch / f"{method}.err"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--processed", str(processed),
-               "--result", str(result_path), "--size", str(args.size), "--overrides-json", json.dumps(overrides),
-               "--model-dir", str(scratch / "models" / method)]
-    print(f"  {method:12s} ...", end="", flush=True)
-    load, started = os.getloadavg()[0], time.perf_counter()
-    with open(stderr_path, "w") as stderr:
-        code = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, check=False).returncode
+def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
+    """Validate once, then preprocess per method into its own folder, all sharing one frozen test
+    split (drawn by the champion's preprocessing, which runs first), as the pipeline would."""
+    from multitag.layout import Layout
+    from multitag.preprocess import preprocess
+    from multitag.splits import dataset_key
+    from multitag.stages import validate_stage
+
+    layout = Layout(root=scratch / "project")
+    validate_stage(method_params("champion", extra), layout)
+    folders = {}
+    for method in ["champion", *[m for m in methods if m != "champion"]]:
+        params = method_params(method, extra)
+        folders[method] = scratch / f"processed-{method}"
+        preprocess(layout.validated / "manifest.parquet", layout.validated / "classes.json", folders[method],
+                   params.preprocess, layout.frozen_test, dataset_key("voc", VOC_DIR))
+    return folders
+
+
+def scores_on_test(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
+    from multitag.metrics import apply_thresholds, average_precision_per_class, compute_metrics
+
+    ap = average_precision_per_class(y, scores)
+    predicted = apply_thresholds(scores, thresholds)
+    return {
+        "mAP": float(np.nanmean(ap)),
+        "frequent6_mAP": float(np.mean([ap[classes.index(c)] for c in FREQUENT])),
+        "micro_f1_served": compute_metrics(y, scores, thresholds, classes)["micro_f1"],
+        "labels_per_image_predicted": float(predicted.sum() / len(y)),
+        "labels_per_image_true": float(y.sum() / len(y)),
+        "classes_scored": int(np.sum(~np.isnan(ap))),
+    }
+
+
+def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
+    from multitag.manifest import read_classes
+
+    result = scratch / method
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--processed", str(folder),
+               "--result", str(result), "--overrides-json", json.dumps(extra), "--model-dir", str(scratch / "models" / method)]
+    print(f"  {method:9s} ... (progress below)", flush=True)
+    started = time.perf_counter()
+    code = subprocess.run(command, cwd=ROOT, check=False).returncode
     if code != 0:
-        sys.exit(f"\nthe {method} run failed (exit {code}):\n{stderr_path.read_text()[-3000:]}")
-    result = json.loads(result_path.read_text())
-    result.update(method=method, load_avg_1min_before=load, process_seconds=time.perf_counter() - started)
-    print(f" val mAP {result['val_mAP']:.4f}, test mAP {result['test_mAP']:.4f}, {result['seconds']:.0f} s")
-    return result
+        sys.exit(f"the {method} run failed (exit {code}); its output is above")
+    arrays = np.load(str(result) + ".npz")
+    y_test = np.load(folder / "test_y.npy")
+    row = scores_on_test(y_test, arrays["scores"], arrays["thresholds"], read_classes(folder / "classes.json"))
+    row.update(method=method, seconds=time.perf_counter() - started, info=json.loads(Path(str(result) + ".json").read_text()))
+    print(f"  {method:9s} test mAP {row['mAP']:.4f}, frequent-6 {row['frequent6_mAP']:.4f}, micro-F1 {row['micro_f1_served']:.4f}, "
+          f"{row['seconds']:.0f} s", flush=True)
+    return row
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """`train.key=value` with a YAML value (numbers, lists, null)."""
     key, sep, value = text.partition("=")
-    if not sep or not key.startswith("train."):
-        raise argparse.ArgumentTypeError(f"--set takes train.KEY=VALUE, got {text!r}")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"--set takes GROUP.KEY=VALUE, got {text!r}")
     return key, yaml.safe_load(value)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=160, help="image side in pixels (default 160)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="which models to run (default all)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
-                        help="a train param on top of FINE_TUNE_OVERRIDES, e.g. train.fine_tune_epochs=6 (repeatable)")
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
+                        help="a params key for the champion, e.g. train.fine_tune_epochs=3 (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     for hidden in ("--child", "--processed", "--result", "--model-dir", "--overrides-json"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -198,55 +204,39 @@ def main() -> None:
         child_main(args)
         return
     require_shared_data()
-    overrides = {**FINE_TUNE_OVERRIDES, **dict(args.overrides)}
-    bench_params(args.size, overrides)  # a typo in --set fails here, before any work
+    extra = dict(args.overrides)
+    method_params("champion", extra)  # a typo in --set fails here, before any work
     scratch = Path(tempfile.mkdtemp(prefix="multitag-bench-transfer-"))
     started = time.perf_counter()
     try:
-        stage_imagenet_weights(scratch / "keras", args.size)
-        print(f"preparing {VOC_DIR} at {args.size}x{args.size} with the validate and preprocess stages ...")
-        processed = prepare_voc_arrays(scratch / "project", args.size)
-        counts = {s: int(np.load(processed / f"{s}_y.npy").shape[0]) for s in ("train", "val", "test")}
-        print(f"{counts['train']} train / {counts['val']} val / {counts['test']} test images | train overrides: {overrides or 'none'} "
-              f"| {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        for size in {224, PROBE_SIZE, int(method_params("champion", extra).preprocess.image_size)}:
+            stage_imagenet_weights(scratch / "keras", size)
+        print(f"preparing {VOC_DIR} with the validate and preprocess stages ...", flush=True)
+        folders = prepare(scratch, args.methods, extra)
+        counts = {m: {s: int(np.load(f / f"{s}_y.npy").shape[0]) for s in ("train", "val", "test")} for m, f in folders.items()}
+        print(f"images per split: {counts} | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}", flush=True)
         machine = machine_info()
-        runs = [measure(method, args, processed, scratch, overrides) for method in args.methods]
+        rows = [measure(method, folders[method], scratch, extra) for method in args.methods]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     total = time.perf_counter() - started
 
-    print()
-    print(f"{'model':12s} {'val mAP':>8s} {'test mAP':>8s} {'seconds':>8s}  notes")
-    for r in runs:
-        if r["method"] == "probe":
-            note = f"C={r['C']} (3-fold CV on train), features {r['feature_seconds']:.0f} s"
-        elif r["head_epochs_run"] == 0:
-            note = f"from scratch, {r['fine_tune_epochs_run']} ep (early stopping)"
-        else:
-            note = (f"features {r['feature_seconds']:.0f} s, head {r['head_epochs_run']} ep (best val {r['head_best_val_mAP']:.4f}, "
-                    f"{r['head_seconds']:.0f} s), fine-tune {r['fine_tune_epochs_run']} ep ({r['fine_tune_seconds']:.0f} s)")
-        print(f"{r['method']:12s} {r['val_mAP']:8.4f} {r['test_mAP']:8.4f} {r['seconds']:8.0f}  {note}")
-    by_method = {r["method"]: r for r in runs}
-    verdict = {}
-    if {"probe", "mobilenetv2"} <= by_method.keys():
-        probe, tuned = by_method["probe"], by_method["mobilenetv2"]
-        verdict = {"val": tuned["val_mAP"] > probe["val_mAP"], "test": tuned["test_mAP"] > probe["test_mAP"],
-                   "val_margin": tuned["val_mAP"] - probe["val_mAP"], "test_margin": tuned["test_mAP"] - probe["test_mAP"]}
-        print(f"\nfine-tuned > probe on val: {'yes' if verdict['val'] else 'no'} ({verdict['val_margin']:+.4f}); "
-              f"on test: {'yes' if verdict['test'] else 'no'} ({verdict['test_margin']:+.4f})")
+    print(f"\n{'model':9s} {'mAP':>7s} {'freq-6':>7s} {'microF1':>8s} {'labels/img':>11s} {'seconds':>8s}")
+    for r in rows:
+        print(f"{r['method']:9s} {r['mAP']:7.4f} {r['frequent6_mAP']:7.4f} {r['micro_f1_served']:8.4f} "
+              f"{r['labels_per_image_predicted']:5.2f}/{r['labels_per_image_true']:.2f} {r['seconds']:8.0f}")
+    by = {r["method"]: r for r in rows}
+    margins = {}
+    for other in ("probe", "today"):
+        if {"champion", other} <= by.keys():
+            margins[other] = {k: by["champion"][k] - by[other][k] for k in ("mAP", "frequent6_mAP", "micro_f1_served")}
+            print(f"champion - {other}: mAP {margins[other]['mAP']:+.4f}, frequent-6 {margins[other]['frequent6_mAP']:+.4f}, "
+                  f"micro-F1 {margins[other]['micro_f1_served']:+.4f}")
     print(f"total {total:.0f} s (data preparation and process start-up included)")
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "transfer",
-        "machine": machine,
-        "settings": {"size": args.size, "dataset": str(VOC_DIR), "images": counts, "train_overrides": overrides,
-                     "probe": {"Cs": list(PROBE_CS), "folds": PROBE_FOLDS, "features": "mobilenetv2 imagenet, pooled (raw, not standardised)"}},
-        "runs": runs,
-        "fine_tuned_beats_probe": verdict,
-        "total_seconds": total,
-    }
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    report = {"benchmark": "transfer", "machine": machine, "images": counts, "champion_overrides": extra,
+              "today": TODAY, "probe_size": PROBE_SIZE, "runs": rows, "margins": margins, "total_seconds": total}
+    args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"results written to {args.out}")
 
 

@@ -103,8 +103,8 @@ class EvaluateParams(_Strict):
     @model_validator(mode="after")
     def _bounds_hold_the_default(self) -> "EvaluateParams":
         low, high = self.threshold_bounds
-        if not 0 < low <= self.default_threshold <= high < 1:
-            raise ValueError(f"threshold_bounds {self.threshold_bounds} must satisfy 0 < low <= default_threshold ({self.default_threshold}) <= high < 1")
+        if not 0 <= low <= self.default_threshold <= high <= 1:
+            raise ValueError(f"threshold_bounds {self.threshold_bounds} must satisfy 0 <= low <= default_threshold ({self.default_threshold}) <= high <= 1")
         return self
 
 

@@ -1,0 +1,113 @@
+"""Try the served champion as a user would: start `multitag serve`, send it held-out photos,
+compare its labels with the true ones, and drop one photo on the web page in headless Chromium.
+
+Run from a project where the pipeline has registered a champion (the photos come from that
+project's frozen test split, which no model trained on):
+
+    .venv/bin/python scripts/try_real_photos.py --photos 40 --screenshot reports/page.png
+
+Starts the server on a free loopback port and stops exactly that process (by pid) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_model(url: str, timeout_s: float = 180) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            model = httpx.get(f"{url}/model", timeout=5)
+            if model.status_code == 200:
+                return model.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    sys.exit(f"no model served at {url} after {timeout_s:.0f} s")
+
+
+def held_out_photos(count: int) -> pd.DataFrame:
+    frame = pd.read_parquet("data/processed/manifest.parquet")
+    test = frame[frame["split"] == "test"].sort_values("image_id")
+    return test.iloc[:: max(1, len(test) // count)].head(count)
+
+
+def send(url: str, photos: pd.DataFrame) -> list[dict]:
+    answers = []
+    for path in photos["path"]:
+        with open(path, "rb") as handle:
+            response = httpx.post(f"{url}/predict", files=[("files", (Path(path).name, handle.read(), "image/jpeg"))], timeout=60)
+        response.raise_for_status()
+        answers.append(response.json()["predictions"][0])
+    return answers
+
+
+def screenshot(url: str, photo: str, target: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"], headless=True)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        page.wait_for_selector("#model-status[data-version]")
+        page.set_input_files("#file-input", photo)
+        page.locator(".result").first.wait_for()
+        page.wait_for_timeout(500)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target), full_page=True)
+        browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=int, default=40)
+    parser.add_argument("--screenshot", type=Path, default=Path("reports/page.png"))
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args()
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "multitag.cli", "serve", "--port", str(port), "--params", args.params],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        model = wait_for_model(url)
+        print(f"served: {model.get('name')} version {model.get('version')} ({model.get('architecture')})")
+        photos = held_out_photos(args.photos)
+        answers = send(url, photos)
+        predicted, true = Counter(), Counter()
+        for (_, row), answer in zip(photos.iterrows(), answers):
+            labels = list(row["labels"])
+            predicted.update(answer["labels"])
+            true.update(labels)
+            print(f"{row['image_id']}: served {', '.join(answer['labels']) or '(none)'}  | true {', '.join(labels)}")
+        n = len(answers)
+        print(f"\n{n} held-out photos: {sum(predicted.values()) / n:.2f} labels per photo served, {sum(true.values()) / n:.2f} true")
+        print("per class (served/true): " + ", ".join(f"{c} {predicted[c]}/{true[c]}" for c in sorted(set(predicted) | set(true))))
+        if CHROMIUM.exists():
+            screenshot(url, str(photos["path"].iloc[0]), args.screenshot)
+            print(f"page with {photos['image_id'].iloc[0]} dropped on it: {args.screenshot}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
