@@ -248,7 +248,7 @@ def test_503_until_a_champion_exists_then_served_without_restart(registry_env, f
     assert health.status_code == 200 and health.json()["model_loaded"] is False
     response = predict(server.url, ("early.png", png("early")))
     assert response.status_code == 503
-    assert "no model yet: run `make demo`" in response.json()["detail"]["message"]
+    assert f"no model yet: no champion of {fresh_model_name}; run `make demo`" in response.json()["detail"]["message"]
     assert httpx.get(f"{server.url}/model").status_code == 503
 
     version = new_version(registry_env, fresh_model_name)
