@@ -21,7 +21,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     PHOTOS: {
         "preprocess.image_size": 288,
         "train.architectures": ["mobilenetv2"],
-        "train.fine_tune_epochs": 6,
+        "train.fine_tune_epochs": 4,
         "train.fine_tune_learning_rate": 1e-4,
         "train.fine_tune_layers": 40,
         "train.dense_units": [],
