@@ -89,16 +89,16 @@ class ValidationMAP(keras.callbacks.Callback):
 class EpochProgress(keras.callbacks.Callback):
     """One line per epoch (phase, epoch, loss, val mAP, time left), so a long run can be followed."""
 
-    def __init__(self, architecture: str, phase: str, epochs: int):
+    def __init__(self, label: str, epochs: int):
         super().__init__()
-        self.architecture, self.phase, self.epochs = architecture, phase, epochs
+        self.label, self.epochs = label, epochs
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
         left = per_epoch * (self.epochs - epoch - 1)
-        report(f"{self.architecture} {self.phase} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+        report(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
                f"val mAP {logs.get('val_mAP', float('nan')):.4f}, {per_epoch:.0f} s/epoch, at most {left:.0f} s left in this phase")
 
 
@@ -157,7 +157,7 @@ def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> 
     return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
 
 
-def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str, architecture: str):
+def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str, label: str):
     """Compile with a cosine schedule and fit with val-mAP early stopping; append to `history`."""
     if epochs <= 0:
         return
@@ -165,7 +165,7 @@ def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: T
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile="auto")
     callbacks = [
         ValidationMAP(val_inputs, y_val, params.batch_size),
-        EpochProgress(architecture, phase, epochs),
+        EpochProgress(label, epochs),
         keras.callbacks.EarlyStopping("val_mAP", mode="max", patience=params.patience, restore_best_weights=True),
     ]
     fit_kwargs = {"batch_size": params.batch_size} if isinstance(data[0], np.ndarray) else {}
@@ -205,16 +205,16 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
         timings["feature"] = time.perf_counter() - t0
         report(f"{name}: features in {timings['feature']:.0f} s; training the head on them")
         t0 = time.perf_counter()
-        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head", name)
+        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head", f"{name} head")
         timings["head"] = time.perf_counter() - t0
         models.unfreeze_top(extractor, params.fine_tune_layers)
     fine_tune_epochs = params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
     learning_rate = params.fine_tune_learning_rate if arch.pretrained else params.head_learning_rate
     trainer = _trainer(logits_model, augmentation(params.seed) if params.augment else None)
     t0 = time.perf_counter()
-    phase = "fine_tune" if arch.pretrained else "from_scratch"
-    report(f"{name}: {phase.replace('_', ' ')}, up to {fine_tune_epochs} epochs on {len(x_train)} images (early stopping on val mAP)")
-    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", name)
+    label = f"{name} {'fine-tune' if arch.pretrained else 'from scratch'}"
+    report(f"{label}: up to {fine_tune_epochs} epochs on {len(x_train)} images (early stopping on val mAP)")
+    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", label)
     timings["fine_tune"] = time.perf_counter() - t0
 
     served = models.with_sigmoid(logits_model, flip_average=bool(params.flip_average))
