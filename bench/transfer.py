@@ -38,7 +38,13 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import ROOT, VOC_DIR, machine_info, require_shared_data, stage_imagenet_weights  # bench/train.py
+from train import (  # bench/train.py
+    ROOT,
+    VOC_DIR,
+    machine_info,
+    require_shared_data,
+    stage_imagenet_weights,
+)
 
 RESULTS_PATH = ROOT / "bench" / "results" / "transfer.json"
 METHODS = ("champion", "probe", "today")
@@ -146,7 +152,11 @@ def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
 
 
 def scores_on_test(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
-    from multitag.metrics import apply_thresholds, average_precision_per_class, compute_metrics
+    from multitag.metrics import (
+        apply_thresholds,
+        average_precision_per_class,
+        compute_metrics,
+    )
 
     ap = average_precision_per_class(y, scores)
     predicted = apply_thresholds(scores, thresholds)
