@@ -63,6 +63,27 @@ def choose_c(features: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, dic
     return max(PROBE_CS, key=lambda c: cv_map[c]), cv_map
 
 
+def probe_weights(probes: list, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The probes as one Dense layer's (kernel, bias); a class without a probe scores ~0."""
+    kernel = np.zeros((feature_dim, len(probes)), dtype="float32")
+    bias = np.full(len(probes), -20.0, dtype="float32")
+    for k, probe in enumerate(probes):
+        if probe is not None:
+            kernel[:, k], bias[k] = probe.coef_[0], probe.intercept_[0]
+    return kernel, bias
+
+
+def fit_probe_weights(features: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Probe on these features (C by cross-validation on them), as Dense weights, and its C."""
+    from threadpoolctl import threadpool_limits
+
+    features = np.asarray(features, dtype="float64")
+    with threadpool_limits(1):  # multi-threaded lbfgs on 2 busy cores was ~35x slower
+        c, _ = choose_c(features, y, seed)
+        probes = fit_probe(features, y, c)
+    return (*probe_weights(probes, features.shape[1]), c)
+
+
 def flip_averaged_features(x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Frozen ImageNet MobileNetV2 pooled features of each image and its mirror, averaged."""
     from multitag import models

@@ -91,6 +91,7 @@ class TrainParams(_Strict):
     small_cnn_epochs: int = Field(30, ge=1)
     augment: bool = True
     flip_average: bool | Literal["auto"] = "auto"
+    probe_ensemble: bool | Literal["auto"] = "auto"
 
 
 class EvaluateParams(_Strict):

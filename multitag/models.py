@@ -130,19 +130,30 @@ def assemble(feature_extractor: keras.Model, head: keras.Model) -> keras.Model:
     return keras.Model(inputs, head(feature_extractor(inputs)), name="multitag_logits")
 
 
-def with_sigmoid(logits_model: keras.Model, flip_average: bool = False) -> keras.Model:
+def with_sigmoid(logits_model: keras.Model, flip_average: bool = False, probe: keras.Model | None = None) -> keras.Model:
     """The served model: the same graph with a sigmoid on top, so it outputs probabilities.
 
     With `flip_average`, it scores each image and its mirror image and averages the two
-    probabilities (test-time augmentation that is inside the graph, so every consumer gets it).
+    probabilities (test-time augmentation inside the graph, so every consumer gets it). With a
+    `probe` branch (`probe_branch`), the fine-tuned network and the frozen-feature probe are
+    averaged with equal weight: an ensemble that is one model, served from one URI.
     """
     inputs = keras.Input(logits_model.input_shape[1:], name="image")
+    views = [inputs, MirrorImage(name="mirror")(inputs)] if flip_average else [inputs]
     sigmoid = layers.Activation("sigmoid", name="probabilities", dtype="float32")
-    probabilities = sigmoid(logits_model(inputs))
-    if flip_average:
-        mirrored = sigmoid(logits_model(MirrorImage(name="mirror")(inputs)))
-        probabilities = layers.Average(name="flip_average", dtype="float32")([probabilities, mirrored])
+    outputs = [sigmoid(network(view)) for network in [logits_model, *([probe] if probe is not None else [])] for view in views]
+    probabilities = outputs[0] if len(outputs) == 1 else layers.Average(name="average", dtype="float32")(outputs)
     return keras.Model(inputs, probabilities, name="multitag")
+
+
+def probe_branch(frozen_extractor: keras.Model, kernel, bias) -> keras.Model:
+    """Frozen ImageNet features -> a linear probe's logits, with weights fitted by scikit-learn."""
+    inputs = keras.Input(frozen_extractor.input_shape[1:], name="image")
+    dense = layers.Dense(int(kernel.shape[1]), name="probe_logits")
+    branch = keras.Model(inputs, dense(frozen_extractor(inputs)), name="probe_branch")
+    dense.set_weights([kernel, bias])
+    branch.trainable = False
+    return branch
 
 
 def unfreeze_top(feature_extractor: keras.Model, n_layers: int) -> None:

@@ -27,6 +27,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.dense_units": [],
         "train.class_weighting": "none",
         "train.flip_average": True,
+        "train.probe_ensemble": True,
     },
     SHAPES: {
         "preprocess.image_size": 64,
@@ -37,6 +38,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.dense_units": [128],
         "train.class_weighting": "positive_weights",
         "train.flip_average": False,
+        "train.probe_ensemble": False,
     },
 }
 

@@ -197,6 +197,7 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     train_batches = ImageBatches(x_train, y_train, params.batch_size, True, params.seed)
     val_batches = ImageBatches(x_val, y_val, params.batch_size, False, 0)
 
+    f_train = None  # phase 1's frozen features of the training images, when it runs
     if arch.pretrained and init_model is None:
         extractor.trainable = False
         t0 = time.perf_counter()
@@ -217,7 +218,8 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", label)
     timings["fine_tune"] = time.perf_counter() - t0
 
-    served = models.with_sigmoid(logits_model, flip_average=bool(params.flip_average))
+    probe = _probe_branch(name, size, weights, x_train, y_train, params, f_train) if params.probe_ensemble and arch.pretrained else None
+    served = models.with_sigmoid(logits_model, flip_average=bool(params.flip_average), probe=probe)
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
     val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
@@ -238,10 +240,27 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
     return keras.Model(inputs, network(augment(inputs) if augment is not None else inputs))
 
 
+def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None) -> keras.Model:
+    """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
+    the training images (phase 1's cache when there was one), C by cross-validation on train."""
+    from multitag.baselines import fit_probe_weights
+
+    frozen = models.build_feature_extractor(name, size, weights)
+    frozen.trainable = False
+    if features is None:
+        report(f"{name} probe: frozen features of {len(x_train)} images ...")
+        features = extract_features(frozen, x_train, params.batch_size)
+    t0 = time.perf_counter()
+    kernel, bias, c = fit_probe_weights(features, np.asarray(y_train), params.seed)
+    report(f"{name} probe: logistic regression on frozen features, C={c} (3-fold CV on train), {time.perf_counter() - t0:.0f} s")
+    return models.probe_branch(frozen, kernel, bias)
+
+
 def _logits_weights(init_model: Path) -> list[np.ndarray]:
-    """Weights of a saved served model minus its (weightless) sigmoid: a warm start."""
+    """Weights of the fine-tuned network inside a saved served model: a warm start (a probe
+    branch, if any, is refitted on the new data instead)."""
     served = keras.models.load_model(init_model, compile=False)
-    return served.get_weights()
+    return served.get_layer("multitag_logits").get_weights()
 
 
 def load_served_model(model_dir: Path) -> keras.Model:
