@@ -19,9 +19,9 @@ PHOTOS, SHAPES = "photos", "shapes"
 
 RECIPES: dict[str, dict[str, Any]] = {
     PHOTOS: {
-        "preprocess.image_size": 288,
+        "preprocess.image_size": 224,
         "train.architectures": ["mobilenetv2"],
-        "train.fine_tune_epochs": 4,
+        "train.fine_tune_epochs": 3,
         "train.fine_tune_learning_rate": 1e-4,
         "train.fine_tune_layers": 40,
         "train.dense_units": [],
