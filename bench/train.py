@@ -21,7 +21,7 @@ the ratio of CPU seconds (steadier than wall time on a shared machine) and of tr
 VOC photos in ../shared/datasets/voc-real, through the project's validate and preprocess stages
 (official VOC train/val split, a frozen test share).
 
-    .venv/bin/python bench/train.py             # all 623 train / 669 val images at 128 px
+    .venv/bin/python bench/train.py             # the pipeline's VOC split (1,065 train / 227 val) at 128 px
     .venv/bin/python bench/train.py --quick     # 400 train / 160 val images, a fast check
 
 MobileNetV2 ImageNet weights: only the 224 px no-top file exists offline (../shared/weights).
