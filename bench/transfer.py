@@ -98,27 +98,21 @@ def run_trained(processed: Path, params, out_dir: Path) -> dict:
 
 def run_probe(processed: Path, params) -> dict:
     """The strong probe: 320 px flip-averaged features, train+val, C by CV, out-of-fold thresholds."""
-    from sklearn.model_selection import KFold
-    from threadpoolctl import threadpool_limits
-
     from multitag import baselines, metrics
     from multitag.preprocess import load_split
 
     started = time.perf_counter()
     data = {name: load_split(processed, name) for name in ("train", "val", "test")}
-    features = {name: baselines.flip_averaged_features(x) for name, (x, _) in data.items()}
+    extractor = baselines.frozen_extractor(PROBE_SIZE)
+    features = {name: baselines.flip_averaged_features(extractor, x) for name, (x, _) in data.items()}
     fit_x = np.concatenate([features["train"], features["val"]])
     fit_y = np.concatenate([data["train"][1], data["val"][1]])
-    with threadpool_limits(1):
-        c, cv_map = baselines.choose_c(fit_x, fit_y, params.train.seed)
-        out_of_fold = np.zeros(fit_y.shape)
-        for fit_rows, score_rows in KFold(baselines.PROBE_FOLDS, shuffle=True, random_state=params.train.seed).split(fit_x):
-            out_of_fold[score_rows] = baselines.probe_scores(baselines.fit_probe(fit_x[fit_rows], fit_y[fit_rows], c), fit_x[score_rows])
-        probes = baselines.fit_probe(fit_x, fit_y, c)
+    fitted = baselines.fit_probes(fit_x, fit_y, params.train.seed)
+    out_of_fold = baselines.out_of_fold_scores(fit_x, fit_y, fitted.c, params.train.seed)
     e = params.evaluate
     thresholds = metrics.tune_thresholds(fit_y, out_of_fold, e.min_threshold_positives, e.default_threshold, e.threshold_bounds)
-    return {"scores": baselines.probe_scores(probes, features["test"]), "thresholds": thresholds,
-            "info": {"seconds": time.perf_counter() - started, "C": c, "cv_mAP_by_C": {str(k): v for k, v in cv_map.items()}}}
+    return {"scores": baselines.probe_scores(fitted.probes, features["test"]), "thresholds": thresholds,
+            "info": {"seconds": time.perf_counter() - started, "C": fitted.c, "cv_mAP_by_C": {str(k): v for k, v in fitted.cv_map.items()}}}
 
 
 def child_main(args: argparse.Namespace) -> None:

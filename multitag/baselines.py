@@ -50,17 +50,41 @@ def probe_scores(probes: list, features: np.ndarray) -> np.ndarray:
     return np.column_stack([p.predict_proba(features)[:, 1] if p is not None else np.zeros(len(features)) for p in probes])
 
 
+def out_of_fold_scores(features: np.ndarray, y: np.ndarray, c: float, seed: int) -> np.ndarray:
+    """Each row scored by a probe fitted on the other folds: honest scores on the fitting set."""
+    from sklearn.model_selection import KFold
+    from threadpoolctl import threadpool_limits
+
+    scores = np.zeros(y.shape, dtype="float64")
+    with threadpool_limits(1):  # multi-threaded lbfgs on 2 busy cores was ~35x slower
+        for fit_rows, score_rows in KFold(PROBE_FOLDS, shuffle=True, random_state=seed).split(features):
+            scores[score_rows] = probe_scores(fit_probe(features[fit_rows], y[fit_rows], c), features[score_rows])
+    return scores
+
+
 def choose_c(features: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, dict[float, float]]:
     """The C with the best mean AP of out-of-fold scores (K-fold on the fitting set only)."""
-    from sklearn.model_selection import KFold
-
-    cv_map = {}
-    for c in PROBE_CS:
-        out_of_fold = np.zeros(y.shape, dtype="float64")
-        for fit_rows, score_rows in KFold(PROBE_FOLDS, shuffle=True, random_state=seed).split(features):
-            out_of_fold[score_rows] = probe_scores(fit_probe(features[fit_rows], y[fit_rows], c), features[score_rows])
-        cv_map[c] = mean_ap(y, out_of_fold)
+    cv_map = {c: mean_ap(y, out_of_fold_scores(features, y, c, seed)) for c in PROBE_CS}
     return max(PROBE_CS, key=lambda c: cv_map[c]), cv_map
+
+
+@dataclass(frozen=True)
+class FittedProbe:
+    """Per-class probes with the C cross-validation chose, and that search's mAP by C."""
+
+    probes: list
+    c: float
+    cv_map: dict[float, float]
+
+
+def fit_probes(features: np.ndarray, y: np.ndarray, seed: int) -> FittedProbe:
+    """The probe every caller fits: C by cross-validation on these rows, then all of them."""
+    from threadpoolctl import threadpool_limits
+
+    features, y = np.asarray(features, dtype="float64"), np.asarray(y)
+    with threadpool_limits(1):  # as in out_of_fold_scores
+        c, cv_map = choose_c(features, y, seed)
+        return FittedProbe(fit_probe(features, y, c), c, cv_map)
 
 
 def probe_weights(probes: list, feature_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,24 +97,19 @@ def probe_weights(probes: list, feature_dim: int) -> tuple[np.ndarray, np.ndarra
     return kernel, bias
 
 
-def fit_probe_weights(features: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Probe on these features (C by cross-validation on them), as Dense weights, and its C."""
-    from threadpoolctl import threadpool_limits
-
-    features = np.asarray(features, dtype="float64")
-    with threadpool_limits(1):  # multi-threaded lbfgs on 2 busy cores was ~35x slower
-        c, _ = choose_c(features, y, seed)
-        probes = fit_probe(features, y, c)
-    return (*probe_weights(probes, features.shape[1]), c)
-
-
-def flip_averaged_features(x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Frozen ImageNet MobileNetV2 pooled features of each image and its mirror, averaged."""
+def frozen_extractor(input_size: int):
+    """The probe's backbone: ImageNet MobileNetV2 without its top, frozen."""
     from multitag import models
+
+    extractor = models.build_feature_extractor("mobilenetv2", input_size, "imagenet")
+    extractor.trainable = False
+    return extractor
+
+
+def flip_averaged_features(extractor, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Pooled features of each image and its mirror, averaged."""
     from multitag.train import extract_features
 
-    extractor = models.build_feature_extractor("mobilenetv2", int(x.shape[1]), "imagenet")
-    extractor.trainable = False
     plain = extract_features(extractor, x, batch_size)
     mirrored = extract_features(extractor, np.asarray(x)[:, :, ::-1], batch_size)
     return ((plain + mirrored) / 2).astype("float64")
@@ -100,17 +119,13 @@ def probe_test_scores(processed: Path, seed: int) -> tuple[np.ndarray, float]:
     """Probe fitted on the training images' features (C by cross-validation on them), scores on
     test; and its C. The same photos the candidate trained on: the gate asks whether training
     added anything over the cheap model, not whether more data would."""
-    from threadpoolctl import threadpool_limits
-
     from multitag.preprocess import load_split
 
     x_train, y_train = load_split(processed, "train")
     x_test, _ = load_split(processed, "test")
-    fit_x, test_x = flip_averaged_features(x_train), flip_averaged_features(x_test)
-    with threadpool_limits(1):  # multi-threaded lbfgs on 2 busy cores was ~35x slower
-        c, _ = choose_c(fit_x, np.asarray(y_train), seed)
-        probes = fit_probe(fit_x, np.asarray(y_train), c)
-    return probe_scores(probes, test_x), c
+    extractor = frozen_extractor(int(x_train.shape[1]))
+    fitted = fit_probes(flip_averaged_features(extractor, x_train), y_train, seed)
+    return probe_scores(fitted.probes, flip_averaged_features(extractor, x_test)), fitted.c
 
 
 def score_baselines(names: list[str], processed: Path, seed: int) -> list[Baseline]:

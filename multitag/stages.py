@@ -111,7 +111,9 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
             rows.append(comparison_row(evaluation, train_info))
             defaulted[architecture] = evaluation.default_threshold_classes
-            candidates.append({"architecture": architecture, "run_id": run_id, "model_uri": model_uri, **rows[-1]})
+            primary = params.evaluate.primary_metric  # the gate selects on its validation value
+            candidates.append({"architecture": architecture, "run_id": run_id, "model_uri": model_uri, **rows[-1],
+                               f"val_{primary}": evaluation.val["tuned"][primary]})
             _write_curves(history, layout.metrics / "curves" / f"{architecture}.csv")
             keras.backend.clear_session()
         table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
@@ -125,6 +127,13 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
     tracking.write_json(layout.metrics / "candidates.json", summary)
     return summary
+
+
+def select_candidate(candidates: list[dict], primary_metric: str) -> dict:
+    """The candidate with the best validation value of the primary metric (undefined counts as
+    worst). Validation, never test, so the gate's test comparison stays unbiased."""
+    key = f"val_{primary_metric}"
+    return max(candidates, key=lambda c: c[key] if c.get(key) is not None else -1.0)
 
 
 def threshold_note(defaulted: dict[str, list[str]], params) -> str:
@@ -177,8 +186,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     from multitag.tracking import write_json
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
-    key = f"val_{params.evaluate.primary_metric}" if params.evaluate.primary_metric == "mAP" else "val_mAP"
-    best = max(summary["candidates"], key=lambda c: c[key] if c[key] is not None else -1.0)
+    best = select_candidate(summary["candidates"], params.evaluate.primary_metric)
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
     baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)

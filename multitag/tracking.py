@@ -83,8 +83,8 @@ def log_candidate(
             for step, value in enumerate(values):
                 mlflow.log_metric(key, value, step=step)
         for split, result in (("val", evaluation.val), ("test", evaluation.test)):
-            mlflow.log_metrics(metrics.flat_metrics(result["tuned"], f"{split}_"))
-            mlflow.log_metrics(metrics.flat_metrics(result["at_0.5"], f"{split}_at05_"))
+            mlflow.log_metrics(metrics.flat_metrics(result["tuned"], split))
+            mlflow.log_metrics(metrics.flat_metrics(result["at_0.5"], f"{split}_at05"))
         mlflow.log_metrics({"latency_ms_p50": evaluation.latency_ms_p50, "size_mb": evaluation.size_mb})
         _log_plots(evaluation, history, example)
         model_uri = _log_keras_model(model, example[:1].astype("float32"), model_metadata(evaluation, int(example.shape[1]), resize))

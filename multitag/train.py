@@ -243,7 +243,7 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
 def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None) -> keras.Model:
     """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
     the training images (phase 1's cache when there was one), C by cross-validation on train."""
-    from multitag.baselines import fit_probe_weights
+    from multitag.baselines import fit_probes, probe_weights
 
     frozen = models.build_feature_extractor(name, size, weights)
     frozen.trainable = False
@@ -251,9 +251,9 @@ def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray
         report(f"{name} probe: frozen features of {len(x_train)} images ...")
         features = extract_features(frozen, x_train, params.batch_size)
     t0 = time.perf_counter()
-    kernel, bias, c = fit_probe_weights(features, np.asarray(y_train), params.seed)
-    report(f"{name} probe: logistic regression on frozen features, C={c} (3-fold CV on train), {time.perf_counter() - t0:.0f} s")
-    return models.probe_branch(frozen, kernel, bias)
+    fitted = fit_probes(features, y_train, params.seed)
+    report(f"{name} probe: logistic regression on frozen features, C={fitted.c} (3-fold CV on train), {time.perf_counter() - t0:.0f} s")
+    return models.probe_branch(frozen, *probe_weights(fitted.probes, features.shape[1]))
 
 
 def _logits_weights(init_model: Path) -> list[np.ndarray]:

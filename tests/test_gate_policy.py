@@ -44,3 +44,15 @@ def test_floors_apply_only_when_the_user_sets_them():
 def test_a_class_list_change_names_what_was_added_and_removed():
     text = class_list_change(["cat", "dog", "person"], ["cat", "dog", "sofa", "tvmonitor"])
     assert text == "class-list migration, judged on the 2 shared classes; added sofa, tvmonitor; removed person"
+
+
+def test_the_gate_selects_the_candidate_by_the_primary_metric_on_validation():
+    from multitag.stages import select_candidate
+
+    candidates = [
+        {"architecture": "a", "val_mAP": 0.70, "val_macro_f1": 0.40, "test_mAP": 0.99},
+        {"architecture": "b", "val_mAP": 0.60, "val_macro_f1": 0.55, "test_mAP": 0.10},
+        {"architecture": "c", "val_mAP": None, "val_macro_f1": None},
+    ]
+    assert select_candidate(candidates, "mAP")["architecture"] == "a"
+    assert select_candidate(candidates, "macro_f1")["architecture"] == "b"

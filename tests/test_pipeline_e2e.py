@@ -59,6 +59,10 @@ def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
     assert champion.tags["gate_verdict"] == "passed" and champion.tags["architecture"] == "small_cnn"
     for artefact in ("models/small_cnn/model.keras", "metrics/evaluation.json", "reports/gate.md", "reports/registration.json"):
         assert (root / artefact).exists(), artefact
+    import mlflow
+
+    logged = mlflow.get_run(champion.tags["run_id"]).data.metrics  # the names the tags use
+    assert f"{logged['test_mAP']:.6f}" == f"{float(champion.tags['test_mAP']):.6f}" and "val_mAP" in logged and "val_at05_mAP" in logged
 
 
 def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):

@@ -135,6 +135,7 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
     Before bounded thresholds with a default for rare classes, classes with 1-5 validation
     positives got thresholds of ~0 and were served on nearly every photo.
     """
+    from multitag.baselines import score_baselines
     from multitag.evaluate import evaluate_model
     from multitag.metrics import apply_thresholds
     from multitag.stages import train_stage
@@ -168,3 +169,8 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
     assert not over, f"served on more than 3x the true count (predicted, true): {over}"
     per_image = predicted.sum() / len(evaluation.y_test)
     assert per_image <= 2 * true.sum() / len(evaluation.y_test), f"{per_image:.2f} labels per photo"
+
+    # the gate's first-model baselines on the same real photos: the probe is scored, and learns
+    scored = {b.name: b for b in score_baselines(["class_prior", "probe"], layout.processed, params.train.seed)}
+    assert scored["probe"].mAP is not None, scored["probe"].detail
+    assert scored["probe"].mAP > scored["class_prior"].mAP + 0.1, scored
