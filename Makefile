@@ -36,7 +36,7 @@ demo: install weights
 
 test: install weights
 	bash scripts/install_test_browser.sh
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 3 --dist loadfile $(PYTEST_ARGS)
 
 serve: install
 	$(BIN)/multitag serve
