@@ -36,6 +36,7 @@ demo: install weights
 
 test: install weights
 	bash scripts/install_test_browser.sh
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 3 --dist loadfile $(PYTEST_ARGS)
 
 serve: install

@@ -121,7 +121,7 @@ def scratch_project(root: Path, images: int, size: int, epochs: int) -> Path:
                  "train.architectures": ["small_cnn"], "train.small_cnn_epochs": epochs, "evaluate.latency_runs": 20}
     project = make_project(root / "project", overrides)
     from multitag.config import load_params
-    from multitag.sources import synthetic
+    from multitag.data.sources import synthetic
 
     settings = load_params(project / PARAMS_PATH).data.synthetic
     synthetic.generate(project / "data" / "raw" / "synthetic", settings.n_images, settings.image_size, settings.seed)

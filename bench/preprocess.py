@@ -2,7 +2,7 @@
 
 Variants, each timed in its own fresh subprocess so that peak memory is honest:
 
-- project: `multitag.preprocess.write_split` (worker processes, JPEG draft-mode decode, rows
+- project: `multitag.data.preprocess.write_split` (worker processes, JPEG draft-mode decode, rows
   streamed into a uint8 memmap), `workers = os.cpu_count()`;
 - naive: one process, full PIL decode, the same stretch/bilinear resize, float32 arrays appended
   to a list, then `np.array(list)`.
@@ -79,7 +79,7 @@ def run_project(paths: list[str], size: int, workers: int, out_dir: Path) -> dic
     import pandas as pd
 
     from multitag.config import PreprocessParams
-    from multitag.preprocess import write_split
+    from multitag.data.preprocess import write_split
 
     rows = pd.DataFrame({"path": paths, "labels": [[] for _ in paths]})
     write_split(rows, ["object"], out_dir, "bench", PreprocessParams(image_size=size, workers=workers))
@@ -102,7 +102,7 @@ def child_main(args: argparse.Namespace) -> None:
         # Import the project before timing, as the naive child has numpy and PIL imported.
         import pandas  # noqa: F401
 
-        import multitag.preprocess  # noqa: F401
+        import multitag.data.preprocess  # noqa: F401
     baseline_rss = psutil.Process().memory_info().rss
     cpu_start, wall_start = os.times(), time.perf_counter()
     if args.child == "project":

@@ -1,7 +1,7 @@
 """Benchmark serving: the project's /predict against a naive handler, on one MobileNetV2 224 model.
 
-- project: `uvicorn multitag.api:app` serving `models:/bench@champion` from a throwaway registry:
-  JPEG draft-mode decode (`multitag.images.decode`), one `predict_on_batch` per request for all
+- project: `uvicorn multitag.serving.api:app` serving `models:/bench@champion` from a throwaway registry:
+  JPEG draft-mode decode (`multitag.data.images.decode`), one `predict_on_batch` per request for all
   its files, the model call in the threadpool, each image stored for /feedback.
 - naive: a FastAPI handler in the same style as most tutorials: for every file, a full PIL
   decode, a resize, and `model.predict` on that one image, run on the event loop.
@@ -66,7 +66,8 @@ def register_champion(scratch: Path) -> str:
     import mlflow
     import mlflow.keras.save
 
-    from multitag import models, registry, tracking
+    from multitag.modeling import models
+    from multitag.lifecycle import registry, tracking
 
     # Requirements inference imports TensorFlow again in a subprocess (~30 s); a bench model
     # never leaves this machine, so MLflow's default requirements are enough.
@@ -91,7 +92,7 @@ def naive_app(model_uri: str):
     import mlflow
     from PIL import Image
 
-    import multitag.models  # noqa: F401  registers the custom layers before loading
+    import multitag.modeling.models  # noqa: F401  registers the custom layers before loading
 
     model = mlflow.keras.load_model(model_uri)
     app = FastAPI()
@@ -208,7 +209,7 @@ def main() -> None:
     photos = sorted(JPEG_DIR.glob("*.jpg"))[: args.batch_size]
     single, batch = photos[0].read_bytes(), [p.read_bytes() for p in photos]
     commands = {
-        "project": [sys.executable, "-m", "uvicorn", "multitag.api:app", "--host", "127.0.0.1", "--log-level", "warning"],
+        "project": [sys.executable, "-m", "uvicorn", "multitag.serving.api:app", "--host", "127.0.0.1", "--log-level", "warning"],
         "naive": [sys.executable, str(Path(__file__).resolve()), "--naive-server", model_uri],
     }
     results = {}

@@ -113,7 +113,7 @@ def child_main(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
 
-    from multitag import models, train
+    from multitag.modeling import models, train
 
     class TimedValidationMAP(train.ValidationMAP):
         """The project's per-epoch val-mAP callback, also adding up the seconds it takes."""

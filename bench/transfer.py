@@ -7,7 +7,7 @@ own split: validate + preprocess stages, a stratified 15 % test set), each in a 
   `auto` values resolved for photos: multitag/recipes.py), thresholds tuned by `evaluate_model`;
 - probe: the strong baseline. scikit-learn logistic regression on frozen ImageNet MobileNetV2
   features at 320 px, flip-averaged, fitted on train+val, C by 3-fold cross-validation on
-  train+val (multitag/baselines.py, the gate's own probe); its thresholds are tuned by the
+  train+val (multitag/modeling/baselines.py, the gate's own probe); its thresholds are tuned by the
   project's rule on the out-of-fold scores, so it needs no split of its own;
 - today: the recipe before this change: 224 px, the official VOC train/val split (same test),
   a 128-unit head, positive class weights, top 20 layers at 3e-4 for 8 epochs, no flip
@@ -83,9 +83,9 @@ def method_params(method: str, extra: dict):
 
 def run_trained(processed: Path, params, out_dir: Path) -> dict:
     """Train like the pipeline's train stage, tune thresholds like its evaluate stage."""
-    from multitag.evaluate import evaluate_model
-    from multitag.manifest import read_classes
-    from multitag.train import MODEL_FILE, load_served_model, train_architecture
+    from multitag.modeling.evaluate import evaluate_model
+    from multitag.data.manifest import read_classes
+    from multitag.modeling.train import MODEL_FILE, load_served_model, train_architecture
 
     architecture = params.train.architectures[0]
     result = train_architecture(architecture, processed, out_dir, params.train)
@@ -98,8 +98,8 @@ def run_trained(processed: Path, params, out_dir: Path) -> dict:
 
 def run_probe(processed: Path, params) -> dict:
     """The strong probe: 320 px flip-averaged features, train+val, C by CV, out-of-fold thresholds."""
-    from multitag import baselines, metrics
-    from multitag.preprocess import load_split
+    from multitag.modeling import baselines, metrics
+    from multitag.data.preprocess import load_split
 
     started = time.perf_counter()
     data = {name: load_split(processed, name) for name in ("train", "val", "test")}
@@ -130,8 +130,8 @@ def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
     """Validate once, then preprocess per method into its own folder, all sharing one frozen test
     split (drawn by the champion's preprocessing, which runs first), as the pipeline would."""
     from multitag.layout import Layout
-    from multitag.preprocess import preprocess
-    from multitag.splits import dataset_key
+    from multitag.data.preprocess import preprocess
+    from multitag.data.splits import dataset_key
     from multitag.stages import validate_stage
 
     layout = Layout(root=scratch / "project")
@@ -146,7 +146,7 @@ def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
 
 
 def scores_on_test(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, classes: list[str]) -> dict:
-    from multitag.metrics import (
+    from multitag.modeling.metrics import (
         apply_thresholds,
         average_precision_per_class,
         compute_metrics,
@@ -165,7 +165,7 @@ def scores_on_test(y: np.ndarray, scores: np.ndarray, thresholds: np.ndarray, cl
 
 
 def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
-    from multitag.manifest import read_classes
+    from multitag.data.manifest import read_classes
 
     result = scratch / method
     command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--processed", str(folder),

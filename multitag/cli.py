@@ -45,7 +45,7 @@ def data_download(
     base_url: Optional[str] = typer.Option(None, help="Mirror to download from instead of the official host."),
 ) -> None:
     """Download (resumable, checksum-verified) and extract a known dataset."""
-    from multitag.download import download_dataset
+    from multitag.data.download import download_dataset
 
     try:
         root = download_dataset(name, raw_dir, base_url)
@@ -71,9 +71,9 @@ def data_synthesize(params_path: Path = ParamsOption) -> None:
 @data_app.command("validate")
 def data_validate(params_path: Path = ParamsOption) -> None:
     """Validate the configured dataset; bad items go to the quarantine table."""
-    from multitag.sources import DatasetLayoutError
+    from multitag.data.sources import DatasetLayoutError
     from multitag.stages import validate_stage
-    from multitag.validation import ValidationFailed
+    from multitag.data.validation import ValidationFailed
 
     params = _params(params_path)
     try:
@@ -174,7 +174,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files."),
 ) -> None:
     """Print each image's predicted labels and every class probability."""
-    from multitag.predictor import Predictor
+    from multitag.lifecycle.predictor import Predictor
 
     predictor = Predictor.from_uri(model_uri)
     for path in images:
@@ -218,7 +218,7 @@ def register(params_path: Path = ParamsOption) -> None:
 @registry_app.command("list")
 def registry_list(params_path: Path = ParamsOption) -> None:
     """Every version with its aliases, architecture, test mAP and gate verdict."""
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     name = _params(params_path).registry.model_name
     table = Table(title=f"registered model {name}")
@@ -232,7 +232,7 @@ def registry_list(params_path: Path = ParamsOption) -> None:
 @registry_app.command("promote")
 def registry_promote(version: str, params_path: Path = ParamsOption) -> None:
     """Make VERSION the champion (the former one becomes previous-champion)."""
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     name = _params(params_path).registry.model_name
     former = registry.promote(name, version)
@@ -242,7 +242,7 @@ def registry_promote(version: str, params_path: Path = ParamsOption) -> None:
 @registry_app.command("rollback")
 def registry_rollback(params_path: Path = ParamsOption) -> None:
     """Move champion back to previous-champion in one step."""
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     try:
         old, new = registry.rollback(_params(params_path).registry.model_name)
@@ -252,7 +252,7 @@ def registry_rollback(params_path: Path = ParamsOption) -> None:
 
 
 def _queue(params_path: Path):
-    from multitag.retraining import open_queue
+    from multitag.feedback.retraining import open_queue
 
     return open_queue(_params(params_path))
 
@@ -329,7 +329,7 @@ def serve(
     params_path: Path = ParamsOption,
 ) -> None:
     """Serve the champion: API + web page (http://HOST:PORT/)."""
-    from multitag.api import serve as run_server
+    from multitag.serving.api import serve as run_server
 
     run_server(host, port, params_path)
 

@@ -15,7 +15,7 @@ def synthesize_stage(params: Params, layout: Layout = Layout()) -> Path:
     The folder still exists afterwards (empty but for a note if it never held shapes), because
     it is the `synthesize` stage's DVC out and `dvc commit` needs every out on disk.
     """
-    from multitag.sources import synthetic
+    from multitag.data.sources import synthetic
 
     target = layout.synthetic
     if params.data.source != "synthetic":
@@ -29,10 +29,10 @@ def synthesize_stage(params: Params, layout: Layout = Layout()) -> Path:
 
 def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]:
     """Read the configured source, validate it, write manifest/quarantine/report."""
-    from multitag.sources import read_source
-    from multitag.validation import validate, write_outputs
+    from multitag.data.sources import read_source
+    from multitag.data.validation import validate, write_outputs
 
-    from multitag.retraining import feedback_records
+    from multitag.feedback.retraining import feedback_records
 
     data = read_source(params.data)
     data.records += feedback_records(layout.feedback_export)
@@ -42,8 +42,8 @@ def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]
 
 def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
     """Split the validated manifest and write the uint8 arrays per split."""
-    from multitag.preprocess import preprocess
-    from multitag.splits import dataset_key
+    from multitag.data.preprocess import preprocess
+    from multitag.data.splits import dataset_key
 
     return preprocess(
         layout.validated / "manifest.parquet",
@@ -59,7 +59,7 @@ def train_stage(params: Params, architecture: str, layout: Layout = Layout(), in
     """Train one architecture on the processed arrays; writes models/<arch>/."""
     from dataclasses import asdict
 
-    from multitag.train import train_architecture
+    from multitag.modeling.train import train_architecture
 
     result = train_architecture(architecture, layout.processed, layout.models / architecture, params.train, init_model)
     return asdict(result)
@@ -88,12 +88,12 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     import keras
     import numpy as np
 
-    from multitag import tracking
-    from multitag.evaluate import comparison_markdown, comparison_row, evaluate_model
-    from multitag.manifest import read_classes
-    from multitag.preprocess import load_split
-    from multitag.train import MODEL_FILE, load_served_model
-    from multitag.versioning import dvc_dir_hash, git_commit
+    from multitag.lifecycle import tracking
+    from multitag.modeling.evaluate import comparison_markdown, comparison_row, evaluate_model
+    from multitag.data.manifest import read_classes
+    from multitag.data.preprocess import load_split
+    from multitag.modeling.train import MODEL_FILE, load_served_model
+    from multitag.lifecycle.versioning import dvc_dir_hash, git_commit
 
     classes = read_classes(layout.processed / "classes.json")
     tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
@@ -159,10 +159,10 @@ def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> d
     """Score one logged model on the current frozen test split with its stored thresholds."""
     import numpy as np
 
-    from multitag import metrics
-    from multitag.evaluate import predict
-    from multitag.predictor import Predictor
-    from multitag.preprocess import load_split
+    from multitag.modeling import metrics
+    from multitag.modeling.evaluate import predict
+    from multitag.lifecycle.predictor import Predictor
+    from multitag.data.preprocess import load_split
 
     predictor = Predictor.from_uri(model_uri)
     x_test, y_test = load_split(layout.processed, "test")
@@ -181,9 +181,9 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     """
     import json
 
-    from multitag import gate, registry
-    from multitag.baselines import score_baselines
-    from multitag.tracking import write_json
+    from multitag.lifecycle import gate, registry
+    from multitag.modeling.baselines import score_baselines
+    from multitag.lifecycle.tracking import write_json
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     best = select_candidate(summary["candidates"], params.evaluate.primary_metric)
@@ -204,8 +204,8 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     """
     import json
 
-    from multitag import registry
-    from multitag.tracking import write_json
+    from multitag.lifecycle import registry
+    from multitag.lifecycle.tracking import write_json
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     gate_result = json.loads((layout.reports / "gate.json").read_text())

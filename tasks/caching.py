@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from multitag.config import load_params
-from multitag.versioning import dvc_dir_hash
+from multitag.lifecycle.versioning import dvc_dir_hash
 
 
 def content_hash(path: Path) -> str:
@@ -23,6 +25,17 @@ def content_hash(path: Path) -> str:
     if path.is_file():
         return hashlib.md5(path.read_bytes()).hexdigest()
     return "missing"
+
+
+DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"
+
+
+def stage_code(stage: str, dvc_file: Path = DVC_FILE) -> list[str]:
+    """The code folders `dvc.yaml` declares for `stage`: a task's cache key covers exactly the
+    code DVC would re-run it for (one declaration, read by both)."""
+    spec = yaml.safe_load(dvc_file.read_text())["stages"][stage]
+    deps = spec.get("do", spec)["deps"]
+    return [dep for dep in deps if isinstance(dep, str) and dep.startswith("multitag/")]
 
 
 def files_key(groups: list[str], inputs: list[str], outputs: list[str], extra: list[str] = ()) -> Callable[[Any, dict], str]:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from prefect import task
 
-from multitag import retraining
+from multitag.feedback import retraining
 from multitag.config import load_params
 from multitag.layout import Layout
-from multitag.splits import read_frozen_test
+from multitag.data.splits import read_frozen_test
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
 

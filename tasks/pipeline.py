@@ -13,11 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 from multitag import stages
 from multitag.config import load_params
 from multitag.layout import Layout
-from tasks.caching import files_key
+from tasks.caching import files_key, stage_code
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
 CACHED = {"persist_result": True}
-CODE = ["multitag/sources", "multitag/validation.py", "multitag/images.py", "multitag/preprocess.py", "multitag/splits.py"]
 
 
 @task(**IO_RETRIES)
@@ -30,7 +29,7 @@ def apply_overrides(params_path: str, overrides: dict) -> str:
     return params_path
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], ["multitag/sources/synthetic.py"], [str(Layout().synthetic)]))
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], stage_code("synthesize"), [str(Layout().synthetic)]))
 def synthesize(params_path: str) -> str:
     return str(stages.synthesize_stage(load_params(params_path)))
 
@@ -38,7 +37,7 @@ def synthesize(params_path: str) -> str:
 def _source_key(context, parameters: dict) -> str:
     """validate's key also covers the dataset folder named in params."""
     data_path = str(load_params(parameters.get("params_path", "params.yaml")).data.path)
-    inputs = [data_path, str(Layout().feedback_export), *CODE]
+    inputs = [data_path, str(Layout().feedback_export), *stage_code("validate")]
     return files_key(["data", "validate"], inputs, [str(Layout().validated)])(context, parameters)
 
 
@@ -47,12 +46,12 @@ def validate(params_path: str) -> dict[str, str]:
     return {name: str(path) for name, path in stages.validate_stage(load_params(params_path)).items()}
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["preprocess"], ["data/validated", *CODE], ["data/processed"]))
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["preprocess"], ["data/validated", *stage_code("preprocess")], ["data/processed"]))
 def preprocess(params_path: str) -> dict:
     return stages.preprocess_stage(load_params(params_path))
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", "multitag/train.py", "multitag/models.py"], [], ["architecture", "init_model"]))
+@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", *stage_code("train")], [], ["architecture", "init_model"]))
 def train(architecture: str, params_path: str, init_model: str | None = None) -> str:
     """Train in a subprocess so TensorFlow's memory is released after each architecture."""
     return str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))

@@ -44,7 +44,8 @@ def tiny_champion(tmp_path_factory: pytest.TempPathFactory) -> TinyChampion:
     import mlflow
     import numpy as np
 
-    from multitag import models, registry, tracking
+    from multitag.modeling import models
+    from multitag.lifecycle import registry, tracking
 
     root = tmp_path_factory.mktemp("registry")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "MULTITAG_REGISTRY_LOCK": str(root / "registry.lock")}
@@ -144,7 +145,7 @@ def start_live_server(app: object, timeout_s: float = 60) -> LiveServer:
 @pytest.fixture
 def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Start API servers with `live_server(params, retrain_trigger=None)`; all are stopped in teardown."""
-    from multitag.api import create_app
+    from multitag.serving.api import create_app
 
     started: list[LiveServer] = []
 
@@ -161,7 +162,7 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
 def tiny_server(tiny_champion: TinyChampion, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server per test module on the tiny champion (whose alias never moves), with small limits
     (4 files, 200 kB each) so that limit tests stay cheap; tests that move aliases start their own."""
-    from multitag.api import create_app
+    from multitag.serving.api import create_app
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in tiny_champion.env.items():

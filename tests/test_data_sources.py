@@ -10,8 +10,8 @@ import pytest
 from corpus import csv_row, encode, solid, voc_xml, write_bytes, write_csv, write_voc
 
 from multitag.config import DataParams, ValidateParams
-from multitag.sources import DatasetLayoutError, coco, csv_folder, read_source, voc
-from multitag.validation import validate
+from multitag.data.sources import DatasetLayoutError, coco, csv_folder, read_source, voc
+from multitag.data.validation import validate
 
 
 def by_id(data) -> dict:

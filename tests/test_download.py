@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from multitag import download
-from multitag.download import (
+from multitag.data import download
+from multitag.data.download import (
     Archive,
     ChecksumError,
     Dataset,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from multitag.feedback import FeedbackQueue, image_extension
+from multitag.feedback.queue import FeedbackQueue, image_extension
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -187,7 +187,7 @@ def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
         queue.add(fake_png(n), ["cat"])
     script = textwrap.dedent(f"""
         import sys, time
-        from multitag.feedback import FeedbackQueue
+        from multitag.feedback.queue import FeedbackQueue
         items = FeedbackQueue({str(queue.db_path)!r}, {str(queue.images_dir)!r}, lease_seconds=0.5).claim("doomed")
         print(len(items), flush=True)
         time.sleep(60)

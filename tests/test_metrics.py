@@ -1,4 +1,4 @@
-"""Code tests for multitag.metrics: every metric against scikit-learn, plus the edge cases."""
+"""Code tests for multitag.modeling.metrics: every metric against scikit-learn, plus the edge cases."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from multitag.metrics import (
+from multitag.modeling.metrics import (
     apply_thresholds,
     average_precision_per_class,
     compute_metrics,
@@ -330,6 +330,6 @@ def test_a_class_with_too_few_positives_keeps_the_default_threshold_and_tuned_on
     assert tuned[0] == 0.5
     assert 0.4 <= tuned[1] <= 0.6
     assert tuned[2] == 0.1
-    from multitag.metrics import too_few_to_tune
+    from multitag.modeling.metrics import too_few_to_tune
 
     assert too_few_to_tune(y_true, ["rare", "common", "low"], 8) == ["rare"]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from project import make_project, project_env, run
 
-from multitag.splits import read_frozen_test
+from multitag.data.splits import read_frozen_test
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def pipeline(root, *arguments: str) -> str:
 
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory):
-    from multitag.sources import synthetic
+    from multitag.data.sources import synthetic
 
     base = tmp_path_factory.mktemp("journey")
     root = make_project(base / "project")
@@ -43,7 +43,7 @@ def test_the_demo_ends_by_saying_what_is_served(journey):
 
 
 def test_own_data_is_recorded_in_params_and_gets_its_own_registered_model(journey):
-    from multitag import registry
+    from multitag.lifecycle import registry
     from multitag.config import load_params
 
     root, own, _, own_output = journey
@@ -62,7 +62,7 @@ def test_own_data_is_recorded_in_params_and_gets_its_own_registered_model(journe
         assert own_champion is not None and demo_champion is not None
         assert json.loads((root / "reports" / "gate.json").read_text())["verdict"]["task"] == "first model"
         assert [v.version for v in registry.list_versions("multitag")] == [demo_champion.version], "the demo model was not touched"
-        from multitag.predictor import Predictor
+        from multitag.lifecycle.predictor import Predictor
 
         assert Predictor.from_uri(f"models:/{name}@champion").classes == OWN_CLASSES
 

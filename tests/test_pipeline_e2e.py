@@ -18,7 +18,7 @@ import yaml
 
 from project import make_project, project_env, run, stored_aliases
 
-from multitag.splits import read_frozen_test
+from multitag.data.splits import read_frozen_test
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def _params():
 
 
 def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     root, registration = project
     assert registration["verdict"] == "passed"
@@ -77,8 +77,8 @@ def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
 def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process(project):
     import keras
 
-    from multitag.preprocess import load_split
-    from multitag.registry import alias_version
+    from multitag.data.preprocess import load_split
+    from multitag.lifecycle.registry import alias_version
 
     root, _ = project
     x_test, _ = load_split(root / "data" / "processed", "test")
@@ -87,7 +87,7 @@ def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process
     np.save(root / "batch.npy", batch)
     uri = f"runs:/{alias_version('multitag', 'champion').run_id}/model"
     script = (
-        "import sys, numpy as np; from multitag.predictor import Predictor; "
+        "import sys, numpy as np; from multitag.lifecycle.predictor import Predictor; "
         "p = Predictor.from_uri(sys.argv[1]); np.save(sys.argv[3], p.predict_arrays(np.load(sys.argv[2])))"
     )
     subprocess.run([sys.executable, "-c", script, uri, str(root / "batch.npy"), str(root / "fresh.npy")], check=True, env=dict(os.environ))
@@ -96,7 +96,8 @@ def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process
 
 def test_worse_candidate_is_registered_but_never_promoted(project):
     """Shuffled labels make a model no better than chance; the gate must keep the champion."""
-    from multitag import registry, stages
+    from multitag.lifecycle import registry
+    from multitag import stages
     from multitag.layout import Layout
 
     root, _ = project
@@ -121,7 +122,8 @@ def test_worse_candidate_is_registered_but_never_promoted(project):
 
 
 def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(project):
-    from multitag import registry, stages
+    from multitag.lifecycle import registry
+    from multitag import stages
 
     params = _params()
     params.train.small_cnn_epochs = 6
@@ -143,7 +145,7 @@ def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(pro
 def test_unloadable_model_fails_the_smoke_test(project, tmp_path):
     import mlflow
 
-    from multitag import gate, tracking
+    from multitag.lifecycle import gate, tracking
     from multitag.layout import Layout
 
     tracking.configure()
@@ -156,7 +158,7 @@ def test_unloadable_model_fails_the_smoke_test(project, tmp_path):
 def test_concurrent_promotions_leave_exactly_one_champion(project):
     from concurrent.futures import ThreadPoolExecutor
 
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     versions = [v.version for v in registry.list_versions("multitag")][:3]
     with ThreadPoolExecutor(4) as pool:
@@ -167,7 +169,7 @@ def test_concurrent_promotions_leave_exactly_one_champion(project):
 
 def _add_feedback(root, count: int) -> tuple[list[int], int]:
     """`count` corrections of training images plus one of a frozen test image (leakage)."""
-    from multitag.retraining import open_queue
+    from multitag.feedback.retraining import open_queue
 
     queue = open_queue(_params())
     images = sorted((root / "data" / "raw" / "synthetic" / "images").glob("*.png"))
@@ -181,8 +183,8 @@ def _add_feedback(root, count: int) -> tuple[list[int], int]:
 
 def test_failed_retraining_returns_claimed_feedback_to_pending(project):
     from flows.nightly_retraining import nightly_retraining
-    from multitag import registry
-    from multitag.retraining import open_queue
+    from multitag.lifecycle import registry
+    from multitag.feedback.retraining import open_queue
 
     root, _ = project
     ids, _ = _add_feedback(root, 3)
@@ -216,8 +218,8 @@ def test_retraining_killed_mid_training_returns_its_claims_to_pending_after_the_
     import psutil
     from prefect.settings import PREFECT_API_URL
 
-    from multitag import registry
-    from multitag.retraining import open_queue
+    from multitag.lifecycle import registry
+    from multitag.feedback.retraining import open_queue
 
     root, _ = project
     queue = open_queue(_params())
@@ -282,8 +284,8 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
     import httpx
 
     from flows.nightly_retraining import nightly_retraining
-    from multitag import registry
-    from multitag.retraining import open_queue
+    from multitag.lifecycle import registry
+    from multitag.feedback.retraining import open_queue
 
     root, _ = project
     params = _params()

@@ -1,4 +1,4 @@
-"""Code tests for multitag.plots: each figure is written as a real PNG on tiny data."""
+"""Code tests for multitag.modeling.plots: each figure is written as a real PNG on tiny data."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from multitag import plots
-from multitag.metrics import compute_metrics
+from multitag.modeling import plots
+from multitag.modeling.metrics import compute_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "car", "boat"]

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from corpus import colour_for, csv_row, encode, solid, write_bytes, write_csv
 
-from multitag import images, manifest
+from multitag.data import images, manifest
 from multitag.config import DataParams, PreprocessParams, SplitRatios, ValidateParams
-from multitag.preprocess import load_split, preprocess
-from multitag.sources import read_source
-from multitag.splits import read_frozen_test
-from multitag.validation import validate, write_outputs
+from multitag.data.preprocess import load_split, preprocess
+from multitag.data.sources import read_source
+from multitag.data.splits import read_frozen_test
+from multitag.data.validation import validate, write_outputs
 
 CLASSES = ["cat", "dog", "person"]
 PREVALENCE = (0.5, 0.3, 0.6)
@@ -194,7 +194,7 @@ def test_a_new_dataset_gets_its_own_frozen_test_split(tmp_path):
 
 
 def test_a_frozen_test_set_that_matches_no_image_is_an_error_not_an_empty_split(tmp_path):
-    from multitag.splits import EmptySplitError
+    from multitag.data.splits import EmptySplitError
 
     frozen = tmp_path / "frozen_test.json"
     first = make_validated(tmp_path / "first", 60)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from multitag import manifest
+from multitag.data import manifest
 from multitag.config import Params
 from multitag.layout import Layout
 from multitag.stages import preprocess_stage, validate_stage
@@ -135,11 +135,11 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
     Before bounded thresholds with a default for rare classes, classes with 1-5 validation
     positives got thresholds of ~0 and were served on nearly every photo.
     """
-    from multitag.baselines import score_baselines
-    from multitag.evaluate import evaluate_model
-    from multitag.metrics import apply_thresholds
+    from multitag.modeling.baselines import score_baselines
+    from multitag.modeling.evaluate import evaluate_model
+    from multitag.modeling.metrics import apply_thresholds
     from multitag.stages import train_stage
-    from multitag.train import MODEL_FILE, load_served_model
+    from multitag.modeling.train import MODEL_FILE, load_served_model
 
     weights = SHARED / "weights"
     (tmp_path / "keras" / "models").mkdir(parents=True)

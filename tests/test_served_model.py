@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from multitag import models
+from multitag.modeling import models
 
 
 def _members(size: int = 32, classes: int = 3):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from multitag.sources.synthetic import CLASSES, generate
+from multitag.data.sources.synthetic import CLASSES, generate
 
 N_IMAGES, SIZE, SEED = 60, 64, 7
 SAMPLE_IMAGES = ["images/shape_00000.png", "images/shape_00017.png", "images/shape_00059.png"]

@@ -11,7 +11,7 @@ from project import stored_aliases
 
 
 def test_registry_follows_the_tracking_uri_when_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from multitag import registry, tracking
+    from multitag.lifecycle import registry, tracking
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

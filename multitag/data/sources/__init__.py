@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from multitag.config import DataParams
-from multitag.manifest import SourceData, apply_class_subset
+from multitag.data.manifest import SourceData, apply_class_subset
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -28,7 +28,7 @@ def require(path: Path, what: str, layouts: str) -> Path:
 
 
 def _readers() -> dict[str, Callable[[Path, DataParams], SourceData]]:
-    from multitag.sources import coco, csv_folder, voc
+    from multitag.data.sources import coco, csv_folder, voc
 
     return {
         "voc": voc.read,

@@ -18,8 +18,8 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
 from multitag.config import SplitRatios
-from multitag.manifest import FEEDBACK_SOURCE as FEEDBACK
-from multitag.manifest import label_matrix
+from multitag.data.manifest import FEEDBACK_SOURCE as FEEDBACK
+from multitag.data.manifest import label_matrix
 
 LEGACY = "legacy"  # the dataset name of a frozen_test.json written before sets were per dataset
 

@@ -11,8 +11,8 @@ import io
 from pathlib import Path
 
 from multitag.config import DataParams
-from multitag.manifest import Record, SourceData
-from multitag.sources import require
+from multitag.data.manifest import Record, SourceData
+from multitag.data.sources import require
 
 LAYOUT = "labels.csv (filename,labels[,split]; labels separated by '|'), image files relative to it, optional classes.txt"
 
@@ -33,7 +33,7 @@ def read(root: Path, params: DataParams) -> SourceData:
 
 def read_synthetic(root: Path, params: DataParams) -> SourceData:
     """Generate the shapes dataset into `root` (skipped when already there), then read it."""
-    from multitag.sources import synthetic
+    from multitag.data.sources import synthetic
 
     synthetic.generate(root, params.synthetic.n_images, params.synthetic.image_size, params.synthetic.seed)
     data = read(root, params)

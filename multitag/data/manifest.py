@@ -16,7 +16,7 @@ import pandas as pd
 
 COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source"]
 SPLITS = ("train", "val", "test")
-FEEDBACK_SOURCE = "feedback"  # the `source` of rows that are users' corrections (multitag.retraining)
+FEEDBACK_SOURCE = "feedback"  # the `source` of rows that are users' corrections (multitag.feedback.retraining)
 UNSPLIT = ""  # the source gave no split for this image: preprocessing assigns one
 
 

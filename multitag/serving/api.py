@@ -6,7 +6,7 @@ request (which reads the reference once) always runs on one complete model and n
 during a switch. Heavy work (decoding, the batched model call, SQLite writes) runs in the
 threadpool, so the event loop keeps accepting requests.
 
-    uvicorn multitag.api:app          # or: multitag serve
+    uvicorn multitag.serving.api:app          # or: multitag serve
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from multitag import images, registry
+from multitag.data import images
+from multitag.lifecycle import registry
 from multitag.config import Params, load_params
-from multitag.feedback import FeedbackQueue
-from multitag.predictor import Predictor
+from multitag.feedback.queue import FeedbackQueue
+from multitag.lifecycle.predictor import Predictor
 
-log = logging.getLogger("multitag.api")
+log = logging.getLogger("multitag.serving.api")
 
 STATIC_DIR = Path(__file__).parent / "static"
 NO_MODEL = "no model yet: no champion of {name}; run `make demo` or `multitag pipeline --source ... --path ...` to register one"
@@ -333,7 +334,7 @@ def start_flow_process(command: list[str], log_path: Path) -> dict[str, str]:
 
 
 def params_or_defaults(params_path: Path | str) -> Params:
-    """The project's params, or the defaults when the file is absent (so `import multitag.api` always works)."""
+    """The project's params, or the defaults when the file is absent (so `import multitag.serving.api` always works)."""
     if not Path(params_path).exists():
         log.warning("%s not found: serving with default parameters", params_path)
         return Params()

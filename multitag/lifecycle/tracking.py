@@ -17,8 +17,8 @@ from typing import Iterator
 import mlflow
 import numpy as np
 
-from multitag import metrics, plots
-from multitag.evaluate import Evaluation
+from multitag.modeling import metrics, plots
+from multitag.modeling.evaluate import Evaluation
 
 EXPERIMENT = "multitag"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -60,7 +60,7 @@ def model_metadata(evaluation: Evaluation, input_size: int, resize: str) -> dict
         "preprocessing": {
             "input": "RGB pixels 0-255 as float32, shape (N, input_size, input_size, 3)",
             "resize": resize,
-            "decode": "multitag.images.decode (EXIF orientation applied, any mode to RGB)",
+            "decode": "multitag.data.images.decode (EXIF orientation applied, any mode to RGB)",
             "normalisation": "inside the model graph",
         },
     }
@@ -148,7 +148,7 @@ def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example:
 
 def load_model(model_uri: str):
     """A served model and its metadata from any MLflow model URI (runs:/, models:/, m-...)."""
-    import multitag.models  # noqa: F401  registers custom layers before deserialising
+    import multitag.modeling.models  # noqa: F401  registers custom layers before deserialising
 
     model = mlflow.keras.load_model(model_uri)
     meta = mlflow.models.get_model_info(model_uri).metadata or {}

@@ -1,7 +1,7 @@
 """Serving smoke test, run in a fresh process: load a model from its URI alone and answer a
 few canned images. Prints one JSON line; exit code 0 only if every answer is well-formed.
 
-    python -m multitag.smoke MODEL_URI IMAGE [IMAGE ...]
+    python -m multitag.lifecycle.smoke MODEL_URI IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 def run_in_fresh_process(model_uri: str, images: list[str], timeout_s: float = 300) -> dict:
     """Run the smoke test in a new interpreter; any failure becomes {"ok": False, "error": ...}."""
     try:
-        done = subprocess.run([sys.executable, "-m", "multitag.smoke", model_uri, *images], capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run([sys.executable, "-m", "multitag.lifecycle.smoke", model_uri, *images], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f}s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -28,7 +28,7 @@ def run_in_fresh_process(model_uri: str, images: list[str], timeout_s: float = 3
 
 
 def main(model_uri: str, images: list[str]) -> dict:
-    from multitag.predictor import Predictor
+    from multitag.lifecycle.predictor import Predictor
 
     started = time.perf_counter()
     predictor = Predictor.from_uri(model_uri)

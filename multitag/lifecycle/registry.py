@@ -28,7 +28,7 @@ class VersionInfo:
 
 
 def client() -> MlflowClient:
-    from multitag.tracking import configure
+    from multitag.lifecycle.tracking import configure
 
     configure()
     return MlflowClient()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multitag.metrics import average_precision_per_class
+from multitag.modeling.metrics import average_precision_per_class
 
 PROBE_CS = (0.03, 0.1, 0.3, 1.0)
 PROBE_FOLDS = 3
@@ -99,7 +99,7 @@ def probe_weights(probes: list, feature_dim: int) -> tuple[np.ndarray, np.ndarra
 
 def frozen_extractor(input_size: int):
     """The probe's backbone: ImageNet MobileNetV2 without its top, frozen."""
-    from multitag import models
+    from multitag.modeling import models
 
     extractor = models.build_feature_extractor("mobilenetv2", input_size, "imagenet")
     extractor.trainable = False
@@ -108,7 +108,7 @@ def frozen_extractor(input_size: int):
 
 def flip_averaged_features(extractor, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Pooled features of each image and its mirror, averaged."""
-    from multitag.train import extract_features
+    from multitag.modeling.train import extract_features
 
     plain = extract_features(extractor, x, batch_size)
     mirrored = extract_features(extractor, np.asarray(x)[:, :, ::-1], batch_size)
@@ -119,7 +119,7 @@ def probe_test_scores(processed: Path, seed: int) -> tuple[np.ndarray, float]:
     """Probe fitted on the training images' features (C by cross-validation on them), scores on
     test; and its C. The same photos the candidate trained on: the gate asks whether training
     added anything over the cheap model, not whether more data would."""
-    from multitag.preprocess import load_split
+    from multitag.data.preprocess import load_split
 
     x_train, y_train = load_split(processed, "train")
     x_test, _ = load_split(processed, "test")
@@ -131,7 +131,7 @@ def probe_test_scores(processed: Path, seed: int) -> tuple[np.ndarray, float]:
 def score_baselines(names: list[str], processed: Path, seed: int) -> list[Baseline]:
     """Each named baseline's mAP on the frozen test split (the prior from train+val, the probe
     fitted on train)."""
-    from multitag.preprocess import load_split
+    from multitag.data.preprocess import load_split
 
     y_test = np.asarray(load_split(processed, "test")[1])
     results = []

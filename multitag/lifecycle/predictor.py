@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from multitag.images import DEFAULT_MAX_PIXELS, decode
+from multitag.data.images import DEFAULT_MAX_PIXELS, decode
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Predictor:
     @classmethod
     def from_uri(cls, model_uri: str) -> "Predictor":
         """Load any MLflow model URI logged by multitag; the URI alone is enough."""
-        from multitag.tracking import configure, load_model
+        from multitag.lifecycle.tracking import configure, load_model
 
         configure()
         model, meta = load_model(model_uri)

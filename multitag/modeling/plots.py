@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # before pyplot loads, which picks the backend on import
 import matplotlib.pyplot as plt
 import numpy as np
 
-from multitag.metrics import apply_thresholds, average_precision_per_class, precision_recall_steps
+from multitag.modeling.metrics import apply_thresholds, average_precision_per_class, precision_recall_steps
 
 _COUNT_COLUMNS = ("tp", "fp", "fn", "tn")
 

@@ -15,11 +15,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from multitag import manifest, splits
+from multitag.data import manifest, splits
 from multitag.config import PreprocessParams
-from multitag.images import ImageError, decode_file
-from multitag.manifest import SPLITS
-from multitag.parallel import chunks, run_chunks
+from multitag.data.images import ImageError, decode_file
+from multitag.data.manifest import SPLITS
+from multitag.data.parallel import chunks, run_chunks
 
 ROWS_PER_TASK = 32
 

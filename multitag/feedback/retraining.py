@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from multitag.config import Params
-from multitag.feedback import FeedbackItem, FeedbackQueue
-from multitag.manifest import FEEDBACK_SOURCE, Record
+from multitag.feedback.queue import FeedbackItem, FeedbackQueue
+from multitag.data.manifest import FEEDBACK_SOURCE, Record
 
 VAL_PERCENT = 15
 
@@ -49,7 +49,7 @@ def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_di
 def feedback_records(export_dir: Path) -> list[Record]:
     """Records of an exported feedback dataset (none if nothing was exported yet)."""
     from multitag.config import DataParams
-    from multitag.sources import csv_folder
+    from multitag.data.sources import csv_folder
 
     if not (export_dir / "labels.csv").exists():
         return []
@@ -64,7 +64,7 @@ def download_champion(model_name: str, dest: Path) -> tuple[Path, str, str]:
     """The champion's Keras file for a warm start: (path, version, architecture)."""
     import mlflow
 
-    from multitag import registry
+    from multitag.lifecycle import registry
 
     champion = registry.alias_version(model_name, registry.CHAMPION)
     if champion is None:

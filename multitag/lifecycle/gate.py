@@ -5,7 +5,7 @@ Checks: (a) the user's optional absolute floors, (b) beats the champion by `gate
 on the primary metric, (c) no class's AP drops by more than `gate.max_class_regression`, (d) a
 serving smoke test from the model URI in a fresh process within the latency budget. With no
 champion yet, (b) and (c) become: beats each baseline of `gate.baselines` (class prior, frozen
-feature probe; multitag/baselines.py), which needs no hand-set number.
+feature probe; multitag/modeling/baselines.py), which needs no hand-set number.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from multitag import metrics
-from multitag.baselines import Baseline
+from multitag.modeling import metrics
+from multitag.modeling.baselines import Baseline
 from multitag.config import GateParams
 from multitag.layout import Layout
-from multitag.predictor import Predictor
-from multitag.smoke import run_in_fresh_process
+from multitag.lifecycle.predictor import Predictor
+from multitag.lifecycle.smoke import run_in_fresh_process
 
 SMOKE_IMAGES = 3
 
@@ -55,9 +55,9 @@ class Verdict:
 
 def test_scores(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(y_true, scores) on the frozen test split, decoded at the model's own input size."""
-    from multitag.evaluate import predict
-    from multitag.manifest import label_matrix, read
-    from multitag.preprocess import load_split
+    from multitag.modeling.evaluate import predict
+    from multitag.data.manifest import label_matrix, read
+    from multitag.data.preprocess import load_split
 
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] == predictor.input_size:
@@ -169,7 +169,7 @@ def class_list_change(old: list[str], new: list[str]) -> str:
 
 def smoke_test(model_uri: str, layout: Layout) -> dict:
     """Load the model in a fresh process and answer a few real test images."""
-    from multitag.manifest import read
+    from multitag.data.manifest import read
 
     test = read(layout.processed / "manifest.parquet").query("split == 'test'")
     return run_in_fresh_process(model_uri, list(test["path"].head(SMOKE_IMAGES)))

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from multitag import manifest
+from multitag.data import manifest
 from multitag.config import ValidateParams
-from multitag.images import ImageError, inspect
-from multitag.manifest import SPLITS, Record, SourceData
-from multitag.parallel import map_with_progress
+from multitag.data.images import ImageError, inspect
+from multitag.data.manifest import SPLITS, Record, SourceData
+from multitag.data.parallel import map_with_progress
 
 SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid fraction
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]

@@ -10,8 +10,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from multitag.config import DataParams
-from multitag.manifest import Record, SourceData
-from multitag.sources import require
+from multitag.data.manifest import Record, SourceData
+from multitag.data.sources import require
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from multitag import manifest, models
+from multitag.data import manifest
+from multitag.modeling import models
 from multitag.config import TrainParams
-from multitag.metrics import average_precision_per_class
-from multitag.preprocess import load_split
+from multitag.modeling.metrics import average_precision_per_class
+from multitag.data.preprocess import load_split
 
 MODEL_FILE = "model.keras"
 
@@ -243,7 +244,7 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
 def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None) -> keras.Model:
     """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
     the training images (phase 1's cache when there was one), C by cross-validation on train."""
-    from multitag.baselines import fit_probes, probe_weights
+    from multitag.modeling.baselines import fit_probes, probe_weights
 
     frozen = models.build_feature_extractor(name, size, weights)
     frozen.trainable = False

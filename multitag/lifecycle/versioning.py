@@ -26,12 +26,17 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _tracked(path: Path) -> bool:
+    """What `.dvcignore` leaves in: Python bytecode is not part of a code folder's content."""
+    return path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+
+
 def dvc_dir_hash(directory: Path) -> str:
-    """The md5 DVC records for a directory out (`<md5>.dir`): the same value as in dvc.lock,
+    """The md5 DVC records for a directory (`<md5>.dir`): the same value as in dvc.lock,
     so a model's tag can be matched to a data version without running DVC."""
     entries = [
         {"md5": _md5(path), "relpath": path.relative_to(directory).as_posix()}
-        for path in sorted(p for p in directory.rglob("*") if p.is_file())
+        for path in sorted(p for p in directory.rglob("*") if _tracked(p))
     ]
     entries.sort(key=lambda entry: entry["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
