@@ -1,1 +1,1 @@
-"""feedback"""
+"""Users' corrected labels: the durable queue and how the nightly run turns it into data."""
