@@ -105,10 +105,7 @@ def child_main(args: argparse.Namespace) -> None:
         import multitag.data.preprocess  # noqa: F401
     baseline_rss = psutil.Process().memory_info().rss
     cpu_start, wall_start = os.times(), time.perf_counter()
-    if args.child == "project":
-        info = run_project(paths, args.size, args.workers, Path(args.out_dir))
-    else:
-        info = run_naive(paths, args.size)
+    info = run_project(paths, args.size, args.workers, Path(args.out_dir)) if args.child == "project" else run_naive(paths, args.size)
     seconds = time.perf_counter() - wall_start
     cpu_end = os.times()
     cpu = sum(cpu_end[:4]) - sum(cpu_start[:4])  # user + system, own and reaped workers'

@@ -66,8 +66,8 @@ def register_champion(scratch: Path) -> str:
     import mlflow
     import mlflow.keras.save
 
-    from multitag.modeling import models
     from multitag.lifecycle import registry, tracking
+    from multitag.modeling import models
 
     # Requirements inference imports TensorFlow again in a subprocess (~30 s); a bench model
     # never leaves this machine, so MLflow's default requirements are enough.

@@ -83,8 +83,8 @@ def method_params(method: str, extra: dict):
 
 def run_trained(processed: Path, params, out_dir: Path) -> dict:
     """Train like the pipeline's train stage, tune thresholds like its evaluate stage."""
-    from multitag.modeling.evaluate import evaluate_model
     from multitag.data.manifest import read_classes
+    from multitag.modeling.evaluate import evaluate_model
     from multitag.modeling.train import MODEL_FILE, load_served_model, train_architecture
 
     architecture = params.train.architectures[0]
@@ -98,8 +98,8 @@ def run_trained(processed: Path, params, out_dir: Path) -> dict:
 
 def run_probe(processed: Path, params) -> dict:
     """The strong probe: 320 px flip-averaged features, train+val, C by CV, out-of-fold thresholds."""
-    from multitag.modeling import baselines, metrics
     from multitag.data.preprocess import load_split
+    from multitag.modeling import baselines, metrics
 
     started = time.perf_counter()
     data = {name: load_split(processed, name) for name in ("train", "val", "test")}
@@ -129,9 +129,9 @@ def child_main(args: argparse.Namespace) -> None:
 def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
     """Validate once, then preprocess per method into its own folder, all sharing one frozen test
     split (drawn by the champion's preprocessing, which runs first), as the pipeline would."""
-    from multitag.layout import Layout
     from multitag.data.preprocess import preprocess
     from multitag.data.splits import dataset_key
+    from multitag.layout import Layout
     from multitag.stages import validate_stage
 
     layout = Layout(root=scratch / "project")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -42,7 +41,7 @@ def _fail(err: Exception) -> None:
 def data_download(
     name: str = typer.Argument(..., help="Dataset name, e.g. voc2007."),
     raw_dir: Path = typer.Option(Path("data/raw"), help="Where archives are kept and extracted."),
-    base_url: Optional[str] = typer.Option(None, help="Mirror to download from instead of the official host."),
+    base_url: str | None = typer.Option(None, help="Mirror to download from instead of the official host."),
 ) -> None:
     """Download (resumable, checksum-verified) and extract a known dataset."""
     from multitag.data.download import download_dataset
@@ -72,8 +71,8 @@ def data_synthesize(params_path: Path = ParamsOption) -> None:
 def data_validate(params_path: Path = ParamsOption) -> None:
     """Validate the configured dataset; bad items go to the quarantine table."""
     from multitag.data.sources import DatasetLayoutError
-    from multitag.stages import validate_stage
     from multitag.data.validation import ValidationFailed
+    from multitag.stages import validate_stage
 
     params = _params(params_path)
     try:
@@ -126,7 +125,7 @@ def data_describe(params_path: Path = ParamsOption) -> None:
 def train(
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s) to train; default: train.architectures."),
     params_path: Path = ParamsOption,
-    init_model: Optional[Path] = typer.Option(None, help="A saved model.keras to warm-start from."),
+    init_model: Path | None = typer.Option(None, help="A saved model.keras to warm-start from."),
 ) -> None:
     """Train architectures on data/processed (each in its own process when several)."""
     from multitag.stages import train_in_subprocess, train_stage
@@ -146,7 +145,7 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    model_uri: Optional[str] = typer.Argument(None, help="An MLflow model URI; default: evaluate every trained architecture."),
+    model_uri: str | None = typer.Argument(None, help="An MLflow model URI; default: evaluate every trained architecture."),
     params_path: Path = ParamsOption,
     run_name: str = typer.Option("pipeline", help="Name of the MLflow parent run."),
     tag: list[str] = typer.Option([], help="Extra KEY=VALUE tags for the MLflow runs."),
@@ -265,7 +264,7 @@ def feedback_stats(params_path: Path = ParamsOption) -> None:
 
 @feedback_app.command("list")
 def feedback_list(
-    state: Optional[str] = typer.Option(None, help="pending | claimed | consumed | rejected"),
+    state: str | None = typer.Option(None, help="pending | claimed | consumed | rejected"),
     limit: int = typer.Option(50),
     params_path: Path = ParamsOption,
 ) -> None:
@@ -324,8 +323,8 @@ def retrain(
 
 @app.command("serve")
 def serve(
-    host: Optional[str] = typer.Option(None, help="Default: serve.host (127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Default: serve.port."),
+    host: str | None = typer.Option(None, help="Default: serve.host (127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Default: serve.port."),
     params_path: Path = ParamsOption,
 ) -> None:
     """Serve the champion: API + web page (http://HOST:PORT/)."""
@@ -337,9 +336,9 @@ def serve(
 @app.command("pipeline")
 def pipeline(
     source: str = typer.Option(..., help="voc | coco | yolo | csv | synthetic"),
-    path: Optional[Path] = typer.Option(None, help="Dataset folder (default for synthetic: data/raw/synthetic)."),
-    classes: Optional[str] = typer.Option(None, help="A class subset, comma-separated: person,dog,cat."),
-    model_name: Optional[str] = typer.Option(None, help="Registered model name; default: one per task (the dataset's folder name)."),
+    path: Path | None = typer.Option(None, help="Dataset folder (default for synthetic: data/raw/synthetic)."),
+    classes: str | None = typer.Option(None, help="A class subset, comma-separated: person,dog,cat."),
+    model_name: str | None = typer.Option(None, help="Registered model name; default: one per task (the dataset's folder name)."),
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s); default: the recipe of the data's kind."),
     params_path: Path = ParamsOption,
 ) -> None:
@@ -368,7 +367,7 @@ def pipeline(
     console.print(outcome_message(registration))
 
 
-def dataset_choice(current, source: str, path: Optional[Path], classes: Optional[str], model_name: Optional[str], arch: list[str]) -> dict:
+def dataset_choice(current, source: str, path: Path | None, classes: str | None, model_name: str | None, arch: list[str]) -> dict:
     """params.yaml keys for this dataset; the recipe's architectures when the data's kind changes."""
     from multitag.config import DataParams
     from multitag.recipes import RECIPES, kind_of

@@ -50,7 +50,7 @@ class SplitRatios(_Strict):
     test: float = Field(0.15, ge=0)
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitRatios":
+    def _sum_to_one(self) -> SplitRatios:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"split_ratios must sum to 1, got {total:.3f}")
@@ -66,7 +66,7 @@ class PreprocessParams(_Strict):
     keep_source_splits: bool = False
 
     @model_validator(mode="after")
-    def _size_in_range(self) -> "PreprocessParams":
+    def _size_in_range(self) -> PreprocessParams:
         if self.image_size != "auto" and not 16 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be between 16 and 1024 (or auto), got {self.image_size}")
         return self
@@ -102,7 +102,7 @@ class EvaluateParams(_Strict):
     threshold_bounds: tuple[float, float] = (0.1, 0.9)
 
     @model_validator(mode="after")
-    def _bounds_hold_the_default(self) -> "EvaluateParams":
+    def _bounds_hold_the_default(self) -> EvaluateParams:
         low, high = self.threshold_bounds
         if not 0 <= low <= self.default_threshold <= high <= 1:
             raise ValueError(f"threshold_bounds {self.threshold_bounds} must satisfy 0 <= low <= default_threshold ({self.default_threshold}) <= high <= 1")
@@ -175,7 +175,7 @@ class Params(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
-    def _resolve_auto(self) -> "Params":
+    def _resolve_auto(self) -> Params:
         """Replace every `auto` with the recipe of this data's kind, so stages only see values."""
         from multitag.recipes import resolve
 

@@ -48,7 +48,7 @@ def kind_of(source: str) -> str:
     return SHAPES if source == "synthetic" else PHOTOS
 
 
-def resolve(params: "Params") -> None:
+def resolve(params: Params) -> None:
     """Set each `auto` field of `params` to its recipe value, in place."""
     for dotted, value in RECIPES[kind_of(params.data.source)].items():
         group_name, key = dotted.split(".")

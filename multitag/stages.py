@@ -31,7 +31,6 @@ def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]
     """Read the configured source, validate it, write manifest/quarantine/report."""
     from multitag.data.sources import read_source
     from multitag.data.validation import validate, write_outputs
-
     from multitag.feedback.retraining import feedback_records
 
     data = read_source(params.data)
@@ -88,12 +87,12 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     import keras
     import numpy as np
 
-    from multitag.lifecycle import tracking
-    from multitag.modeling.evaluate import comparison_markdown, comparison_row, evaluate_model
     from multitag.data.manifest import read_classes
     from multitag.data.preprocess import load_split
-    from multitag.modeling.train import MODEL_FILE, load_served_model
+    from multitag.lifecycle import tracking
     from multitag.lifecycle.versioning import dvc_dir_hash, git_commit
+    from multitag.modeling.evaluate import comparison_markdown, comparison_row, evaluate_model
+    from multitag.modeling.train import MODEL_FILE, load_served_model
 
     classes = read_classes(layout.processed / "classes.json")
     tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
@@ -159,10 +158,10 @@ def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> d
     """Score one logged model on the current frozen test split with its stored thresholds."""
     import numpy as np
 
+    from multitag.data.preprocess import load_split
+    from multitag.lifecycle.predictor import Predictor
     from multitag.modeling import metrics
     from multitag.modeling.evaluate import predict
-    from multitag.lifecycle.predictor import Predictor
-    from multitag.data.preprocess import load_split
 
     predictor = Predictor.from_uri(model_uri)
     x_test, y_test = load_split(layout.processed, "test")
@@ -182,8 +181,8 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     import json
 
     from multitag.lifecycle import gate, registry
-    from multitag.modeling.baselines import score_baselines
     from multitag.lifecycle.tracking import write_json
+    from multitag.modeling.baselines import score_baselines
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     best = select_candidate(summary["candidates"], params.evaluate.primary_metric)

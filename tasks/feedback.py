@@ -9,10 +9,10 @@ from pathlib import Path
 
 from prefect import task
 
-from multitag.feedback import retraining
 from multitag.config import load_params
-from multitag.layout import Layout
 from multitag.data.splits import read_frozen_test
+from multitag.feedback import retraining
+from multitag.layout import Layout
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
 

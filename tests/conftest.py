@@ -44,8 +44,8 @@ def tiny_champion(tmp_path_factory: pytest.TempPathFactory) -> TinyChampion:
     import mlflow
     import numpy as np
 
-    from multitag.modeling import models
     from multitag.lifecycle import registry, tracking
+    from multitag.modeling import models
 
     root = tmp_path_factory.mktemp("registry")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db", "MULTITAG_REGISTRY_LOCK": str(root / "registry.lock")}

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from corpus import bomb_png, encode, noise, solid, truncated
 
-from multitag.serving import api
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
+from multitag.serving import api
 
 TOKEN = "test-admin-token"
 

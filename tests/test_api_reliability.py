@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from corpus import encode, solid
 
-from multitag.lifecycle import registry
 from multitag.feedback.queue import FeedbackQueue
+from multitag.lifecycle import registry
 
 CLIENTS = 8
 SWITCHES = 3

@@ -30,12 +30,12 @@ from corpus import (
     write_csv,
 )
 
-from multitag.data import images, manifest
 from multitag.config import Params
-from multitag.layout import Layout
+from multitag.data import images, manifest
 from multitag.data.sources import read_source
-from multitag.stages import preprocess_stage, validate_stage
 from multitag.data.validation import ValidationFailed
+from multitag.layout import Layout
+from multitag.stages import preprocess_stage, validate_stage
 
 IMAGE_SIZE = 24
 BUILDERS = {"voc": build_voc_corpus, "csv": build_csv_corpus}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from multitag.modeling.baselines import Baseline, class_prior_scores, mean_ap
 from multitag.config import GateParams
 from multitag.lifecycle.gate import baseline_checks, class_list_change, floor_checks
+from multitag.modeling.baselines import Baseline, class_prior_scores, mean_ap
 
 
 def test_the_class_prior_ranks_no_better_than_the_test_prevalence():

@@ -43,8 +43,8 @@ def test_the_demo_ends_by_saying_what_is_served(journey):
 
 
 def test_own_data_is_recorded_in_params_and_gets_its_own_registered_model(journey):
-    from multitag.lifecycle import registry
     from multitag.config import load_params
+    from multitag.lifecycle import registry
 
     root, own, _, own_output = journey
     recorded = yaml.safe_load((root / "params.yaml").read_text())

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from project import make_project, project_env, run, stored_aliases
 
 from multitag.data.splits import read_frozen_test
@@ -96,11 +95,11 @@ def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process
 
 def test_worse_candidate_is_registered_but_never_promoted(project):
     """Shuffled labels make a model no better than chance; the gate must keep the champion."""
-    from multitag.lifecycle import registry
     from multitag import stages
     from multitag.layout import Layout
+    from multitag.lifecycle import registry
 
-    root, _ = project
+    _root, _ = project
     params = _params()
     params.gate.min_improvement = 0.01
     champion_before = registry.alias_version("multitag", registry.CHAMPION).version
@@ -122,8 +121,8 @@ def test_worse_candidate_is_registered_but_never_promoted(project):
 
 
 def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(project):
-    from multitag.lifecycle import registry
     from multitag import stages
+    from multitag.lifecycle import registry
 
     params = _params()
     params.train.small_cnn_epochs = 6
@@ -145,8 +144,8 @@ def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(pro
 def test_unloadable_model_fails_the_smoke_test(project, tmp_path):
     import mlflow
 
-    from multitag.lifecycle import gate, tracking
     from multitag.layout import Layout
+    from multitag.lifecycle import gate, tracking
 
     tracking.configure()
     with mlflow.start_run(run_name="broken") as run:
@@ -183,8 +182,8 @@ def _add_feedback(root, count: int) -> tuple[list[int], int]:
 
 def test_failed_retraining_returns_claimed_feedback_to_pending(project):
     from flows.nightly_retraining import nightly_retraining
-    from multitag.lifecycle import registry
     from multitag.feedback.retraining import open_queue
+    from multitag.lifecycle import registry
 
     root, _ = project
     ids, _ = _add_feedback(root, 3)
@@ -193,7 +192,7 @@ def test_failed_retraining_returns_claimed_feedback_to_pending(project):
     settings["train"]["weights"]["small_cnn"] = str(root / "no-such-weights.h5")
     broken.write_text(yaml.safe_dump(settings))
     versions_before = len(registry.list_versions("multitag"))
-    with pytest.raises(Exception):  # the module fixture's Prefect test harness is still up
+    with pytest.raises(Exception):  # noqa: B017 (any failure of the run will do) the module fixture's Prefect test harness is still up
         nightly_retraining(params_path=str(broken))
     queue = open_queue(_params())
     assert sorted(i.id for i in queue.list_items("pending", 100)) == sorted(ids)
@@ -218,8 +217,8 @@ def test_retraining_killed_mid_training_returns_its_claims_to_pending_after_the_
     import psutil
     from prefect.settings import PREFECT_API_URL
 
-    from multitag.lifecycle import registry
     from multitag.feedback.retraining import open_queue
+    from multitag.lifecycle import registry
 
     root, _ = project
     queue = open_queue(_params())
@@ -284,8 +283,8 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
     import httpx
 
     from flows.nightly_retraining import nightly_retraining
-    from multitag.lifecycle import registry
     from multitag.feedback.retraining import open_queue
+    from multitag.lifecycle import registry
 
     root, _ = project
     params = _params()

@@ -12,6 +12,7 @@ a grace period, SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from project import make_project, project_env, run, stored_aliases
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -73,14 +73,10 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGTERM)  # start_new_session: the group id is the PID we started
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # a leader still shutting down, or children it left in its group
+    with contextlib.suppress(ProcessLookupError):  # a leader still shutting down, or children it left in its group
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 

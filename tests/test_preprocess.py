@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from corpus import colour_for, csv_row, encode, solid, write_bytes, write_csv
 
-from multitag.data import images, manifest
 from multitag.config import DataParams, PreprocessParams, SplitRatios, ValidateParams
+from multitag.data import images, manifest
 from multitag.data.preprocess import load_split, preprocess
 from multitag.data.sources import read_source
 from multitag.data.splits import read_frozen_test
@@ -203,9 +203,9 @@ def test_a_frozen_test_set_that_matches_no_image_is_an_error_not_an_empty_split(
     relabelled = manifest.read(replaced.manifest_path)
     relabelled["sha256"] = relabelled["sha256"].str[::-1]  # ...so pretend every image changed
     changed = Validated(replaced.root, replaced.dataset, manifest.write(relabelled, tmp_path / "changed.parquet"), replaced.classes_path)
-    with pytest.raises(EmptySplitError, match="none of the .* frozen test images of csv:data"):
+    with pytest.raises(EmptySplitError, match=r"none of the .* frozen test images of csv:data"):
         changed.preprocess(tmp_path / "changed_processed", frozen, dataset="csv:data")
-    with pytest.raises(EmptySplitError, match="test split .* is 0"):
+    with pytest.raises(EmptySplitError, match=r"test split .* is 0"):
         first.preprocess(tmp_path / "no_test", tmp_path / "other.json", split_ratios=SplitRatios(train=0.8, val=0.2, test=0.0))
 
 

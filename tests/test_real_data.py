@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from multitag.data import manifest
 from multitag.config import Params
+from multitag.data import manifest
 from multitag.layout import Layout
 from multitag.stages import preprocess_stage, validate_stage
 
@@ -138,8 +138,8 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
     from multitag.modeling.baselines import score_baselines
     from multitag.modeling.evaluate import evaluate_model
     from multitag.modeling.metrics import apply_thresholds
-    from multitag.stages import train_stage
     from multitag.modeling.train import MODEL_FILE, load_served_model
+    from multitag.stages import train_stage
 
     weights = SHARED / "weights"
     (tmp_path / "keras" / "models").mkdir(parents=True)

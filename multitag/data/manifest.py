@@ -8,9 +8,9 @@ the validation stage opens each file once and fills sha256, width and height.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from multitag.data import manifest, splits
 from multitag.config import PreprocessParams
+from multitag.data import manifest, splits
 from multitag.data.images import ImageError, decode_file
 from multitag.data.manifest import SPLITS
 from multitag.data.parallel import chunks, run_chunks

@@ -80,7 +80,7 @@ def _read_all(path: Path) -> dict[str, dict[str, list[str]]]:
     if not path.exists():
         return {}
     stored = json.loads(path.read_text())
-    return stored["datasets"] if "datasets" in stored else {LEGACY: stored}
+    return stored.get("datasets", {LEGACY: stored})
 
 
 def read_frozen_test(path: Path, dataset: str | None = None) -> set[str] | None:

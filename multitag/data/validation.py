@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from multitag.data import manifest
 from multitag.config import ValidateParams
+from multitag.data import manifest
 from multitag.data.images import ImageError, inspect
 from multitag.data.manifest import SPLITS, Record, SourceData
 from multitag.data.parallel import map_with_progress
@@ -166,7 +166,7 @@ def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[st
     total = len(clean) + len(quarantine)
     invalid = int((quarantine["reason"] != SUPERSEDED).sum())
     per_class = {
-        name: {split or "unsplit": int(group["labels"].map(lambda xs: name in xs).sum()) for split, group in clean.groupby("split")}
+        name: {split or "unsplit": int(group["labels"].map(lambda xs, name=name: name in xs).sum()) for split, group in clean.groupby("split")}
         for name in classes
     }
     return {

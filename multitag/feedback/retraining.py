@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from multitag.config import Params
-from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 from multitag.data.manifest import FEEDBACK_SOURCE, Record
+from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 
 VAL_PERCENT = 15
 

@@ -11,16 +11,17 @@ feature probe; multitag/modeling/baselines.py), which needs no hand-set number.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from multitag.modeling import metrics
-from multitag.modeling.baselines import Baseline
 from multitag.config import GateParams
 from multitag.layout import Layout
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
+from multitag.modeling import metrics
+from multitag.modeling.baselines import Baseline
 
 SMOKE_IMAGES = 3
 
@@ -55,15 +56,15 @@ class Verdict:
 
 def test_scores(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(y_true, scores) on the frozen test split, decoded at the model's own input size."""
-    from multitag.modeling.evaluate import predict
     from multitag.data.manifest import label_matrix, read
     from multitag.data.preprocess import load_split
+    from multitag.modeling.evaluate import predict
 
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] == predictor.input_size:
         return np.asarray(y_test), predict(predictor.model, x_test)
     test = read(layout.processed / "manifest.parquet").query("split == 'test'")
-    images = np.stack([predictor.decode(open(path, "rb").read()) for path in test["path"]])
+    images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
     return label_matrix(test["labels"], predictor.classes), predictor.predict_arrays(images)
 
 

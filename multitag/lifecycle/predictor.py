@@ -32,7 +32,7 @@ class Predictor:
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_uri(cls, model_uri: str) -> "Predictor":
+    def from_uri(cls, model_uri: str) -> Predictor:
         """Load any MLflow model URI logged by multitag; the URI alone is enough."""
         from multitag.lifecycle.tracking import configure, load_model
 

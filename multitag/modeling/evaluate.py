@@ -10,9 +10,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from multitag.modeling import metrics
 from multitag.config import EvaluateParams
 from multitag.data.preprocess import load_split
+from multitag.modeling import metrics
 
 
 @dataclass

@@ -7,8 +7,8 @@ from-logits loss while users get probabilities. Normalisation lives in the graph
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 from keras import layers

@@ -18,11 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from multitag.data import manifest
-from multitag.modeling import models
 from multitag.config import TrainParams
-from multitag.modeling.metrics import average_precision_per_class
+from multitag.data import manifest
 from multitag.data.preprocess import load_split
+from multitag.modeling import models
+from multitag.modeling.metrics import average_precision_per_class
 
 MODEL_FILE = "model.keras"
 

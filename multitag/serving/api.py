@@ -32,10 +32,10 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from multitag.data import images
-from multitag.lifecycle import registry
 from multitag.config import Params, load_params
+from multitag.data import images
 from multitag.feedback.queue import FeedbackQueue
+from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
 
 log = logging.getLogger("multitag.serving.api")
@@ -224,7 +224,7 @@ def _image_problem(check: Callable[[bytes], object], filename: str, data: bytes)
         check(data)
     except images.ImageError as err:
         return {"filename": filename, "reason": err.reason, "detail": err.detail}
-    except Exception as err:  # noqa: BLE001  whatever else the decoder trips on is still the file's fault
+    except Exception as err:
         return {"filename": filename, "reason": "undecodable", "detail": f"{type(err).__name__}: {err}"}
     return None
 
@@ -458,7 +458,7 @@ def _add_routes(app: FastAPI) -> None:
         queued = await run_in_threadpool(queue_all)
         try:
             triggered = await run_in_threadpool(services.retrain)
-        except Exception as err:  # noqa: BLE001  Prefect down, flow missing: tell the admin, keep the queued items
+        except Exception as err:
             raise HTTPException(503, _problem("trigger_failed", f"retraining could not be started ({type(err).__name__}: {err}); "
                                               "the feedback is queued and the nightly run will use it", queued=queued)) from None
         return {"queued": queued, "triggered": triggered}

@@ -6,8 +6,8 @@ that reader looked for, so the user knows what to fix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from multitag.config import DataParams
 from multitag.data.manifest import SourceData, apply_class_subset
