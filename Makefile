@@ -36,6 +36,8 @@ demo: install weights
 
 test: install weights
 	bash scripts/install_test_browser.sh
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 3 --dist loadfile $(PYTEST_ARGS)
 

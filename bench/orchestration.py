@@ -47,8 +47,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_PATH = ROOT / "bench" / "results" / "orchestration.json"
 TARGET_OVERHEAD_PERCENT = 15.0
 SERVER_START_S = 180
-STAGE_OUTPUTS = ["data/validated", "data/processed", "data/frozen_test.json", "models", "metrics", "reports", "mlartifacts",
-                 "dvc.lock", ".dvc/cache", ".dvc/tmp"]
+STAGE_OUTPUTS = [
+    "data/validated",
+    "data/processed",
+    "data/frozen_test.json",
+    "models",
+    "metrics",
+    "reports",
+    "mlartifacts",
+    "dvc.lock",
+    ".dvc/cache",
+    ".dvc/tmp",
+]
 PARAMS_PATH = "params.yaml"
 
 
@@ -60,11 +70,19 @@ def run_direct() -> dict[str, float]:
     from multitag.config import load_params
     from tasks import pipeline as t
 
-    steps = [("apply_overrides", lambda: t.apply_overrides.fn(PARAMS_PATH, {})), ("synthesize", lambda: t.synthesize.fn(PARAMS_PATH)),
-             ("validate", lambda: t.validate.fn(PARAMS_PATH)), ("preprocess", lambda: t.preprocess.fn(PARAMS_PATH))]
+    steps = [
+        ("apply_overrides", lambda: t.apply_overrides.fn(PARAMS_PATH, {})),
+        ("synthesize", lambda: t.synthesize.fn(PARAMS_PATH)),
+        ("validate", lambda: t.validate.fn(PARAMS_PATH)),
+        ("preprocess", lambda: t.preprocess.fn(PARAMS_PATH)),
+    ]
     steps += [("train", lambda arch=arch: t.train.fn(arch, PARAMS_PATH)) for arch in load_params(PARAMS_PATH).train.architectures]
-    steps += [("evaluate", lambda: t.evaluate.fn(PARAMS_PATH, run_name="training-pipeline")), ("gate", lambda: t.gate.fn(PARAMS_PATH)),
-              ("register", lambda: t.register.fn(PARAMS_PATH)), ("record_data_versions", t.record_data_versions.fn)]
+    steps += [
+        ("evaluate", lambda: t.evaluate.fn(PARAMS_PATH, run_name="training-pipeline")),
+        ("gate", lambda: t.gate.fn(PARAMS_PATH)),
+        ("register", lambda: t.register.fn(PARAMS_PATH)),
+        ("record_data_versions", t.record_data_versions.fn),
+    ]
     seconds = {}
     for name, step in steps:
         started = time.perf_counter()
@@ -105,8 +123,17 @@ def child_main(variant: str, result_path: Path) -> None:
     steps = run_direct() if variant == "direct" else run_flow()
     seconds = time.perf_counter() - started
     registration = json.loads(Path("reports/registration.json").read_text())
-    result_path.write_text(json.dumps({"variant": variant, "seconds": seconds, "steps": steps,
-                                       "verdict": registration["verdict"], "champion_version": registration["champion_version"]}))
+    result_path.write_text(
+        json.dumps(
+            {
+                "variant": variant,
+                "seconds": seconds,
+                "steps": steps,
+                "verdict": registration["verdict"],
+                "champion_version": registration["champion_version"],
+            }
+        )
+    )
 
 
 # --- the parent: scratch project, server, alternating attempts, report ------------------------
@@ -117,8 +144,13 @@ def scratch_project(root: Path, images: int, size: int, epochs: int) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from project import make_project
 
-    overrides = {"data.synthetic": {"n_images": images, "image_size": size, "seed": 0}, "preprocess.image_size": size,
-                 "train.architectures": ["small_cnn"], "train.small_cnn_epochs": epochs, "evaluate.latency_runs": 20}
+    overrides = {
+        "data.synthetic": {"n_images": images, "image_size": size, "seed": 0},
+        "preprocess.image_size": size,
+        "train.architectures": ["small_cnn"],
+        "train.small_cnn_epochs": epochs,
+        "evaluate.latency_runs": 20,
+    }
     project = make_project(root / "project", overrides)
     from multitag.config import load_params
     from multitag.data.sources import synthetic
@@ -142,8 +174,14 @@ def start_server(scratch: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PREFECT_HOME": str(scratch / "server-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     port = api_url.rsplit(":", 1)[1].split("/")[0]
     with open(scratch / "server.log", "w") as log:  # the server keeps its own copy of the handle
-        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline and server.poll() is None:
         try:
@@ -212,8 +250,14 @@ def measure(variant: str, index: int, project: Path, scratch: Path, server: subp
     load = os.getloadavg()[0]
     children_before, server_before = resource.getrusage(resource.RUSAGE_CHILDREN), tree_cpu_seconds(server.pid)
     with open(attempt / "output.log", "w") as output:
-        code = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", variant, "--result", str(attempt / "result.json")],
-                              cwd=project, env=env, stdout=output, stderr=subprocess.STDOUT, check=False).returncode
+        code = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--result", str(attempt / "result.json")],
+            cwd=project,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
     if code != 0:
         sys.exit(f"\nthe {variant} attempt failed (exit {code}); see {attempt / 'output.log'}")
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -221,8 +265,10 @@ def measure(variant: str, index: int, project: Path, scratch: Path, server: subp
     result["cpu_seconds"] = (children_after.ru_utime + children_after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
     result["server_cpu_seconds"] = tree_cpu_seconds(server.pid) - server_before
     result["load_avg_1min_before"] = load
-    print(f" {result['seconds']:6.1f} s wall, {result['cpu_seconds']:6.1f} + {result['server_cpu_seconds']:4.1f} s CPU "
-          f"(attempt + server; gate {result['verdict']}; load {load:.1f})")
+    print(
+        f" {result['seconds']:6.1f} s wall, {result['cpu_seconds']:6.1f} + {result['server_cpu_seconds']:4.1f} s CPU "
+        f"(attempt + server; gate {result['verdict']}; load {load:.1f})"
+    )
     return result
 
 
@@ -236,16 +282,28 @@ def summarise(attempts: list[dict], args: argparse.Namespace) -> dict:
     # to load drifting between attempts (the tasks' bodies are the direct variant's calls).
     between_tasks = [a["seconds"] - sum(a["steps"].values()) for a in attempts if a["variant"] == "flow"]
     in_tasks = [sum(a["steps"].values()) for a in attempts if a["variant"] == "flow"]
-    cpu = {v: statistics.mean(a["cpu_seconds"] + a["server_cpu_seconds"] for a in attempts if a["variant"] == v) for v in ("direct", "flow")}
+    cpu = {
+        v: statistics.mean(a["cpu_seconds"] + a["server_cpu_seconds"] for a in attempts if a["variant"] == v) for v in ("direct", "flow")
+    }
     fastest_steps = {v: min((a for a in attempts if a["variant"] == v), key=lambda a: a["seconds"])["steps"] for v in ("direct", "flow")}
     return {
-        "setup": {"images": args.images, "image_size": args.size, "architecture": "small_cnn", "epochs": args.epochs, "attempts_each": args.repeat},
+        "setup": {
+            "images": args.images,
+            "image_size": args.size,
+            "architecture": "small_cnn",
+            "epochs": args.epochs,
+            "attempts_each": args.repeat,
+        },
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "load_avg_1min_at_start": args.load_at_start},
-        "direct_seconds": fastest["direct"], "flow_seconds": fastest["flow"],
-        "overhead_percent": overhead, "overhead_percent_of_means": mean_overhead,
-        "direct_cpu_seconds_mean": cpu["direct"], "flow_cpu_seconds_mean": cpu["flow"],
+        "direct_seconds": fastest["direct"],
+        "flow_seconds": fastest["flow"],
+        "overhead_percent": overhead,
+        "overhead_percent_of_means": mean_overhead,
+        "direct_cpu_seconds_mean": cpu["direct"],
+        "flow_cpu_seconds_mean": cpu["flow"],
         "cpu_overhead_percent": 100 * (cpu["flow"] - cpu["direct"]) / cpu["direct"],
-        "target_overhead_percent": TARGET_OVERHEAD_PERCENT, "meets_target": overhead <= TARGET_OVERHEAD_PERCENT,
+        "target_overhead_percent": TARGET_OVERHEAD_PERCENT,
+        "meets_target": overhead <= TARGET_OVERHEAD_PERCENT,
         "flow_seconds_outside_task_runs_mean": statistics.mean(between_tasks),
         "flow_outside_task_runs_percent": 100 * sum(between_tasks) / sum(in_tasks),
         "step_seconds_fastest_attempts": fastest_steps,  # direct: timed around each call; flow: task run times from the server
@@ -289,12 +347,18 @@ def main() -> None:
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"direct:   {summary['direct_seconds']:.1f} s (fastest of {args.repeat})")
     print(f"flow:     {summary['flow_seconds']:.1f} s (fastest of {args.repeat})")
-    print(f"overhead: {summary['overhead_percent']:.1f}% (target <= {TARGET_OVERHEAD_PERCENT:.0f}%; "
-          f"{summary['overhead_percent_of_means']:.1f}% on the means)")
-    print(f"flow time outside its task runs: {summary['flow_seconds_outside_task_runs_mean']:.1f} s a run "
-          f"({summary['flow_outside_task_runs_percent']:.1f}% of the time in tasks)")
-    print(f"CPU:      direct {summary['direct_cpu_seconds_mean']:.1f} s, flow {summary['flow_cpu_seconds_mean']:.1f} s "
-          f"(means, server included): {summary['cpu_overhead_percent']:+.1f}%")
+    print(
+        f"overhead: {summary['overhead_percent']:.1f}% (target <= {TARGET_OVERHEAD_PERCENT:.0f}%; "
+        f"{summary['overhead_percent_of_means']:.1f}% on the means)"
+    )
+    print(
+        f"flow time outside its task runs: {summary['flow_seconds_outside_task_runs_mean']:.1f} s a run "
+        f"({summary['flow_outside_task_runs_percent']:.1f}% of the time in tasks)"
+    )
+    print(
+        f"CPU:      direct {summary['direct_cpu_seconds_mean']:.1f} s, flow {summary['flow_cpu_seconds_mean']:.1f} s "
+        f"(means, server included): {summary['cpu_overhead_percent']:+.1f}%"
+    )
     print(f"wrote {args.out}")
 
 

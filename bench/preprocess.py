@@ -151,8 +151,22 @@ def measure(variant: str, n: int, size: int, workers: int, scratch: Path, rep: i
     out_dir = scratch / name
     out_dir.mkdir()
     result_path, stderr_path = scratch / f"{name}.json", scratch / f"{name}.err"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--images", str(n), "--size", str(size),
-               "--workers", str(workers), "--out-dir", str(out_dir), "--result", str(result_path)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        variant,
+        "--images",
+        str(n),
+        "--size",
+        str(size),
+        "--workers",
+        str(workers),
+        "--out-dir",
+        str(out_dir),
+        "--result",
+        str(result_path),
+    ]
     busy = wait_for_idle(idle_wait)
     print(f"  {variant:8s} {n:>6,} images (cpus {busy:3.0f}% busy before) ...", end="", flush=True)
     load = os.getloadavg()[0]
@@ -168,9 +182,16 @@ def measure(variant: str, n: int, size: int, workers: int, scratch: Path, rep: i
         sys.exit(f"\nthe {variant} run failed (exit {child.returncode}):\n{stderr_path.read_text()[-3000:]}")
     result = json.loads(result_path.read_text())
     result.update(
-        variant=variant, images=n, size=size, peak_tree_rss_mb=peak / MB, peak_tree_pss_mb=peak_pss / MB,
-        load_avg_1min_before=load, cpu_busy_percent_before=busy, images_per_s=n / result["seconds"],
-        cpu_ms_per_image=1000 * result["cpu_seconds"] / n, cores_used=result["cpu_seconds"] / result["seconds"],
+        variant=variant,
+        images=n,
+        size=size,
+        peak_tree_rss_mb=peak / MB,
+        peak_tree_pss_mb=peak_pss / MB,
+        load_avg_1min_before=load,
+        cpu_busy_percent_before=busy,
+        images_per_s=n / result["seconds"],
+        cpu_ms_per_image=1000 * result["cpu_seconds"] / n,
+        cores_used=result["cpu_seconds"] / result["seconds"],
     )
     result["growth_mb"] = result["peak_tree_rss_mb"] - result["baseline_rss_mb"]
     print(f" {result['seconds']:.1f} s, {result['images_per_s']:.0f} images/s, peak {result['peak_tree_rss_mb']:,.0f} MB")
@@ -210,27 +231,41 @@ def draft_coverage(size: int) -> dict:
 
 
 def print_table(runs: list[dict]) -> None:
-    header = (f"{'variant':8s} {'images':>7s} {'seconds':>8s} {'images/s':>9s} {'cpu ms/img':>10s} {'cores':>5s} "
-              f"{'peak MB':>8s} {'PSS MB':>7s} {'growth MB':>9s} {'maxrss MB main/worker':>21s}")
+    header = (
+        f"{'variant':8s} {'images':>7s} {'seconds':>8s} {'images/s':>9s} {'cpu ms/img':>10s} {'cores':>5s} "
+        f"{'peak MB':>8s} {'PSS MB':>7s} {'growth MB':>9s} {'maxrss MB main/worker':>21s}"
+    )
     print(header)
     print("-" * len(header))
     for r in runs:
         maxrss = f"{r['ru_maxrss_self_mb']:,.0f} / {r['ru_maxrss_workers_mb']:,.0f}"
-        print(f"{r['variant']:8s} {r['images']:>7,} {r['seconds']:>8.1f} {r['images_per_s']:>9.0f} {r['cpu_ms_per_image']:>10.2f} "
-              f"{r['cores_used']:>5.2f} {r['peak_tree_rss_mb']:>8,.0f} {r['peak_tree_pss_mb']:>7,.0f} {r['growth_mb']:>9,.0f} {maxrss:>21s}")
+        print(
+            f"{r['variant']:8s} {r['images']:>7,} {r['seconds']:>8.1f} {r['images_per_s']:>9.0f} {r['cpu_ms_per_image']:>10.2f} "
+            f"{r['cores_used']:>5.2f} {r['peak_tree_rss_mb']:>8,.0f} {r['peak_tree_pss_mb']:>7,.0f} {r['growth_mb']:>9,.0f} {maxrss:>21s}"
+        )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=None, help=f"images to process (default {DEFAULT_IMAGES:,}; with --quick {QUICK_IMAGES:,})")
+    parser.add_argument(
+        "--images", type=int, default=None, help=f"images to process (default {DEFAULT_IMAGES:,}; with --quick {QUICK_IMAGES:,})"
+    )
     parser.add_argument("--size", type=int, default=224, help="output side in pixels (default 224)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_IMAGES:,} images, for a fast check")
     parser.add_argument("--scaling", action="store_true", help="also run the project at 1,522/5,000/10,000 images and naive at 1,522/5,000")
-    parser.add_argument("--naive-max-images", type=int, default=NAIVE_MAX_IMAGES,
-                        help=f"cap on the naive run, whose peak is ~2 x N x H x W x 3 x 4 bytes (default {NAIVE_MAX_IMAGES:,})")
+    parser.add_argument(
+        "--naive-max-images",
+        type=int,
+        default=NAIVE_MAX_IMAGES,
+        help=f"cap on the naive run, whose peak is ~2 x N x H x W x 3 x 4 bytes (default {NAIVE_MAX_IMAGES:,})",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="run every variant this many times, interleaved; report the fastest")
-    parser.add_argument("--idle-wait", type=float, default=0.0,
-                        help=f"before each run, wait up to this many seconds for the CPUs to be under {IDLE_BUSY_PERCENT:.0f}%% busy")
+    parser.add_argument(
+        "--idle-wait",
+        type=float,
+        default=0.0,
+        help=f"before each run, wait up to this many seconds for the CPUs to be under {IDLE_BUSY_PERCENT:.0f}%% busy",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="project workers (default: all cores)")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
     for hidden in ("--child", "--out-dir", "--result"):
@@ -248,6 +283,7 @@ def run_plan(n: int, naive_n: int, scaling: bool) -> list[tuple[str, int]]:
 
 def paired_ratios(attempts: list[dict], naive_n: int) -> list[float]:
     """Throughput ratio (project / naive) of each repetition: the two ran minutes apart at most."""
+
     def speeds(variant: str) -> list[float]:
         return [a["images_per_s"] for a in attempts if a["variant"] == variant and a["images"] == naive_n]
 
@@ -256,6 +292,7 @@ def paired_ratios(attempts: list[dict], naive_n: int) -> list[float]:
 
 def summarise(runs: list[dict], attempts: list[dict], n: int, naive_n: int, size: int, draft: dict) -> dict:
     """Print the table and the ratios; return the ratios and the pixel check."""
+
     def find(variant: str, k: int) -> dict:
         return next(r for r in runs if r["variant"] == variant and r["images"] == k)
 
@@ -273,8 +310,12 @@ def summarise(runs: list[dict], attempts: list[dict], n: int, naive_n: int, size
     print()
     print_table(sorted(runs, key=lambda r: (r["variant"], r["images"])))
     print()
-    print(f"throughput ratio (project / naive): {ratios['throughput_project_over_naive']:.2f}x   (target >= {TARGET_SPEEDUP:.0f}x; {naive_n:,} images each)")
-    print(f"peak memory ratio (naive / project): {ratios['peak_memory_naive_over_project']:.2f}x   (tree RSS; by PSS {ratios['peak_pss_naive_over_project']:.2f}x)")
+    print(
+        f"throughput ratio (project / naive): {ratios['throughput_project_over_naive']:.2f}x   (target >= {TARGET_SPEEDUP:.0f}x; {naive_n:,} images each)"
+    )
+    print(
+        f"peak memory ratio (naive / project): {ratios['peak_memory_naive_over_project']:.2f}x   (tree RSS; by PSS {ratios['peak_pss_naive_over_project']:.2f}x)"
+    )
     if len(ratios["throughput_per_repetition"]) > 1:
         each = ", ".join(f"{r:.2f}" for r in ratios["throughput_per_repetition"])
         print(f"throughput ratio per repetition: {each}   (median {ratios['throughput_median_of_repetitions']:.2f}x)")
@@ -282,9 +323,14 @@ def summarise(runs: list[dict], attempts: list[dict], n: int, naive_n: int, size
     for variant in ("project", "naive"):
         series = sorted((r for r in runs if r["variant"] == variant), key=lambda r: r["images"])
         if len(series) > 1:
-            print(f"{variant} peak MB (RSS / PSS) by images: " + ", ".join(f"{r['images']:,}: {r['peak_tree_rss_mb']:,.0f} / {r['peak_tree_pss_mb']:,.0f}" for r in series))
+            print(
+                f"{variant} peak MB (RSS / PSS) by images: "
+                + ", ".join(f"{r['images']:,}: {r['peak_tree_rss_mb']:,.0f} / {r['peak_tree_pss_mb']:,.0f}" for r in series)
+            )
     print(f"draft mode shrinks {draft['reduced']:,} of {draft['images']:,} photos at {size}px (it decodes at >= {2 * size}px)")
-    print(f"pixels, project vs naive on {check['images']} images: mean |diff| {check['mean_abs_diff']:.2f} grey levels (worst image {check['max_image_mean_abs_diff']:.2f})")
+    print(
+        f"pixels, project vs naive on {check['images']} images: mean |diff| {check['mean_abs_diff']:.2f} grey levels (worst image {check['max_image_mean_abs_diff']:.2f})"
+    )
     return {"ratios": ratios, "pixel_check": check}
 
 
@@ -298,18 +344,24 @@ def main() -> None:
     n = args.images or (QUICK_IMAGES if args.quick else DEFAULT_IMAGES)
     naive_n = min(n, args.naive_max_images)
     plan = run_plan(n, naive_n, args.scaling)
-    print(f"{IMAGES_DIR} | {n:,} images at {args.size}x{args.size} | {os.cpu_count()} cores, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB | project workers: {args.workers}")
+    print(
+        f"{IMAGES_DIR} | {n:,} images at {args.size}x{args.size} | {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB | project workers: {args.workers}"
+    )
     if naive_n < n:
-        print(f"naive baseline capped at {naive_n:,} images (its peak grows ~{2 * args.size**2 * 12 / MB:.2f} MB per image); "
-              f"throughput is per image, and the ratios compare runs of {naive_n:,} images")
+        print(
+            f"naive baseline capped at {naive_n:,} images (its peak grows ~{2 * args.size**2 * 12 / MB:.2f} MB per image); "
+            f"throughput is per image, and the ratios compare runs of {naive_n:,} images"
+        )
     for path in IMAGES_DIR.glob("*.jpg"):
         path.read_bytes()  # warm the page cache so that no variant pays for the first disk read
     draft = draft_coverage(args.size)
 
     scratch = Path(tempfile.mkdtemp(prefix="multitag-bench-preprocess-"))
     try:
-        attempts = [measure(variant, k, args.size, args.workers, scratch, rep, args.idle_wait) for rep in range(args.repeat) for variant, k in plan]
+        attempts = [
+            measure(variant, k, args.size, args.workers, scratch, rep, args.idle_wait) for rep in range(args.repeat) for variant, k in plan
+        ]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     runs = [best_of([a for a in attempts if (a["variant"], a["images"]) == key]) for key in plan]
@@ -317,10 +369,24 @@ def main() -> None:
 
     report = {
         "benchmark": "preprocess",
-        "machine": {"cpu_count": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 2**30, "python": platform.python_version(),
-                    "pillow": Image.__version__, "numpy": np.__version__},
-        "settings": {"images": n, "naive_images": naive_n, "size": args.size, "workers": args.workers, "repeat": args.repeat,
-                     "idle_wait_s": args.idle_wait, "resize": "stretch/bilinear", "dataset": str(IMAGES_DIR), "poll_seconds": POLL_SECONDS},
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "memory_gib": psutil.virtual_memory().total / 2**30,
+            "python": platform.python_version(),
+            "pillow": Image.__version__,
+            "numpy": np.__version__,
+        },
+        "settings": {
+            "images": n,
+            "naive_images": naive_n,
+            "size": args.size,
+            "workers": args.workers,
+            "repeat": args.repeat,
+            "idle_wait_s": args.idle_wait,
+            "resize": "stretch/bilinear",
+            "dataset": str(IMAGES_DIR),
+            "poll_seconds": POLL_SECONDS,
+        },
         "runs": runs,
         **summary,
         "draft": draft,

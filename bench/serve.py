@@ -47,8 +47,28 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_
 RESULTS_PATH = ROOT / "bench" / "results" / "serve.json"
 MODEL_NAME = "bench"
 INPUT_SIZE = 224
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 TARGET_P50_MS = 40.0
 TARGET_RATIO = 2.0
 
@@ -74,8 +94,13 @@ def register_champion(scratch: Path) -> str:
     mlflow.keras.save.infer_pip_requirements = lambda path, flavor, fallback=None, **_: fallback
     features = models.build_feature_extractor("mobilenetv2", INPUT_SIZE, "imagenet")
     model = models.with_sigmoid(models.assemble(features, models.build_head(features.output_shape[-1], len(VOC_CLASSES), [128], 0.2)))
-    metadata = {"architecture": "mobilenetv2", "classes": VOC_CLASSES, "thresholds": [0.5] * len(VOC_CLASSES),
-                "input_size": INPUT_SIZE, "preprocessing": {"resize": "stretch", "normalisation": "inside the model graph"}}
+    metadata = {
+        "architecture": "mobilenetv2",
+        "classes": VOC_CLASSES,
+        "thresholds": [0.5] * len(VOC_CLASSES),
+        "input_size": INPUT_SIZE,
+        "preprocessing": {"resize": "stretch", "normalisation": "inside the model graph"},
+    }
     os.chdir(scratch)  # artefacts under scratch/mlartifacts
     tracking.configure()
     with mlflow.start_run(run_name="bench-serve") as run:
@@ -174,8 +199,13 @@ def measure(url: str, single: bytes, batch: list[bytes], requests: int, batches:
 def machine_info() -> dict:
     import tensorflow as tf
 
-    return {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "python": platform.python_version(),
-            "tensorflow": tf.__version__, "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -200,8 +230,14 @@ def main() -> None:
         sys.exit(f"needs {JPEG_DIR} and {WEIGHTS} (the ../shared folder next to the repository)")
     scratch = Path(tempfile.mkdtemp(prefix="multitag-bench-serve-"))
     keras_home = Path(os.environ.get("KERAS_HOME", ROOT / ".keras"))
-    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db", "MULTITAG_REGISTRY_LOCK": str(scratch / "registry.lock"),
-                       "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
+            "MULTITAG_REGISTRY_LOCK": str(scratch / "registry.lock"),
+            "KERAS_HOME": str(keras_home),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     stage_weights(keras_home)
     model_uri = register_champion(scratch)
     (scratch / "params.yaml").write_text(f"registry:\n  model_name: {MODEL_NAME}\nserve:\n  max_files: {max(16, args.batch_size)}\n")
@@ -216,8 +252,11 @@ def main() -> None:
     for variant, command in commands.items():
         with running(command, scratch, scratch / f"{variant}.log") as url:
             results[variant] = measure(url, single, batch, args.requests, args.batches)
-        print(f"{variant:8s} p50 {results[variant]['latency_ms_p50']:7.2f} ms  p95 {results[variant]['latency_ms_p95']:7.2f} ms  "
-              f"batch of {len(batch)}: {results[variant]['batch_images_per_s']:6.1f} images/s", flush=True)
+        print(
+            f"{variant:8s} p50 {results[variant]['latency_ms_p50']:7.2f} ms  p95 {results[variant]['latency_ms_p95']:7.2f} ms  "
+            f"batch of {len(batch)}: {results[variant]['batch_images_per_s']:6.1f} images/s",
+            flush=True,
+        )
 
     p50_ratio = results["naive"]["latency_ms_p50"] / results["project"]["latency_ms_p50"]
     throughput_ratio = results["project"]["batch_images_per_s"] / results["naive"]["batch_images_per_s"]
@@ -236,8 +275,10 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"naive/project p50: {p50_ratio:.2f}x  project/naive throughput: {throughput_ratio:.2f}x  "
-          f"targets (p50 <= {TARGET_P50_MS:.0f} ms, >= {TARGET_RATIO:.0f}x): {'met' if summary['meets_targets'] else 'NOT met'}")
+    print(
+        f"naive/project p50: {p50_ratio:.2f}x  project/naive throughput: {throughput_ratio:.2f}x  "
+        f"targets (p50 <= {TARGET_P50_MS:.0f} ms, >= {TARGET_RATIO:.0f}x): {'met' if summary['meets_targets'] else 'NOT met'}"
+    )
     print(f"results written to {args.out}")
     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -63,8 +63,10 @@ def require_shared_data() -> None:
     """Exit with a clear message when ../shared (the VOC photos and weights) is not next to the repo."""
     missing = [p for p in (VOC_DIR, WEIGHTS_DIR / WEIGHTS_224) if not p.exists()]
     if missing:
-        sys.exit(f"{', '.join(map(str, missing))} not found: this benchmark needs ../shared/datasets/voc-real "
-                 "and ../shared/weights next to the repository")
+        sys.exit(
+            f"{', '.join(map(str, missing))} not found: this benchmark needs ../shared/datasets/voc-real "
+            "and ../shared/weights next to the repository"
+        )
 
 
 def stage_imagenet_weights(keras_home: Path, size: int) -> None:
@@ -101,8 +103,12 @@ def prepare_voc_arrays(root: Path, size: int) -> Path:
 def machine_info() -> dict:
     import psutil
 
-    return {"cpu_count": os.cpu_count(), "memory_gib": psutil.virtual_memory().total / 2**30,
-            "python": platform.python_version(), "load_avg_1min_at_start": os.getloadavg()[0]}
+    return {
+        "cpu_count": os.cpu_count(),
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "python": platform.python_version(),
+        "load_avg_1min_at_start": os.getloadavg()[0],
+    }
 
 
 # --- the child: one timed variant -------------------------------------------------------------
@@ -155,19 +161,31 @@ def child_main(args: argparse.Namespace) -> None:
     # instead, which shuffles differently but costs the same.
     data = (train.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
     fit_started = time.perf_counter()
-    train._fit(train._trainer(network, None), data, val_inputs, y_val, args.epochs, params.head_learning_rate,
-               steps, params, loss, history, "head")
+    train._fit(
+        train._trainer(network, None), data, val_inputs, y_val, args.epochs, params.head_learning_rate, steps, params, loss, history, "head"
+    )
     finished = time.perf_counter()
     cpu_end = os.times()
     val_map = history["head_val_mAP"]
     result = {
-        "variant": args.child, "seconds": finished - started, "feature_seconds": train_feature_seconds + val_feature_seconds,
-        "train_feature_seconds": train_feature_seconds, "val_feature_seconds": val_feature_seconds,
-        "fit_seconds": finished - fit_started, "validation_seconds": TimedValidationMAP.seconds,
-        "cpu_seconds": sum(cpu_end[:4]) - sum(cpu_start[:4]), "epochs_run": len(val_map),
-        "val_mAP_last_epoch": val_map[-1], "val_mAP_best": max(val_map), "val_mAP_per_epoch": val_map,
-        "loss_per_epoch": history["head_loss"], "train_images": len(x_train), "val_images": len(x_val),
-        "gpu": has_gpu, "tensorflow": tf.__version__, "keras": keras.__version__,
+        "variant": args.child,
+        "seconds": finished - started,
+        "feature_seconds": train_feature_seconds + val_feature_seconds,
+        "train_feature_seconds": train_feature_seconds,
+        "val_feature_seconds": val_feature_seconds,
+        "fit_seconds": finished - fit_started,
+        "validation_seconds": TimedValidationMAP.seconds,
+        "cpu_seconds": sum(cpu_end[:4]) - sum(cpu_start[:4]),
+        "epochs_run": len(val_map),
+        "val_mAP_last_epoch": val_map[-1],
+        "val_mAP_best": max(val_map),
+        "val_mAP_per_epoch": val_map,
+        "loss_per_epoch": history["head_loss"],
+        "train_images": len(x_train),
+        "val_images": len(x_val),
+        "gpu": has_gpu,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
     }
     # Training alone: leave out everything that only serves the validation mAP.
     result["training_seconds"] = result["seconds"] - result["validation_seconds"] - val_feature_seconds
@@ -180,9 +198,24 @@ def child_main(args: argparse.Namespace) -> None:
 def measure(variant: str, args: argparse.Namespace, processed: Path, scratch: Path, index: int) -> dict:
     """Run one variant in a fresh subprocess and return its JSON result."""
     result_path, stderr_path = scratch / f"{index}-{variant}.json", scratch / f"{index}-{variant}.err"
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", variant, "--processed", str(processed),
-               "--result", str(result_path), "--size", str(args.size), "--epochs", str(args.epochs),
-               "--train-images", str(args.train_images), "--val-images", str(args.val_images)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        variant,
+        "--processed",
+        str(processed),
+        "--result",
+        str(result_path),
+        "--size",
+        str(args.size),
+        "--epochs",
+        str(args.epochs),
+        "--train-images",
+        str(args.train_images),
+        "--val-images",
+        str(args.val_images),
+    ]
     print(f"  {variant:8s} ...", end="", flush=True)
     load = os.getloadavg()[0]
     with open(stderr_path, "w") as stderr:
@@ -191,8 +224,10 @@ def measure(variant: str, args: argparse.Namespace, processed: Path, scratch: Pa
         sys.exit(f"\nthe {variant} run failed (exit {code}):\n{stderr_path.read_text()[-3000:]}")
     result = json.loads(result_path.read_text())
     result["load_avg_1min_before"] = load
-    print(f" {result['seconds']:6.1f} s (features {result['feature_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, "
-          f"of which per-epoch validation {result['validation_seconds']:.1f} s), val mAP {result['val_mAP_last_epoch']:.4f}")
+    print(
+        f" {result['seconds']:6.1f} s (features {result['feature_seconds']:.1f} s, fit {result['fit_seconds']:.1f} s, "
+        f"of which per-epoch validation {result['validation_seconds']:.1f} s), val mAP {result['val_mAP_last_epoch']:.4f}"
+    )
     return result
 
 
@@ -200,8 +235,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--epochs", type=int, default=10, help="head epochs in both variants (default 10)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_IMAGES['train']} train / {QUICK_IMAGES['val']} val images, for a fast check")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_IMAGES['train']} train / {QUICK_IMAGES['val']} val images, for a fast check"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
     for hidden in ("--child", "--processed", "--result"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -224,8 +260,10 @@ def main() -> None:
         counts = {split: int(np.load(processed / f"{split}_y.npy").shape[0]) for split in ("train", "val")}
         limits = QUICK_IMAGES if args.quick else counts
         args.train_images, args.val_images = min(limits["train"], counts["train"]), min(limits["val"], counts["val"])
-        print(f"phase 1, {args.epochs} epochs, {ARCHITECTURE} imagenet at {args.size} px, {args.train_images} train / "
-              f"{args.val_images} val images | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+        print(
+            f"phase 1, {args.epochs} epochs, {ARCHITECTURE} imagenet at {args.size} px, {args.train_images} train / "
+            f"{args.val_images} val images | {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        )
         machine = machine_info()
         runs = [measure(variant, args, processed, scratch, i) for i, variant in enumerate(("project", "naive", "project"))]
     finally:
@@ -244,27 +282,41 @@ def main() -> None:
     repeat_gap = abs(project_runs[0]["val_mAP_last_epoch"] - project_runs[1]["val_mAP_last_epoch"])
 
     print()
-    print(f"{'variant':8s} {'wall s':>7s} {'features s':>10s} {'fit s':>6s} {'val cb s':>8s} {'cpu s':>6s} "
-          f"{'val mAP@' + str(args.epochs):>10s} {'best':>6s} {'load':>5s}")
+    print(
+        f"{'variant':8s} {'wall s':>7s} {'features s':>10s} {'fit s':>6s} {'val cb s':>8s} {'cpu s':>6s} "
+        f"{'val mAP@' + str(args.epochs):>10s} {'best':>6s} {'load':>5s}"
+    )
     for r in runs:
-        print(f"{r['variant']:8s} {r['seconds']:7.1f} {r['feature_seconds']:10.1f} {r['fit_seconds']:6.1f} "
-              f"{r['validation_seconds']:8.1f} {r['cpu_seconds']:6.1f} {r['val_mAP_last_epoch']:10.4f} "
-              f"{r['val_mAP_best']:6.4f} {r['load_avg_1min_before']:5.1f}")
+        print(
+            f"{r['variant']:8s} {r['seconds']:7.1f} {r['feature_seconds']:10.1f} {r['fit_seconds']:6.1f} "
+            f"{r['validation_seconds']:8.1f} {r['cpu_seconds']:6.1f} {r['val_mAP_last_epoch']:10.4f} "
+            f"{r['val_mAP_best']:6.4f} {r['load_avg_1min_before']:5.1f}"
+        )
     print()
     print(f"speedup (naive / cached): {speedup:.2f}x   (target >= {TARGET_SPEEDUP:.0f}x; project = mean of its 2 runs)")
     print(f"speedup in CPU seconds (user + sys): {speedup_cpu:.2f}x")
     print(f"speedup of training alone (without per-epoch validation and val features): {speedup_training:.2f}x")
-    print(f"val mAP after {args.epochs} epochs: cached {project['val_mAP_last_epoch']:.4f}, naive {naive['val_mAP_last_epoch']:.4f}, "
-          f"|diff| {gap_last:.4f} (target <= {TARGET_MAP_GAP}); best epoch |diff| {gap_best:.4f}; "
-          f"largest per-epoch |diff| {curve_gap:.4f}; the 2 cached runs differ by {repeat_gap:.4f}")
+    print(
+        f"val mAP after {args.epochs} epochs: cached {project['val_mAP_last_epoch']:.4f}, naive {naive['val_mAP_last_epoch']:.4f}, "
+        f"|diff| {gap_last:.4f} (target <= {TARGET_MAP_GAP}); best epoch |diff| {gap_best:.4f}; "
+        f"largest per-epoch |diff| {curve_gap:.4f}; the 2 cached runs differ by {repeat_gap:.4f}"
+    )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "train_phase1",
         "machine": machine,
-        "settings": {"architecture": ARCHITECTURE, "weights": "imagenet (224 px file)", "size": args.size, "epochs": args.epochs,
-                     "train_images": args.train_images, "val_images": args.val_images, "quick": args.quick,
-                     "order": [r["variant"] for r in runs], "dataset": str(VOC_DIR)},
+        "settings": {
+            "architecture": ARCHITECTURE,
+            "weights": "imagenet (224 px file)",
+            "size": args.size,
+            "epochs": args.epochs,
+            "train_images": args.train_images,
+            "val_images": args.val_images,
+            "quick": args.quick,
+            "order": [r["variant"] for r in runs],
+            "dataset": str(VOC_DIR),
+        },
         "runs": runs,
         "speedup_naive_over_cached": speedup,
         "speedup_cpu_seconds": speedup_cpu,
@@ -273,8 +325,7 @@ def main() -> None:
         "val_mAP_gap_best_epoch": gap_best,
         "val_mAP_gap_largest_per_epoch": curve_gap,
         "cached_repeat_val_mAP_gap": repeat_gap,
-        "target": {"speedup": TARGET_SPEEDUP, "mAP_gap": TARGET_MAP_GAP,
-                   "met": speedup >= TARGET_SPEEDUP and gap_last <= TARGET_MAP_GAP},
+        "target": {"speedup": TARGET_SPEEDUP, "mAP_gap": TARGET_MAP_GAP, "met": speedup >= TARGET_SPEEDUP and gap_last <= TARGET_MAP_GAP},
     }
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"results written to {args.out}")

@@ -91,9 +91,16 @@ def run_trained(processed: Path, params, out_dir: Path) -> dict:
     result = train_architecture(architecture, processed, out_dir, params.train)
     classes = read_classes(processed / "classes.json")
     evaluation = evaluate_model(architecture, load_served_model(out_dir), out_dir / MODEL_FILE, processed, classes, params.evaluate)
-    return {"scores": evaluation.scores_test, "thresholds": np.asarray(evaluation.thresholds),
-            "info": {"train_seconds": result.train_seconds, "fine_tune_seconds": result.fine_tune_seconds,
-                     "default_threshold_classes": evaluation.default_threshold_classes, "image_size": result.input_size}}
+    return {
+        "scores": evaluation.scores_test,
+        "thresholds": np.asarray(evaluation.thresholds),
+        "info": {
+            "train_seconds": result.train_seconds,
+            "fine_tune_seconds": result.fine_tune_seconds,
+            "default_threshold_classes": evaluation.default_threshold_classes,
+            "image_size": result.input_size,
+        },
+    }
 
 
 def run_probe(processed: Path, params) -> dict:
@@ -111,8 +118,11 @@ def run_probe(processed: Path, params) -> dict:
     out_of_fold = baselines.out_of_fold_scores(fit_x, fit_y, fitted.c, params.train.seed)
     e = params.evaluate
     thresholds = metrics.tune_thresholds(fit_y, out_of_fold, e.min_threshold_positives, e.default_threshold, e.threshold_bounds)
-    return {"scores": baselines.probe_scores(fitted.probes, features["test"]), "thresholds": thresholds,
-            "info": {"seconds": time.perf_counter() - started, "C": fitted.c, "cv_mAP_by_C": {str(k): v for k, v in fitted.cv_map.items()}}}
+    return {
+        "scores": baselines.probe_scores(fitted.probes, features["test"]),
+        "thresholds": thresholds,
+        "info": {"seconds": time.perf_counter() - started, "C": fitted.c, "cv_mAP_by_C": {str(k): v for k, v in fitted.cv_map.items()}},
+    }
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -140,8 +150,14 @@ def prepare(scratch: Path, methods: list[str], extra: dict) -> dict[str, Path]:
     for method in ["champion", *[m for m in methods if m != "champion"]]:
         params = method_params(method, extra)
         folders[method] = scratch / f"processed-{method}"
-        preprocess(layout.validated / "manifest.parquet", layout.validated / "classes.json", folders[method],
-                   params.preprocess, layout.frozen_test, dataset_key("voc", VOC_DIR))
+        preprocess(
+            layout.validated / "manifest.parquet",
+            layout.validated / "classes.json",
+            folders[method],
+            params.preprocess,
+            layout.frozen_test,
+            dataset_key("voc", VOC_DIR),
+        )
     return folders
 
 
@@ -168,8 +184,20 @@ def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
     from multitag.data.manifest import read_classes
 
     result = scratch / method
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--processed", str(folder),
-               "--result", str(result), "--overrides-json", json.dumps(extra), "--model-dir", str(scratch / "models" / method)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        method,
+        "--processed",
+        str(folder),
+        "--result",
+        str(result),
+        "--overrides-json",
+        json.dumps(extra),
+        "--model-dir",
+        str(scratch / "models" / method),
+    ]
     print(f"  {method:9s} ... (progress below)", flush=True)
     started = time.perf_counter()
     code = subprocess.run(command, cwd=ROOT, check=False).returncode
@@ -179,8 +207,11 @@ def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
     y_test = np.load(folder / "test_y.npy")
     row = scores_on_test(y_test, arrays["scores"], arrays["thresholds"], read_classes(folder / "classes.json"))
     row.update(method=method, seconds=time.perf_counter() - started, info=json.loads(Path(str(result) + ".json").read_text()))
-    print(f"  {method:9s} test mAP {row['mAP']:.4f}, frequent-6 {row['frequent6_mAP']:.4f}, micro-F1 {row['micro_f1_served']:.4f}, "
-          f"{row['seconds']:.0f} s", flush=True)
+    print(
+        f"  {method:9s} test mAP {row['mAP']:.4f}, frequent-6 {row['frequent6_mAP']:.4f}, micro-F1 {row['micro_f1_served']:.4f}, "
+        f"{row['seconds']:.0f} s",
+        flush=True,
+    )
     return row
 
 
@@ -194,8 +225,14 @@ def parse_override(text: str) -> tuple[str, object]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--set", dest="overrides", type=parse_override, action="append", default=[],
-                        help="a params key for the champion, e.g. train.fine_tune_epochs=3 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        help="a params key for the champion, e.g. train.fine_tune_epochs=3 (repeatable)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     for hidden in ("--child", "--processed", "--result", "--model-dir", "--overrides-json"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -227,19 +264,32 @@ def main() -> None:
 
     print(f"\n{'model':9s} {'mAP':>7s} {'freq-6':>7s} {'microF1':>8s} {'labels/img':>11s} {'seconds':>8s}")
     for r in rows:
-        print(f"{r['method']:9s} {r['mAP']:7.4f} {r['frequent6_mAP']:7.4f} {r['micro_f1_served']:8.4f} "
-              f"{r['labels_per_image_predicted']:5.2f}/{r['labels_per_image_true']:.2f} {r['seconds']:8.0f}")
+        print(
+            f"{r['method']:9s} {r['mAP']:7.4f} {r['frequent6_mAP']:7.4f} {r['micro_f1_served']:8.4f} "
+            f"{r['labels_per_image_predicted']:5.2f}/{r['labels_per_image_true']:.2f} {r['seconds']:8.0f}"
+        )
     by = {r["method"]: r for r in rows}
     margins = {}
     for other in ("probe", "today"):
         if {"champion", other} <= by.keys():
             margins[other] = {k: by["champion"][k] - by[other][k] for k in ("mAP", "frequent6_mAP", "micro_f1_served")}
-            print(f"champion - {other}: mAP {margins[other]['mAP']:+.4f}, frequent-6 {margins[other]['frequent6_mAP']:+.4f}, "
-                  f"micro-F1 {margins[other]['micro_f1_served']:+.4f}")
+            print(
+                f"champion - {other}: mAP {margins[other]['mAP']:+.4f}, frequent-6 {margins[other]['frequent6_mAP']:+.4f}, "
+                f"micro-F1 {margins[other]['micro_f1_served']:+.4f}"
+            )
     print(f"total {total:.0f} s (data preparation and process start-up included)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "transfer", "machine": machine, "images": counts, "champion_overrides": extra,
-              "today": TODAY, "probe_size": PROBE_SIZE, "runs": rows, "margins": margins, "total_seconds": total}
+    report = {
+        "benchmark": "transfer",
+        "machine": machine,
+        "images": counts,
+        "champion_overrides": extra,
+        "today": TODAY,
+        "probe_size": PROBE_SIZE,
+        "runs": rows,
+        "margins": margins,
+        "total_seconds": total,
+    }
     args.out.write_text(json.dumps(report, indent=1, default=float) + "\n")
     print(f"results written to {args.out}")
 

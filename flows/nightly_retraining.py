@@ -44,7 +44,9 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
         fb.release(params_path, run_id)
         raise
     fb.ack(params_path, run_id, claimed)
-    logger.info("used %d feedback items; gate %s; champion is version %s", len(claimed), registration["verdict"], registration["champion_version"])
+    logger.info(
+        "used %d feedback items; gate %s; champion is version %s", len(claimed), registration["verdict"], registration["champion_version"]
+    )
     return {"status": "retrained", "feedback_ids": claimed, "rejected_leakage": leaked, **registration}
 
 

@@ -224,7 +224,14 @@ def registry_list(params_path: Path = ParamsOption) -> None:
     for column in ("version", "aliases", "architecture", "test_mAP", "verdict", "data_hash"):
         table.add_column(column)
     for v in registry.list_versions(name):
-        table.add_row(v.version, ", ".join(v.aliases), v.tags.get("architecture", ""), v.tags.get("test_mAP", ""), v.tags.get("gate_verdict", ""), v.tags.get("data_hash", "")[:12])
+        table.add_row(
+            v.version,
+            ", ".join(v.aliases),
+            v.tags.get("architecture", ""),
+            v.tags.get("test_mAP", ""),
+            v.tags.get("gate_verdict", ""),
+            v.tags.get("data_hash", "")[:12],
+        )
     Console().print(table)
 
 

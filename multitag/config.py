@@ -105,7 +105,9 @@ class EvaluateParams(_Strict):
     def _bounds_hold_the_default(self) -> EvaluateParams:
         low, high = self.threshold_bounds
         if not 0 <= low <= self.default_threshold <= high <= 1:
-            raise ValueError(f"threshold_bounds {self.threshold_bounds} must satisfy 0 <= low <= default_threshold ({self.default_threshold}) <= high <= 1")
+            raise ValueError(
+                f"threshold_bounds {self.threshold_bounds} must satisfy 0 <= low <= default_threshold ({self.default_threshold}) <= high <= 1"
+            )
         return self
 
 
@@ -200,9 +202,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS, overrides: dict | None = None
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise ParamsError(f"{path} is invalid: {problems}") from None
 
 

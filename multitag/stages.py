@@ -111,8 +111,15 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             rows.append(comparison_row(evaluation, train_info))
             defaulted[architecture] = evaluation.default_threshold_classes
             primary = params.evaluate.primary_metric  # the gate selects on its validation value
-            candidates.append({"architecture": architecture, "run_id": run_id, "model_uri": model_uri, **rows[-1],
-                               f"val_{primary}": evaluation.val["tuned"][primary]})
+            candidates.append(
+                {
+                    "architecture": architecture,
+                    "run_id": run_id,
+                    "model_uri": model_uri,
+                    **rows[-1],
+                    f"val_{primary}": evaluation.val["tuned"][primary],
+                }
+            )
             _write_curves(history, layout.metrics / "curves" / f"{architecture}.csv")
             keras.backend.clear_session()
         table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
@@ -121,7 +128,10 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
         mlflow.log_text(table, "comparison.md")
         mlflow.log_dict(rows, "comparison.json")
         parent_id = parent.info.run_id
-    tracking.write_json(layout.metrics / "evaluation.json", {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows})
+    tracking.write_json(
+        layout.metrics / "evaluation.json",
+        {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows},
+    )
     (layout.metrics / "comparison.md").write_text(table)
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
     tracking.write_json(layout.metrics / "candidates.json", summary)
@@ -140,8 +150,10 @@ def threshold_note(defaulted: dict[str, list[str]], params) -> str:
     lines = [f"- {arch}: {', '.join(names)}" for arch, names in defaulted.items() if names]
     if not lines:
         return ""
-    head = (f"\nThreshold {params.default_threshold} kept (fewer than {params.min_threshold_positives} validation positives, "
-            f"too few to tune); tuned thresholds are bounded to {list(params.threshold_bounds)}:\n\n")
+    head = (
+        f"\nThreshold {params.default_threshold} kept (fewer than {params.min_threshold_positives} validation positives, "
+        f"too few to tune); tuned thresholds are bounded to {list(params.threshold_bounds)}:\n\n"
+    )
     return head + "\n".join(lines) + "\n"
 
 
@@ -166,7 +178,9 @@ def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> d
     predictor = Predictor.from_uri(model_uri)
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] != predictor.input_size:
-        raise ValueError(f"{model_uri} expects {predictor.input_size}px images but data/processed holds {x_test.shape[1]}px; set preprocess.image_size")
+        raise ValueError(
+            f"{model_uri} expects {predictor.input_size}px images but data/processed holds {x_test.shape[1]}px; set preprocess.image_size"
+        )
     scores = predict(predictor.model, x_test)
     result = metrics.compute_metrics(np.asarray(y_test), scores, predictor.thresholds, predictor.classes)
     return {"model_uri": model_uri, **{k: v for k, v in result.items() if k != "per_class"}}
@@ -189,7 +203,15 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
     baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)
-    verdict = gate.judge(best["model_uri"], champion_uri, champion.version if champion else None, params.gate, params.evaluate.primary_metric, layout, baselines)
+    verdict = gate.judge(
+        best["model_uri"],
+        champion_uri,
+        champion.version if champion else None,
+        params.gate,
+        params.evaluate.primary_metric,
+        layout,
+        baselines,
+    )
     result = {"selected": best["architecture"], "verdict": gate.as_dict(verdict), "tags": verdict.tags()}
     write_json(layout.reports / "gate.json", result)
     (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict, None))
@@ -219,7 +241,11 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
             "run_id": candidate["run_id"],
             "parent_run_id": summary["parent_run_id"],
             **{k: candidate[k] for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
-            **(gate_result["tags"] if selected else {"gate_verdict": "not_selected", "gate_reasons": f"lower validation score than {gate_result['selected']}"}),
+            **(
+                gate_result["tags"]
+                if selected
+                else {"gate_verdict": "not_selected", "gate_reasons": f"lower validation score than {gate_result['selected']}"}
+            ),
             **(extra_tags or {}),
         }
         versions[candidate["architecture"]] = registry.register(candidate["model_uri"], name, tags)
@@ -253,7 +279,11 @@ def outcome_message(registration: dict) -> str:
         reasons = "; ".join(registration["reasons"]) or "see reports/gate.md"
         head = f"Gate failed for {selected} (version {version}, now `challenger`): {reasons}."
     if champion is None:
-        return (f"{head}\nNothing is served for {name} yet. Next: read reports/gate.md; to serve this model anyway, "
-                f"`multitag registry promote {version}`; or improve it (more photos, `train` params) and run the pipeline again.")
+        return (
+            f"{head}\nNothing is served for {name} yet. Next: read reports/gate.md; to serve this model anyway, "
+            f"`multitag registry promote {version}`; or improve it (more photos, `train` params) and run the pipeline again."
+        )
     served = f"models:/{name}@champion (version {champion})"
-    return f"{head}\nServed now: {served}. Next: `multitag serve` and open the page, or `multitag predict models:/{name}@champion PHOTO.jpg`."
+    return (
+        f"{head}\nServed now: {served}. Next: `multitag serve` and open the page, or `multitag predict models:/{name}@champion PHOTO.jpg`."
+    )

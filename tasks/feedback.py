@@ -55,8 +55,14 @@ def prepare(params_path: str, run_id: str) -> dict:
     RUN_PARAMS.write_text(Path(params_path).read_text())
     architectures = params.train.architectures if params.retrain.all_architectures else [architecture]
     set_params(RUN_PARAMS, {"train.architectures": architectures})
-    return {"params_path": str(RUN_PARAMS), "init_model": str(init_model), "champion_version": version,
-            "champion_architecture": architecture, "architectures": architectures, "feedback_ids": [item.id for item in claimed]}
+    return {
+        "params_path": str(RUN_PARAMS),
+        "init_model": str(init_model),
+        "champion_version": version,
+        "champion_architecture": architecture,
+        "architectures": architectures,
+        "feedback_ids": [item.id for item in claimed],
+    }
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -51,7 +51,9 @@ def preprocess(params_path: str) -> dict:
     return stages.preprocess_stage(load_params(params_path))
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", *stage_code("train")], [], ["architecture", "init_model"]))
+@task(
+    **IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", *stage_code("train")], [], ["architecture", "init_model"])
+)
 def train(architecture: str, params_path: str, init_model: str | None = None) -> str:
     """Train in a subprocess so TensorFlow's memory is released after each architecture."""
     return str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))

@@ -97,11 +97,13 @@ def server_params(root: Path, model_name: str, **serve: object):
     """Params for a test server: its own feedback queue under `root`, fast alias polling, any serve overrides."""
     from multitag.config import Params
 
-    return Params.model_validate({
-        "registry": {"model_name": model_name},
-        "serve": {"reload_interval_s": 0.2, **serve},
-        "feedback": {"db_path": str(root / "feedback" / "queue.db"), "images_dir": str(root / "feedback" / "images")},
-    })
+    return Params.model_validate(
+        {
+            "registry": {"model_name": model_name},
+            "serve": {"reload_interval_s": 0.2, **serve},
+            "feedback": {"db_path": str(root / "feedback" / "queue.db"), "images_dir": str(root / "feedback" / "images")},
+        }
+    )
 
 
 @pytest.fixture

@@ -209,25 +209,39 @@ def test_retrain_queues_images_and_triggers_a_run(registry_env, live_server, ser
 
     server = live_server(serve_params(registry_env.name), retrain_trigger=fake_trigger)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    response = httpx.post(f"{server.url}/retrain", headers=auth, data={"labels": "cat|dog"},
-                          files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))), timeout=30)
+    response = httpx.post(
+        f"{server.url}/retrain",
+        headers=auth,
+        data={"labels": "cat|dog"},
+        files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))),
+        timeout=30,
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     assert [item["merged"] for item in body["queued"]] == [False, False]
     assert body["triggered"] == {"via": "test"} and triggered == [1]
     assert httpx.get(f"{server.url}/feedback/stats").json()["pending_labels"] == {"cat": 2, "dog": 2}
-    mismatch = httpx.post(f"{server.url}/retrain", headers=auth, data={"labels": ["cat", "dog", "person"]},
-                          files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))))
+    mismatch = httpx.post(
+        f"{server.url}/retrain",
+        headers=auth,
+        data={"labels": ["cat", "dog", "person"]},
+        files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))),
+    )
     assert mismatch.status_code == 422 and mismatch.json()["detail"]["reason"] == "labels_mismatch"
 
 
 def test_retrain_trigger_follows_the_environment(monkeypatch, tmp_path):
     """The run reads the server's own params file, through Prefect or as a local process."""
-    monkeypatch.setattr(api, "run_prefect_deployment", lambda name, params_path: {"via": "prefect", "deployment": name, "params": params_path})
+    monkeypatch.setattr(
+        api, "run_prefect_deployment", lambda name, params_path: {"via": "prefect", "deployment": name, "params": params_path}
+    )
     monkeypatch.setattr(api, "start_flow_process", lambda command, log_path: {"via": "subprocess", "command": " ".join(command)})
     monkeypatch.setenv(api.RETRAIN_DEPLOYMENT_ENV, "nightly-retraining/nightly")
-    assert api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")() == {"via": "prefect", "deployment": "nightly-retraining/nightly",
-                                                                           "params": "site.yaml"}
+    assert api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")() == {
+        "via": "prefect",
+        "deployment": "nightly-retraining/nightly",
+        "params": "site.yaml",
+    }
     monkeypatch.delenv(api.RETRAIN_DEPLOYMENT_ENV)
     command = api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")()["command"]
     assert command == f"{sys.executable} -m flows.nightly_retraining site.yaml"

@@ -18,7 +18,9 @@ def test_auto_takes_the_photo_recipe_for_photos_and_the_shapes_recipe_for_the_de
 
 
 def test_a_value_the_user_sets_wins_over_the_recipe():
-    params = Params.model_validate({"data": {"source": "coco", "path": "x"}, "preprocess": {"image_size": 160}, "train": {"dense_units": [64]}})
+    params = Params.model_validate(
+        {"data": {"source": "coco", "path": "x"}, "preprocess": {"image_size": 160}, "train": {"dense_units": [64]}}
+    )
     assert params.preprocess.image_size == 160 and params.train.dense_units == [64]
 
 

@@ -99,19 +99,19 @@ def make_tar(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-VOC_MINI = make_tar({
-    "VOCdevkit/VOC2007/Annotations/000001.xml": b"<annotation><object><name>dog</name></object></annotation>",
-    "VOCdevkit/VOC2007/JPEGImages/000001.jpg": bytes(range(256)) * 200,
-    "VOCdevkit/VOC2007/ImageSets/Main/train.txt": b"000001\n",
-})
+VOC_MINI = make_tar(
+    {
+        "VOCdevkit/VOC2007/Annotations/000001.xml": b"<annotation><object><name>dog</name></object></annotation>",
+        "VOCdevkit/VOC2007/JPEGImages/000001.jpg": bytes(range(256)) * 200,
+        "VOCdevkit/VOC2007/ImageSets/Main/train.txt": b"000001\n",
+    }
+)
 VOC_MINI_SHA256 = hashlib.sha256(VOC_MINI).hexdigest()
 
 
-def test_download_dataset_verifies_extracts_and_then_skips(server: FakeServer, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_dataset_verifies_extracts_and_then_skips(server: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server.files[ARCHIVE] = VOC_MINI
-    archive = Archive("http://official.invalid/voc/" + ARCHIVE, ARCHIVE, md5=hashlib.md5(VOC_MINI).hexdigest(),
-                      sha256=VOC_MINI_SHA256)
+    archive = Archive("http://official.invalid/voc/" + ARCHIVE, ARCHIVE, md5=hashlib.md5(VOC_MINI).hexdigest(), sha256=VOC_MINI_SHA256)
     monkeypatch.setitem(download.DATASETS, "voc2007", Dataset((archive,), "VOCdevkit/VOC2007"))
 
     root = download_dataset("voc2007", tmp_path / "raw", base_url=server.url + "/")

@@ -70,9 +70,18 @@ def test_add_stores_the_image_content_addressed(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     (item,) = queue.list_items()
     assert item.to_dict() | {"received_at": 0, "updated_at": 0} == {
-        "id": result.id, "image_sha256": sha, "labels": ["dog"], "model_version": "3", "note": "was cat",
-        "received_at": 0, "state": "pending", "claimed_by": None, "lease_expires_at": None,
-        "consumed_by": None, "reason": None, "updated_at": 0,
+        "id": result.id,
+        "image_sha256": sha,
+        "labels": ["dog"],
+        "model_version": "3",
+        "note": "was cat",
+        "received_at": 0,
+        "state": "pending",
+        "claimed_by": None,
+        "lease_expires_at": None,
+        "consumed_by": None,
+        "reason": None,
+        "updated_at": 0,
     }
 
 
@@ -111,8 +120,15 @@ def test_labels_must_be_a_list_not_a_string(tmp_path):
 
 @pytest.mark.parametrize(
     "data, ext",
-    [(b"\xff\xd8\xff\xdb", "jpg"), (fake_png(0), "png"), (b"RIFF\0\0\0\0WEBPVP8 ", "webp"),
-     (b"BM\0\0", "bmp"), (b"GIF89a", "gif"), (b"RIFF\0\0\0\0WAVE", "bin"), (b"", "bin")],
+    [
+        (b"\xff\xd8\xff\xdb", "jpg"),
+        (fake_png(0), "png"),
+        (b"RIFF\0\0\0\0WEBPVP8 ", "webp"),
+        (b"BM\0\0", "bmp"),
+        (b"GIF89a", "gif"),
+        (b"RIFF\0\0\0\0WAVE", "bin"),
+        (b"", "bin"),
+    ],
 )
 def test_extension_comes_from_magic_bytes(data, ext):
     assert image_extension(data) == ext
@@ -218,7 +234,13 @@ def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
     assert sorted(item.id for item in consumed) == mine[:2]
     assert all(item.consumed_by == "run-a" and item.lease_expires_at is None for item in consumed)
     assert queue.stats() | {"pending_labels": None} == {
-        "pending": 1, "claimed": 3, "consumed": 2, "rejected": 0, "total": 6, "pending_labels": None}
+        "pending": 1,
+        "claimed": 3,
+        "consumed": 2,
+        "rejected": 0,
+        "total": 6,
+        "pending_labels": None,
+    }
 
     assert queue.release("run-a") == 1
     assert queue.release("run-b") == 2
@@ -235,8 +257,7 @@ def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(tmp_pat
     leaked_claimed = queue.add(fake_png(2), ["dog"])
     clean = queue.add(fake_png(3), ["cat"])
     queue.claim("run-1", limit=2)
-    assert queue.reject_leaked({leaked.image_sha256, leaked_claimed.image_sha256.upper(), "f" * 64}) == [
-        leaked.id, leaked_claimed.id]
+    assert queue.reject_leaked({leaked.image_sha256, leaked_claimed.image_sha256.upper(), "f" * 64}) == [leaked.id, leaked_claimed.id]
     rejected = queue.list_items("rejected")
     assert {item.reason for item in rejected} == {"leakage"}
     assert all(item.claimed_by is None for item in rejected)
@@ -252,8 +273,7 @@ def test_reject_requeue_stats_and_list(tmp_path):
         queue.reject(ids[:1], " ")
     assert queue.reject(ids[:2], "blurry") == 2
     assert queue.reject(ids[:2], "again") == 0, "only open items are rejected"
-    assert queue.stats() == {"pending": 2, "claimed": 0, "consumed": 0, "rejected": 2, "total": 4,
-                             "pending_labels": {"cat": 1, "dog": 1}}
+    assert queue.stats() == {"pending": 2, "claimed": 0, "consumed": 0, "rejected": 2, "total": 4, "pending_labels": {"cat": 1, "dog": 1}}
     assert [item.id for item in queue.list_items()] == ids[::-1]
     assert [item.reason for item in queue.list_items("rejected", limit=1)] == ["blurry"]
     with pytest.raises(ValueError, match="unknown state"):
@@ -316,7 +336,12 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
     queue = make_queue(tmp_path / "queue")
     report = queue.import_dir(folder)
     assert [(p.line, p.reason.split(":")[0]) for p in report.errors] == [
-        (3, "missing_file"), (4, "bad_csv_row"), (5, "bad_csv_row"), (7, "not_an_image"), (8, "outside_directory")]
+        (3, "missing_file"),
+        (4, "bad_csv_row"),
+        (5, "bad_csv_row"),
+        (7, "not_an_image"),
+        (8, "outside_directory"),
+    ]
     assert [r.id for r in report.added] == [1, 2] and [r.id for r in report.merged] == [1]
     assert [item.labels for item in queue.list_items()] == [("bird",), ("cat", "dog")]
 

@@ -250,9 +250,7 @@ def test_precision_recall_steps_integrate_to_ap():
     y_true, y_score = _random_case(6, (80, 1), decimals=1)
     recall, precision = precision_recall_steps(y_true[:, 0], y_score[:, 0])
     assert recall[0] == 0.0 and recall[-1] == 1.0 and np.all(np.diff(recall) > 0)
-    assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(
-        skm.average_precision_score(y_true[:, 0], y_score[:, 0])
-    )
+    assert np.sum(np.diff(recall) * precision[1:]) == pytest.approx(skm.average_precision_score(y_true[:, 0], y_score[:, 0]))
     with pytest.raises(ValueError, match="no positives"):
         precision_recall_steps(np.zeros(4), np.ones(4))
 
@@ -320,11 +318,13 @@ def test_a_class_with_too_few_positives_keeps_the_default_threshold_and_tuned_on
     y_true[:2, 0] = 1  # rare: two positives, both scored lowest, so F1-best would be ~0.0
     y_true[:100, 1] = 1  # frequent and well separated
     y_true[:60, 2] = 1  # frequent, best cut-off far below the lower bound
-    y_score = np.column_stack([
-        np.r_[0.001, 0.002, rng.uniform(0.01, 0.9, 198)],
-        np.r_[rng.uniform(0.6, 1.0, 100), rng.uniform(0.0, 0.4, 100)],
-        np.r_[rng.uniform(0.02, 0.04, 60), rng.uniform(0.0, 0.01, 140)],
-    ])
+    y_score = np.column_stack(
+        [
+            np.r_[0.001, 0.002, rng.uniform(0.01, 0.9, 198)],
+            np.r_[rng.uniform(0.6, 1.0, 100), rng.uniform(0.0, 0.4, 100)],
+            np.r_[rng.uniform(0.02, 0.04, 60), rng.uniform(0.0, 0.01, 140)],
+        ]
+    )
     assert tune_thresholds(y_true, y_score)[0] < 0.01  # what the old rule served
     tuned = tune_thresholds(y_true, y_score, min_positives=8, default=0.5, bounds=(0.1, 0.9))
     assert tuned[0] == 0.5

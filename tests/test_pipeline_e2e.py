@@ -82,7 +82,9 @@ def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process
     root, _ = project
     x_test, _ = load_split(root / "data" / "processed", "test")
     batch = np.asarray(x_test[:8])
-    in_memory = keras.models.load_model(root / "models" / "small_cnn" / "model.keras", compile=False).predict_on_batch(batch.astype("float32"))
+    in_memory = keras.models.load_model(root / "models" / "small_cnn" / "model.keras", compile=False).predict_on_batch(
+        batch.astype("float32")
+    )
     np.save(root / "batch.npy", batch)
     uri = f"runs:/{alias_version('multitag', 'champion').run_id}/model"
     script = (
@@ -227,13 +229,20 @@ def test_retraining_killed_mid_training_returns_its_claims_to_pending_after_the_
     pending = sorted(i.id for i in queue.list_items("pending", 100))
     # The lease must outlast validate + preprocess + the start of training on a busy machine, and
     # training must outlast the kill (no early stop).
-    long_training = _params_variant(root, "params-kill.yaml", {"feedback": {"lease_seconds": 45},
-                                                                "train": {"small_cnn_epochs": 300, "patience": 300}})
+    long_training = _params_variant(
+        root, "params-kill.yaml", {"feedback": {"lease_seconds": 45}, "train": {"small_cnn_epochs": 300, "patience": 300}}
+    )
     versions_before = len(registry.list_versions("multitag"))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the module's test server, no ephemeral start
     script = "import sys; from flows.nightly_retraining import nightly_retraining; nightly_retraining(params_path=sys.argv[1])"
-    retraining = subprocess.Popen([sys.executable, "-c", script, long_training], cwd=root, env=env, start_new_session=True,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    retraining = subprocess.Popen(
+        [sys.executable, "-c", script, long_training],
+        cwd=root,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not _training_child(psutil.Process(retraining.pid)):
@@ -271,8 +280,9 @@ def test_retraining_module_reads_the_params_file_it_is_given(project):
     root, _ = project
     custom = _params_variant(root, "params-custom.yaml", {"retrain": {"min_feedback": 987654}})
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    finished = subprocess.run([sys.executable, "-m", "flows.nightly_retraining", custom], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [sys.executable, "-m", "flows.nightly_retraining", custom], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "nothing to do" in finished.stdout + finished.stderr and "987654 needed" in finished.stdout + finished.stderr
 

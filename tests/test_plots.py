@@ -56,9 +56,7 @@ def test_confusion_counts(tmp_path, data):
 
 def test_prediction_grid(tmp_path, data):
     target = tmp_path / "grid.png"
-    path = plots.prediction_grid(
-        data["images"], data["y_true"], data["y_score"], np.full(4, 0.5), CLASSES, target, max_images=5
-    )
+    path = plots.prediction_grid(data["images"], data["y_true"], data["y_score"], np.full(4, 0.5), CLASSES, target, max_images=5)
     _assert_png(path, target)
 
 

@@ -64,7 +64,9 @@ def free_port() -> int:
 def start(name: str, command: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start `command` in its own session (so its children can be stopped with it), logging to .prefect/<name>.log."""
     with open(root / ".prefect" / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
-        return subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def stop(process: subprocess.Popen) -> None:

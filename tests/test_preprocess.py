@@ -190,7 +190,10 @@ def test_a_new_dataset_gets_its_own_frozen_test_split(tmp_path):
     assert read_frozen_test(frozen, "synthetic:data/raw/synthetic") == demo_test, "the demo's frozen set changed"
     assert read_frozen_test(frozen) == demo_test | set(own_test["sha256"])
     again = own.preprocess(tmp_path / "own_again", frozen, dataset="csv:own", seed=3)
-    assert set(processed_splits(tmp_path / "own_again")["test"]["image_id"]) == set(own_test["image_id"]) and again["splits"]["test"] == counts["test"]
+    assert (
+        set(processed_splits(tmp_path / "own_again")["test"]["image_id"]) == set(own_test["image_id"])
+        and again["splits"]["test"] == counts["test"]
+    )
 
 
 def test_a_frozen_test_set_that_matches_no_image_is_an_error_not_an_empty_split(tmp_path):

@@ -147,18 +147,22 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
         (tmp_path / "keras" / "models" / file.name).symlink_to(file)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     data = voc_slice(tmp_path / "voc-slice", VOC_SLICE)
-    params = Params.model_validate({
-        "data": {"source": "voc", "path": str(data)},
-        "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
-        "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
-    })
+    params = Params.model_validate(
+        {
+            "data": {"source": "voc", "path": str(data)},
+            "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
+            "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
+        }
+    )
     layout = Layout(root=tmp_path / "work")
     validate_stage(params, layout)
     preprocess_stage(params, layout)
     train_stage(params, "mobilenetv2", layout)
     model_dir = layout.models / "mobilenetv2"
     classes = manifest.read_classes(layout.processed / "classes.json")
-    evaluation = evaluate_model("mobilenetv2", load_served_model(model_dir), model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
+    evaluation = evaluate_model(
+        "mobilenetv2", load_served_model(model_dir), model_dir / MODEL_FILE, layout.processed, classes, params.evaluate
+    )
 
     assert evaluation.default_threshold_classes, "a 420-photo slice has classes too rare to tune"
     low, high = params.evaluate.threshold_bounds

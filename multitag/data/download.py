@@ -50,17 +50,20 @@ class Dataset:
 DATASETS: dict[str, Dataset] = {
     "voc2007": Dataset(
         archives=(
-            Archive(f"{VOC_HOST}/voc2007/VOCtrainval_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar",
-                    md5="c52e279531787c972589f7e41ab4ae64"),  # 460,032,000 bytes
-            Archive(f"{VOC_HOST}/voc2007/VOCtest_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar",
-                    md5="b6e924de25625d8de591ea690078ad9f"),  # 451,020,800 bytes
+            Archive(
+                f"{VOC_HOST}/voc2007/VOCtrainval_06-Nov-2007.tar", "VOCtrainval_06-Nov-2007.tar", md5="c52e279531787c972589f7e41ab4ae64"
+            ),  # 460,032,000 bytes
+            Archive(
+                f"{VOC_HOST}/voc2007/VOCtest_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar", md5="b6e924de25625d8de591ea690078ad9f"
+            ),  # 451,020,800 bytes
         ),
         root="VOCdevkit/VOC2007",
     ),
     "voc2012": Dataset(
         archives=(
-            Archive(f"{VOC_HOST}/voc2012/VOCtrainval_11-May-2012.tar", "VOCtrainval_11-May-2012.tar",
-                    md5="6cd6e144f989b92b3379bac3b3de84fd"),  # 1,999,639,040 bytes
+            Archive(
+                f"{VOC_HOST}/voc2012/VOCtrainval_11-May-2012.tar", "VOCtrainval_11-May-2012.tar", md5="6cd6e144f989b92b3379bac3b3de84fd"
+            ),  # 1,999,639,040 bytes
         ),
         root="VOCdevkit/VOC2012",
     ),
@@ -95,13 +98,22 @@ def download_dataset(name: str, raw_dir: Path = Path("data/raw"), base_url: str 
         extract_tar(path, raw_dir)
     root = raw_dir / dataset.root
     if not root.is_dir():
-        raise DownloadError(f"{name} was extracted into {raw_dir}, but {root} is missing: "
-                            "the archives do not have the expected layout. Check base_url.")
+        raise DownloadError(
+            f"{name} was extracted into {raw_dir}, but {root} is missing: the archives do not have the expected layout. Check base_url."
+        )
     return root
 
 
-def download_file(url: str, dest: Path, expected_sha256: str | None, chunk: int = 1 << 20, *,
-                  expected_md5: str | None = None, retries: int = 4, backoff_s: float = 2.0) -> Path:
+def download_file(
+    url: str,
+    dest: Path,
+    expected_sha256: str | None,
+    chunk: int = 1 << 20,
+    *,
+    expected_md5: str | None = None,
+    retries: int = 4,
+    backoff_s: float = 2.0,
+) -> Path:
     """Fetch `url` to `dest`, resuming `dest.part`, and verify the checksum(s) before renaming.
 
     Connection errors, server errors (5xx) and early-closed streams are retried `retries`
@@ -120,8 +132,10 @@ def download_file(url: str, dest: Path, expected_sha256: str | None, chunk: int 
             break
         except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as err:
             if not _is_transient(err):
-                raise DownloadError(f"{url} cannot be downloaded: {err}. Check the URL, or the base_url "
-                                    "mirror, which must serve every archive as <base_url>/<filename>.") from err
+                raise DownloadError(
+                    f"{url} cannot be downloaded: {err}. Check the URL, or the base_url "
+                    "mirror, which must serve every archive as <base_url>/<filename>."
+                ) from err
             if attempt == retries:
                 raise DownloadError(
                     f"could not download {url} after {retries + 1} attempts: {err}. The partial file "

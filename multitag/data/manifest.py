@@ -75,10 +75,7 @@ def apply_class_subset(data: SourceData, classes: list[str] | None, drop_unlabel
         return data
     unknown = sorted(set(classes) - set(data.classes))
     if unknown:
-        raise ValueError(
-            f"data.classes names {unknown}, which the dataset does not have; "
-            f"its classes are: {', '.join(data.classes)}"
-        )
+        raise ValueError(f"data.classes names {unknown}, which the dataset does not have; its classes are: {', '.join(data.classes)}")
     keep = set(classes)
     kept: list[Record] = []
     for record in data.records:

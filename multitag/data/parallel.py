@@ -42,9 +42,7 @@ def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def map_with_progress(
-    func: Callable[[T], R], items: Sequence[T], workers: int, description: str, chunksize: int = 16
-) -> list[R]:
+def map_with_progress(func: Callable[[T], R], items: Sequence[T], workers: int, description: str, chunksize: int = 16) -> list[R]:
     """`[func(x) for x in items]` across `workers` processes (fork), showing progress.
 
     Falls back to a plain loop for one worker or few items, where a pool costs more than it saves.

@@ -34,7 +34,9 @@ class _Job:
     mode: str
 
 
-def preprocess(manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path, dataset: str = "default") -> dict:
+def preprocess(
+    manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path, dataset: str = "default"
+) -> dict:
     """Split the validated manifest and write `<split>_x.npy`, `<split>_y.npy`, classes and manifest.
 
     `dataset` names whose frozen test set applies (splits.dataset_key); an empty split is an error.

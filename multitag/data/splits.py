@@ -117,8 +117,10 @@ def require_nonempty(frame: pd.DataFrame, dataset: str, ratios: SplitRatios, fro
         if counts.get(split, 0):
             continue
         if split == "test" and frozen_count:
-            why = (f"none of the {frozen_count} frozen test images of {dataset} are in the validated data (the dataset "
-                   "changed under the same path?); remove its entry from data/frozen_test.json to draw a new test split")
+            why = (
+                f"none of the {frozen_count} frozen test images of {dataset} are in the validated data (the dataset "
+                "changed under the same path?); remove its entry from data/frozen_test.json to draw a new test split"
+            )
         elif split == "test" and ratios.test == 0:
             why = "preprocess.split_ratios.test is 0 and the source has no test split"
         else:

@@ -126,7 +126,9 @@ def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, 
         rows = [hit["row"] for hit in item.result.get("unexpected_index_list") or []]
         for row in rows:
             reasons.setdefault(int(row), (reason, _detail(reason, checked.iloc[int(row)], params)))
-        summary.append({"expectation": item.expectation_config.type, "reason": reason, "success": bool(item.success), "failing_rows": len(rows)})
+        summary.append(
+            {"expectation": item.expectation_config.type, "reason": reason, "success": bool(item.success), "failing_rows": len(rows)}
+        )
     return summary
 
 
@@ -135,10 +137,18 @@ def manifest_suite(gx, params: ValidateParams):
     expectations = gx.expectations
     suite = gx.ExpectationSuite(name="manifest")
     suite.add_expectation(expectations.ExpectColumnValuesToNotBeNull(column="image_id", meta={"reason": "missing_id"}))
-    suite.add_expectation(expectations.ExpectColumnValuesToBeInSet(column="unknown_labels", value_set=[""], meta={"reason": "unknown_class"}))
-    suite.add_expectation(expectations.ExpectColumnValuesToBeBetween(column="n_labels", min_value=params.min_labels, meta={"reason": "no_labels"}))
-    suite.add_expectation(expectations.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, ""], meta={"reason": "unknown_split"}))
-    suite.add_expectation(expectations.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", meta={"reason": "not_inspected"}))
+    suite.add_expectation(
+        expectations.ExpectColumnValuesToBeInSet(column="unknown_labels", value_set=[""], meta={"reason": "unknown_class"})
+    )
+    suite.add_expectation(
+        expectations.ExpectColumnValuesToBeBetween(column="n_labels", min_value=params.min_labels, meta={"reason": "no_labels"})
+    )
+    suite.add_expectation(
+        expectations.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, ""], meta={"reason": "unknown_split"})
+    )
+    suite.add_expectation(
+        expectations.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", meta={"reason": "not_inspected"})
+    )
     return suite
 
 
@@ -166,7 +176,9 @@ def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[st
     total = len(clean) + len(quarantine)
     invalid = int((quarantine["reason"] != SUPERSEDED).sum())
     per_class = {
-        name: {split or "unsplit": int(group["labels"].map(lambda xs, name=name: name in xs).sum()) for split, group in clean.groupby("split")}
+        name: {
+            split or "unsplit": int(group["labels"].map(lambda xs, name=name: name in xs).sum()) for split, group in clean.groupby("split")
+        }
         for name in classes
     }
     return {

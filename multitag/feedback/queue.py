@@ -161,18 +161,15 @@ class FeedbackQueue:
             path = self._shard(sha) / f"{sha}.{ext}"
             if path.exists():
                 return path
-        raise KeyError(f"image {sha} is not stored under {self.images_dir}; "
-                       "send its bytes with add() or store_image() first")
+        raise KeyError(f"image {sha} is not stored under {self.images_dir}; send its bytes with add() or store_image() first")
 
     # -- adding ---------------------------------------------------------------------------------
 
-    def add(self, image_bytes: bytes, labels: Iterable[str], model_version: str | None = None,
-            note: str | None = None) -> AddResult:
+    def add(self, image_bytes: bytes, labels: Iterable[str], model_version: str | None = None, note: str | None = None) -> AddResult:
         """Store the image and queue its corrected labels; an open identical item is merged, not doubled."""
         return self._enqueue(self.store_image(image_bytes), labels, model_version, note)
 
-    def add_by_sha(self, image_sha256: str, labels: Iterable[str], model_version: str | None = None,
-                   note: str | None = None) -> AddResult:
+    def add_by_sha(self, image_sha256: str, labels: Iterable[str], model_version: str | None = None, note: str | None = None) -> AddResult:
         """Queue labels for an image stored earlier (e.g. by /predict) without sending its bytes again."""
         return self._enqueue(self.image_path(image_sha256).stem, labels, model_version, note)
 
@@ -260,6 +257,7 @@ class FeedbackQueue:
 
     def reject_leaked(self, test_hashes: set[str]) -> list[int]:
         """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids."""
+
         def work(conn: sqlite3.Connection) -> list[int]:
             rows = conn.execute(
                 "UPDATE feedback SET state = 'rejected', reason = 'leakage', claimed_by = NULL, "
@@ -271,8 +269,7 @@ class FeedbackQueue:
 
         return self._write(work)
 
-    def requeue(self, ids: Iterable[int] | None = None,
-                state: Literal["rejected", "consumed"] = "rejected") -> int:
+    def requeue(self, ids: Iterable[int] | None = None, state: Literal["rejected", "consumed"] = "rejected") -> int:
         """Put items in `state` back to pending: the given ids, or every item in that state when ids is None.
 
         Use it to undo a rejection, or to train again on consumed feedback (a run whose model was
@@ -283,8 +280,10 @@ class FeedbackQueue:
         before every claim.
         """
         if state not in ("rejected", "consumed"):
-            raise ValueError(f"requeue takes items that are 'rejected' or 'consumed', not {state!r}; "
-                             "claimed items go back with release() or release_expired()")
+            raise ValueError(
+                f"requeue takes items that are 'rejected' or 'consumed', not {state!r}; "
+                "claimed items go back with release() or release_expired()"
+            )
         return self._update(
             "UPDATE feedback SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, consumed_by = NULL, "
             "reason = NULL, updated_at = ?2 WHERE id IN ("
@@ -303,6 +302,7 @@ class FeedbackQueue:
 
     def stats(self) -> dict:
         """Item counts per state and in total, and how often each label occurs among pending items."""
+
         def work(conn: sqlite3.Connection) -> dict:
             counts = dict.fromkeys(STATES, 0)
             counts.update(conn.execute("SELECT state, COUNT(*) FROM feedback GROUP BY state").fetchall())
@@ -318,9 +318,11 @@ class FeedbackQueue:
         """The newest `limit` items (all states, or one), newest first, as an admin page shows them."""
         if state is not None and state not in STATES:
             raise ValueError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
-        rows = self._read(lambda conn: conn.execute(
-            "SELECT * FROM feedback WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2", (state, limit)
-        ).fetchall())
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT * FROM feedback WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2", (state, limit)
+            ).fetchall()
+        )
         return [_item(row) for row in rows]
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -341,8 +343,7 @@ class FeedbackQueue:
                 return AddResult(existing["id"], sha, merged=True)
             now = time.time()
             cursor = conn.execute(
-                "INSERT INTO feedback (image_sha256, labels, model_version, note, received_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO feedback (image_sha256, labels, model_version, note, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (sha, labels_json, model_version, note, now, now),
             )
             return AddResult(cursor.lastrowid, sha, merged=False)
@@ -366,6 +367,7 @@ class FeedbackQueue:
 
     def _create_schema(self) -> None:
         """WAL lets readers run beside the writer; the mode is stored in the file, so setting it once suffices."""
+
         def work(conn: sqlite3.Connection) -> None:
             for statement in _SCHEMA.split(";"):  # executescript would COMMIT the IMMEDIATE transaction
                 if statement.strip():
@@ -413,7 +415,7 @@ def normalize_labels(labels: Iterable[str]) -> list[str]:
 def image_extension(image_bytes: bytes) -> str:
     """The file extension from the magic bytes; 'bin' when the content is no known image format."""
     for ext, signature in _MAGIC:
-        if all(image_bytes[offset:offset + len(part)] == part for offset, part in signature):
+        if all(image_bytes[offset : offset + len(part)] == part for offset, part in signature):
             return ext
     return "bin"
 
@@ -466,8 +468,9 @@ def _csv_rows(csv_path: Path) -> Iterable[tuple[int, str, list[str]] | ImportPro
     lines = csv_path.read_bytes().splitlines()
     header = lines[0].decode("utf-8-sig", errors="replace").strip().lower() if lines else ""
     if not header.startswith("filename"):
-        raise ValueError(f"{csv_path}: the first line must be the header 'filename,labels', got {header!r}; "
-                         f"an import needs {IMPORT_CSV_LAYOUT}")
+        raise ValueError(
+            f"{csv_path}: the first line must be the header 'filename,labels', got {header!r}; an import needs {IMPORT_CSV_LAYOUT}"
+        )
     for line, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
             continue

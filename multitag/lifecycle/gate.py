@@ -132,7 +132,9 @@ def judge(
             task = class_list_change(champion.classes, candidate.classes)
         if not shared:
             checks["comparable_to_champion"] = False
-            reasons.append(f"{task}: no class in common with champion version {champion_version}; register this task under its own model name (`multitag pipeline --model-name NAME`)")
+            reasons.append(
+                f"{task}: no class in common with champion version {champion_version}; register this task under its own model name (`multitag pipeline --model-name NAME`)"
+            )
         else:
             _, champ_scores = test_scores(champion, layout)
             cand_cols = [candidate.classes.index(c) for c in shared]
@@ -145,17 +147,38 @@ def judge(
             gain = cand_shared.get(primary, 0.0) - champ_metrics.get(primary, 0.0)
             checks["beats_champion"] = gain >= params.min_improvement
             if not checks["beats_champion"]:
-                reasons.append(f"{primary} {cand_shared.get(primary, 0):.4f} vs champion {champ_metrics.get(primary, 0):.4f}: gain {gain:+.4f} < required {params.min_improvement:+.4f}")
+                reasons.append(
+                    f"{primary} {cand_shared.get(primary, 0):.4f} vs champion {champ_metrics.get(primary, 0):.4f}: gain {gain:+.4f} < required {params.min_improvement:+.4f}"
+                )
             drops = pd.Series(champ_ap - cand_ap, index=shared).dropna()
             regressions = {c: float(d) for c, d in drops.items() if d > params.max_class_regression}
             checks["no_class_regression"] = not regressions
             if regressions:
-                reasons.append("AP dropped more than {:.2f} on: {}".format(params.max_class_regression, ", ".join(f"{c} ({d:.3f})" for c, d in regressions.items())))
+                reasons.append(
+                    "AP dropped more than {:.2f} on: {}".format(
+                        params.max_class_regression, ", ".join(f"{c} ({d:.3f})" for c, d in regressions.items())
+                    )
+                )
     smoke = smoke_test(candidate_uri, layout)
     checks["smoke_test"] = bool(smoke.get("ok")) and smoke.get("latency_ms_max", 1e9) <= params.smoke_latency_ms
     if not checks["smoke_test"]:
-        reasons.append(f"smoke test failed: {smoke.get('error') or 'latency {:.0f} ms over budget {:.0f} ms'.format(smoke['latency_ms_max'], params.smoke_latency_ms)}")
-    return Verdict(all(checks.values()), candidate_uri, champion_version, primary, cand_metrics, champ_metrics, checks, reasons, regressions, smoke, baseline_scores, task)
+        reasons.append(
+            f"smoke test failed: {smoke.get('error') or 'latency {:.0f} ms over budget {:.0f} ms'.format(smoke['latency_ms_max'], params.smoke_latency_ms)}"
+        )
+    return Verdict(
+        all(checks.values()),
+        candidate_uri,
+        champion_version,
+        primary,
+        cand_metrics,
+        champ_metrics,
+        checks,
+        reasons,
+        regressions,
+        smoke,
+        baseline_scores,
+        task,
+    )
 
 
 def class_list_change(old: list[str], new: list[str]) -> str:

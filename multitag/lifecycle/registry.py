@@ -70,7 +70,9 @@ def list_versions(name: str) -> list[VersionInfo]:
     by_version: dict[str, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(str(version), []).append(alias)
-    infos = [VersionInfo(str(v.version), sorted(by_version.get(str(v.version), [])), dict(v.tags or {}), v.source, v.run_id) for v in versions]
+    infos = [
+        VersionInfo(str(v.version), sorted(by_version.get(str(v.version), [])), dict(v.tags or {}), v.source, v.run_id) for v in versions
+    ]
     return sorted(infos, key=lambda v: -int(v.version))
 
 

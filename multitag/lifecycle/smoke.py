@@ -18,7 +18,9 @@ import numpy as np
 def run_in_fresh_process(model_uri: str, images: list[str], timeout_s: float = 300) -> dict:
     """Run the smoke test in a new interpreter; any failure becomes {"ok": False, "error": ...}."""
     try:
-        done = subprocess.run([sys.executable, "-m", "multitag.lifecycle.smoke", model_uri, *images], capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(
+            [sys.executable, "-m", "multitag.lifecycle.smoke", model_uri, *images], capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f}s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -42,7 +44,13 @@ def main(model_uri: str, images: list[str]) -> dict:
         values = np.array(list(result.probabilities.values()))
         if len(values) != len(predictor.classes) or not np.all((values >= 0) & (values <= 1)):
             return {"ok": False, "error": f"malformed probabilities for {path}"}
-    return {"ok": True, "load_seconds": load_s, "latency_ms_max": max(latencies), "latency_ms_p50": float(np.median(latencies)), "images": len(images)}
+    return {
+        "ok": True,
+        "load_seconds": load_s,
+        "latency_ms_max": max(latencies),
+        "latency_ms_p50": float(np.median(latencies)),
+        "images": len(images),
+    }
 
 
 if __name__ == "__main__":

@@ -140,8 +140,12 @@ def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example:
         plots.confusion_counts(tuned["per_class"], folder / "confusion_counts.png")
         count = min(16, len(example))
         plots.prediction_grid(
-            example[:count], evaluation.y_test[:count], evaluation.scores_test[:count],
-            np.asarray(evaluation.thresholds), evaluation.classes, folder / "predictions.png",
+            example[:count],
+            evaluation.y_test[:count],
+            evaluation.scores_test[:count],
+            np.asarray(evaluation.thresholds),
+            evaluation.classes,
+            folder / "predictions.png",
         )
         mlflow.log_artifacts(str(folder), "plots")
 

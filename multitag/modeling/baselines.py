@@ -42,7 +42,9 @@ def fit_probe(features: np.ndarray, y: np.ndarray, c: float) -> list:
     """One logistic regression per class; None where the fitting set has one label only."""
     from sklearn.linear_model import LogisticRegression
 
-    return [LogisticRegression(C=c, max_iter=2000).fit(features, y[:, k]) if 0 < y[:, k].sum() < len(y) else None for k in range(y.shape[1])]
+    return [
+        LogisticRegression(C=c, max_iter=2000).fit(features, y[:, k]) if 0 < y[:, k].sum() < len(y) else None for k in range(y.shape[1])
+    ]
 
 
 def probe_scores(probes: list, features: np.ndarray) -> np.ndarray:
@@ -145,5 +147,11 @@ def score_baselines(names: list[str], processed: Path, seed: int) -> list[Baseli
         except Exception as err:  # no weights offline, too small an image size: say so, do not block
             results.append(Baseline(name, None, f"unavailable: {type(err).__name__}: {err}"[:300]))
             continue
-        results.append(Baseline(name, mean_ap(y_test, scores), f"logistic regression on frozen ImageNet MobileNetV2 features of the training photos, flip-averaged, C={c}"))
+        results.append(
+            Baseline(
+                name,
+                mean_ap(y_test, scores),
+                f"logistic regression on frozen ImageNet MobileNetV2 features of the training photos, flip-averaged, C={c}",
+            )
+        )
     return results

@@ -47,13 +47,17 @@ def single_image_latency_ms(model: keras.Model, image: np.ndarray, runs: int) ->
     return float(np.median(timings))
 
 
-def evaluate_model(architecture: str, model: keras.Model, model_file: Path, processed_dir: Path, classes: list[str], params: EvaluateParams) -> Evaluation:
+def evaluate_model(
+    architecture: str, model: keras.Model, model_file: Path, processed_dir: Path, classes: list[str], params: EvaluateParams
+) -> Evaluation:
     """Tune thresholds on validation (bounded; too few positives keep the default), then score
     the frozen test split with them."""
     x_val, y_val = load_split(processed_dir, "val")
     x_test, y_test = load_split(processed_dir, "test")
     scores_val, scores_test = predict(model, x_val), predict(model, x_test)
-    thresholds = metrics.tune_thresholds(y_val, scores_val, params.min_threshold_positives, params.default_threshold, params.threshold_bounds)
+    thresholds = metrics.tune_thresholds(
+        y_val, scores_val, params.min_threshold_positives, params.default_threshold, params.threshold_bounds
+    )
     return Evaluation(
         architecture=architecture,
         classes=classes,

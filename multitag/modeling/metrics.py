@@ -146,9 +146,7 @@ def apply_thresholds(y_score: np.ndarray, thresholds: float | np.ndarray) -> np.
     y_score = np.asarray(y_score, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.ndim > 1 or (thresholds.ndim == 1 and thresholds.shape[0] != y_score.shape[-1]):
-        raise ValueError(
-            f"thresholds must be a scalar or one per class ({y_score.shape[-1]}); got shape {thresholds.shape}"
-        )
+        raise ValueError(f"thresholds must be a scalar or one per class ({y_score.shape[-1]}); got shape {thresholds.shape}")
     return y_score >= thresholds
 
 
@@ -181,9 +179,7 @@ def _mean_or_none(values: np.ndarray) -> float | None:
     return float(defined.mean()) if defined.size else None
 
 
-def compute_metrics(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, classes: list[str]
-) -> dict[str, Any]:
+def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Every metric the pipeline logs, gates on and reports, as a JSON-serialisable dict.
 
     mAP and the macro averages (F1, precision, recall) average over the classes that have

@@ -67,9 +67,7 @@ def per_class_ap_bar(ap_by_class: dict[str, float | None], path: str | Path) -> 
     return _save(fig, path)
 
 
-def precision_recall_curves(
-    y_true: np.ndarray, y_score: np.ndarray, classes: list[str], path: str | Path, n_cols: int = 5
-) -> Path:
+def precision_recall_curves(y_true: np.ndarray, y_score: np.ndarray, classes: list[str], path: str | Path, n_cols: int = 5) -> Path:
     """One small precision-recall panel per class that has positives, titled with its AP.
 
     The step curve is the same one AP integrates, so the figure and the number cannot disagree.

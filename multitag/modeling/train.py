@@ -99,8 +99,10 @@ class EpochProgress(keras.callbacks.Callback):
         logs = logs or {}
         per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
         left = per_epoch * (self.epochs - epoch - 1)
-        report(f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
-               f"val mAP {logs.get('val_mAP', float('nan')):.4f}, {per_epoch:.0f} s/epoch, at most {left:.0f} s left in this phase")
+        report(
+            f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
+            f"val mAP {logs.get('val_mAP', float('nan')):.4f}, {per_epoch:.0f} s/epoch, at most {left:.0f} s left in this phase"
+        )
 
 
 def report(message: str) -> None:
@@ -207,7 +209,20 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
         timings["feature"] = time.perf_counter() - t0
         report(f"{name}: features in {timings['feature']:.0f} s; training the head on them")
         t0 = time.perf_counter()
-        _fit(_trainer(head, None), (f_train, y_train.astype("float32")), f_val, y_val, params.head_epochs, params.head_learning_rate, steps, params, loss, history, "head", f"{name} head")
+        _fit(
+            _trainer(head, None),
+            (f_train, y_train.astype("float32")),
+            f_val,
+            y_val,
+            params.head_epochs,
+            params.head_learning_rate,
+            steps,
+            params,
+            loss,
+            history,
+            "head",
+            f"{name} head",
+        )
         timings["head"] = time.perf_counter() - t0
         models.unfreeze_top(extractor, params.fine_tune_layers)
     fine_tune_epochs = params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
@@ -225,8 +240,17 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     served.save(out_dir / MODEL_FILE)
     val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
     result = TrainResult(
-        name, str(out_dir / MODEL_FILE), size, classes, weights, time.perf_counter() - started,
-        timings["feature"], timings["head"], timings["fine_tune"], float(np.nanmax(val_history)), int(served.count_params()),
+        name,
+        str(out_dir / MODEL_FILE),
+        size,
+        classes,
+        weights,
+        time.perf_counter() - started,
+        timings["feature"],
+        timings["head"],
+        timings["fine_tune"],
+        float(np.nanmax(val_history)),
+        int(served.count_params()),
     )
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
@@ -241,7 +265,9 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
     return keras.Model(inputs, network(augment(inputs) if augment is not None else inputs))
 
 
-def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None) -> keras.Model:
+def _probe_branch(
+    name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None
+) -> keras.Model:
     """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
     the training images (phase 1's cache when there was one), C by cross-validation on train."""
     from multitag.modeling.baselines import fit_probes, probe_weights

@@ -202,8 +202,9 @@ def _require_admin(request: Request, services: ServicesDep) -> None:
         raise HTTPException(403, _problem("disabled", f"admin endpoints are disabled: set {env_name} on the server to enable them"))
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise HTTPException(401, _problem("unauthorized", "send `Authorization: Bearer <admin token>`"),
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, _problem("unauthorized", "send `Authorization: Bearer <admin token>`"), headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 async def _read_uploads(files: list[UploadFile], params: Params) -> list[tuple[str, bytes]]:
@@ -213,8 +214,14 @@ async def _read_uploads(files: list[UploadFile], params: Params) -> list[tuple[s
         raise HTTPException(413, _problem("too_many_files", f"{len(files)} files sent; at most {limits.max_files} per request"))
     for upload in files:
         if upload.size is not None and upload.size > limits.max_upload_bytes:
-            raise HTTPException(413, _problem("file_too_large", f"{upload.filename} has {upload.size:,} bytes; "
-                                              f"the limit is {limits.max_upload_bytes:,} per file", filename=upload.filename))
+            raise HTTPException(
+                413,
+                _problem(
+                    "file_too_large",
+                    f"{upload.filename} has {upload.size:,} bytes; the limit is {limits.max_upload_bytes:,} per file",
+                    filename=upload.filename,
+                ),
+            )
     return [(upload.filename or f"file{i}", await upload.read()) for i, upload in enumerate(files)]
 
 
@@ -252,8 +259,14 @@ def _predict(served: ServedModel, uploads: list[tuple[str, bytes]], queue: Feedb
     for _, data in uploads:
         queue.store_image(data)
     return [
-        {"filename": name, "labels": p.labels, "probabilities": p.probabilities, "model_version": served.version.version,
-         "model_alias": served.alias, "image_sha256": p.image_sha256}
+        {
+            "filename": name,
+            "labels": p.labels,
+            "probabilities": p.probabilities,
+            "model_version": served.version.version,
+            "model_alias": served.alias,
+            "image_sha256": p.image_sha256,
+        }
         for (name, _), p in zip(uploads, predictions)
     ]
 
@@ -272,13 +285,22 @@ def parse_labels(raw: str, classes: list[str]) -> list[str]:
     labels = sorted({label.strip() for label in labels if label.strip()})
     unknown = [label for label in labels if label not in classes]
     if unknown:
-        raise HTTPException(422, _problem("unknown_classes", f"unknown classes: {', '.join(unknown)}; "
-                                          f"the model knows: {', '.join(classes)}", unknown=unknown))
+        raise HTTPException(
+            422,
+            _problem("unknown_classes", f"unknown classes: {', '.join(unknown)}; the model knows: {', '.join(classes)}", unknown=unknown),
+        )
     return labels
 
 
-def _queue_feedback(queue: FeedbackQueue, upload: bytes | None, sha: str | None, labels: list[str],
-                    model_version: str | None, note: str | None, max_pixels: int) -> dict:
+def _queue_feedback(
+    queue: FeedbackQueue,
+    upload: bytes | None,
+    sha: str | None,
+    labels: list[str],
+    model_version: str | None,
+    note: str | None,
+    max_pixels: int,
+) -> dict:
     """Queue one correction, by image bytes or by the hash of an image /predict stored."""
     if upload is not None:
         problem = _image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
@@ -291,8 +313,9 @@ def _queue_feedback(queue: FeedbackQueue, upload: bytes | None, sha: str | None,
         except ValueError as err:
             raise HTTPException(422, _problem("bad_sha256", str(err))) from None
         except KeyError:
-            raise HTTPException(404, _problem("unknown_image", f"no stored image has sha256 {sha}; "
-                                              "send the image itself as `file`, or /predict it first")) from None
+            raise HTTPException(
+                404, _problem("unknown_image", f"no stored image has sha256 {sha}; send the image itself as `file`, or /predict it first")
+            ) from None
     return {"id": result.id, "image_sha256": result.image_sha256, "merged": result.merged}
 
 
@@ -324,8 +347,7 @@ def start_flow_process(command: list[str], log_path: Path) -> dict[str, str]:
     """Start the flow in its own session (it outlives a server restart); output appends to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends, without blocking
     return {"via": "subprocess", "command": " ".join(command), "pid": str(process.pid), "log": str(log_path)}
 
@@ -341,8 +363,9 @@ def params_or_defaults(params_path: Path | str) -> Params:
     return load_params(params_path)
 
 
-def create_app(params: Params | None = None, params_path: Path | str = "params.yaml",
-               retrain_trigger: RetrainTrigger | None = None) -> FastAPI:
+def create_app(
+    params: Params | None = None, params_path: Path | str = "params.yaml", retrain_trigger: RetrainTrigger | None = None
+) -> FastAPI:
     """The API. Nothing touches the registry or the queue until the server starts."""
     params = params or params_or_defaults(params_path)
 
@@ -426,8 +449,9 @@ def _add_routes(app: FastAPI) -> None:
             raise HTTPException(422, _problem("image_missing", "send exactly one of `file` (the image) or `image_sha256`"))
         chosen = parse_labels(labels, _served(services).predictor.classes)
         upload = (await _read_uploads([file], services.params))[0][1] if file is not None else None
-        return await run_in_threadpool(_queue_feedback, services.queue, upload, image_sha256, chosen, model_version,
-                                       note, services.params.validate_.max_pixels)
+        return await run_in_threadpool(
+            _queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, services.params.validate_.max_pixels
+        )
 
     @app.get("/feedback/stats")
     async def feedback_stats(services: ServicesDep) -> dict:
@@ -443,7 +467,9 @@ def _add_routes(app: FastAPI) -> None:
     ) -> dict:
         """Admin: queue labelled images, then start the retraining flow without waiting for it."""
         if len(labels) not in (1, len(files)):
-            raise HTTPException(422, _problem("labels_mismatch", f"{len(files)} files but {len(labels)} label sets; send one or one per file"))
+            raise HTTPException(
+                422, _problem("labels_mismatch", f"{len(files)} files but {len(labels)} label sets; send one or one per file")
+            )
         classes = _served(services).predictor.classes
         label_sets = [parse_labels(raw, classes) for raw in labels]
         if len(label_sets) == 1:  # one label set for every file
@@ -451,16 +477,26 @@ def _add_routes(app: FastAPI) -> None:
         uploads = await _read_uploads(files, services.params)
 
         def queue_all() -> list[dict]:
-            return [_queue_feedback(services.queue, data, None, chosen, None, note or f"retrain upload {name}",
-                                    services.params.validate_.max_pixels)
-                    for (name, data), chosen in zip(uploads, label_sets)]
+            return [
+                _queue_feedback(
+                    services.queue, data, None, chosen, None, note or f"retrain upload {name}", services.params.validate_.max_pixels
+                )
+                for (name, data), chosen in zip(uploads, label_sets)
+            ]
 
         queued = await run_in_threadpool(queue_all)
         try:
             triggered = await run_in_threadpool(services.retrain)
         except Exception as err:
-            raise HTTPException(503, _problem("trigger_failed", f"retraining could not be started ({type(err).__name__}: {err}); "
-                                              "the feedback is queued and the nightly run will use it", queued=queued)) from None
+            raise HTTPException(
+                503,
+                _problem(
+                    "trigger_failed",
+                    f"retraining could not be started ({type(err).__name__}: {err}); "
+                    "the feedback is queued and the nightly run will use it",
+                    queued=queued,
+                ),
+            ) from None
         return {"queued": queued, "triggered": triggered}
 
     @app.post("/admin/reload", dependencies=[Depends(_require_admin)])

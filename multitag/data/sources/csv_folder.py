@@ -62,8 +62,9 @@ def _record(base: Path, number: int, raw: bytes) -> Record:
         return Record(f"row{number}", str(base / name), [], problems=[f"bad_csv_row: line {number} is not UTF-8 ({err.reason})"])
     fields = next(csv.reader(io.StringIO(text)))
     if len(fields) < 2:
-        return Record(f"row{number}", str(base / fields[0]) if fields else "", [],
-                      problems=[f"bad_csv_row: line {number} has no labels column"])
+        return Record(
+            f"row{number}", str(base / fields[0]) if fields else "", [], problems=[f"bad_csv_row: line {number} has no labels column"]
+        )
     filename, label_text = fields[0].strip(), fields[1]
     labels = sorted({label.strip() for label in label_text.split("|") if label.strip()})
     split = fields[2].strip().lower() if len(fields) > 2 else ""

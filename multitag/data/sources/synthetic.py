@@ -152,8 +152,7 @@ def _draw_clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int
     for _ in range(int(rng.integers(1, 4))):
         cx, cy = rng.integers(0, size, size=2)
         rx, ry = rng.integers(size // 16 + 1, size // 5 + 2, size=2)
-        draw.ellipse((int(cx - rx), int(cy - ry), int(cx + rx), int(cy + ry)),
-                     fill=_nearby_colour(rng, background, 30))
+        draw.ellipse((int(cx - rx), int(cy - ry), int(cx + rx), int(cy + ry)), fill=_nearby_colour(rng, background, 30))
 
 
 def _place_shapes(rng: np.random.Generator, size: int, n_shapes: int) -> list[tuple[float, float, float]]:
@@ -176,8 +175,9 @@ def _place_shapes(rng: np.random.Generator, size: int, n_shapes: int) -> list[tu
     return placed
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, name: str,
-                centre: tuple[float, float], radius: float, colour: Colour) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, name: str, centre: tuple[float, float], radius: float, colour: Colour
+) -> None:
     """Draw one shape of class `name` that fits in a circle of `radius`, at a random rotation."""
     cx, cy = centre
     angle = float(rng.uniform(0, 2 * math.pi))
@@ -198,8 +198,7 @@ def _star(centre: tuple[float, float], radius: float, angle: float) -> list[tupl
     cx, cy = centre
     radii = [radius, radius * 0.38] * 5
     step = 2 * math.pi / len(radii)
-    return [(cx + r * math.cos(angle + i * step), cy + r * math.sin(angle + i * step))
-            for i, r in enumerate(radii)]
+    return [(cx + r * math.cos(angle + i * step), cy + r * math.sin(angle + i * step)) for i, r in enumerate(radii)]
 
 
 def _unit_square(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float, float]]:
@@ -209,22 +208,39 @@ def _unit_square(x0: float, y0: float, x1: float, y1: float) -> list[tuple[float
 def _unit_polygons() -> dict[str, list[list[tuple[float, float]]]]:
     """Outlines in units of the radius, centred on the origin; square ones fit inside the circle."""
     half = 0.3  # half the width of a cross arm
-    plus = [(half, -half), (1, -half), (1, half), (half, half), (half, 1), (-half, 1), (-half, half),
-            (-1, half), (-1, -half), (-half, -half), (-half, -1), (half, -1)]
+    plus = [
+        (half, -half),
+        (1, -half),
+        (1, half),
+        (half, half),
+        (half, 1),
+        (-half, 1),
+        (-half, half),
+        (-1, half),
+        (-1, -half),
+        (-half, -half),
+        (-half, -1),
+        (half, -1),
+    ]
     side = math.sqrt(0.5)  # half the side of the square that the circle circumscribes
     band = 2 * side / 5  # stripes: 3 bars and 2 gaps of equal width
     stripes = [_unit_square(-side, -side + k * band, side, -side + (k + 1) * band) for k in (0, 2, 4)]
     cell = 2 * side / 4  # checker: 8 cells of a 4x4 board (a 3x3 board's 5 cells form a plus sign)
-    checker = [_unit_square(-side + i * cell, -side + j * cell, -side + (i + 1) * cell, -side + (j + 1) * cell)
-               for i in range(4) for j in range(4) if (i + j) % 2 == 0]
+    checker = [
+        _unit_square(-side + i * cell, -side + j * cell, -side + (i + 1) * cell, -side + (j + 1) * cell)
+        for i in range(4)
+        for j in range(4)
+        if (i + j) % 2 == 0
+    ]
     return {"cross": [plus], "stripes": stripes, "checker": checker}
 
 
 UNIT_POLYGONS = _unit_polygons()
 
 
-def _place_polygon(points: list[tuple[float, float]], centre: tuple[float, float], radius: float,
-                   angle: float) -> list[tuple[float, float]]:
+def _place_polygon(
+    points: list[tuple[float, float]], centre: tuple[float, float], radius: float, angle: float
+) -> list[tuple[float, float]]:
     """Scale unit-radius `points` by `radius`, rotate them by `angle` and move them to `centre`."""
     cos, sin = math.cos(angle) * radius, math.sin(angle) * radius
     cx, cy = centre

@@ -14,9 +14,26 @@ from multitag.data.manifest import Record, SourceData
 from multitag.data.sources import require
 
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 LAYOUT = "Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/{train,val,trainval,test}.txt"
 SPLIT_FILES = {"train": "train", "val": "val", "test": "test"}
@@ -43,8 +60,14 @@ def read(root: Path, params: DataParams) -> SourceData:
         )
     for image_id in sorted(set(splits) - {r.image_id for r in records}):
         records.append(
-            Record(image_id, str(root / "JPEGImages" / f"{image_id}.jpg"), [], splits[image_id],
-                   "voc", problems=[f"missing_annotation: {image_id} is listed in ImageSets/Main but Annotations/{image_id}.xml does not exist"])
+            Record(
+                image_id,
+                str(root / "JPEGImages" / f"{image_id}.jpg"),
+                [],
+                splits[image_id],
+                "voc",
+                problems=[f"missing_annotation: {image_id} is listed in ImageSets/Main but Annotations/{image_id}.xml does not exist"],
+            )
         )
     return SourceData(records, list(VOC_CLASSES))
 
