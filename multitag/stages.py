@@ -214,7 +214,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     )
     result = {"selected": best["architecture"], "verdict": gate.as_dict(verdict), "tags": verdict.tags()}
     write_json(layout.reports / "gate.json", result)
-    (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict, None))
+    (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict))
     return result
 
 

@@ -1,12 +1,13 @@
-"""The gate's decisions that need no model: baselines for a first model, the user's optional
-floors, and how a class-list change is named in the verdict."""
+"""The gate's decisions that need no model (multitag/lifecycle/policy.py): baselines for a first
+model, the champion comparison, the user's optional floors, the smoke test, and how a class-list
+change is named in the verdict."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from multitag.config import GateParams
-from multitag.lifecycle.gate import baseline_checks, class_list_change, floor_checks
+from multitag.lifecycle.policy import CandidateScores, ChampionScores, baseline_checks, class_list_change, decide, floor_checks
 from multitag.modeling.baselines import Baseline, class_prior_scores, mean_ap
 
 
@@ -56,3 +57,44 @@ def test_the_gate_selects_the_candidate_by_the_primary_metric_on_validation():
     ]
     assert select_candidate(candidates, "mAP")["architecture"] == "a"
     assert select_candidate(candidates, "macro_f1")["architecture"] == "b"
+
+
+SMOKE_OK = {"ok": True, "latency_ms_max": 40.0}
+
+
+def _champion(candidate_map: float, champion_map: float, candidate_ap: dict, champion_ap: dict) -> ChampionScores:
+    return ChampionScores("3", "same classes as the champion", {"mAP": candidate_map}, {"mAP": champion_map}, candidate_ap, champion_ap)
+
+
+def test_a_first_model_passes_on_baselines_and_smoke_alone():
+    candidate = CandidateScores({"mAP": 0.6, "macro_f1": 0.5}, [Baseline("class_prior", 0.1, "prevalence")], SMOKE_OK)
+    decision = decide(candidate, None, GateParams(), "mAP")
+    assert decision.passed and decision.checks == {"beats_class_prior": True, "smoke_test": True}
+    assert decision.baseline_scores == {"baseline_class_prior_mAP": 0.1}
+
+
+def test_with_a_champion_the_candidate_must_gain_the_margin_and_lose_no_class():
+    params = GateParams(min_improvement=0.01, max_class_regression=0.1)
+    candidate = CandidateScores({"mAP": 0.9}, [Baseline("class_prior", 0.99, "ignored once a champion exists")], SMOKE_OK)
+    better = _champion(0.72, 0.70, {"cat": 0.8, "dog": 0.64}, {"cat": 0.7, "dog": 0.7})
+    decision = decide(candidate, better, params, "mAP")
+    assert decision.passed and set(decision.checks) == {"beats_champion", "no_class_regression", "smoke_test"}
+    too_little = decide(candidate, _champion(0.705, 0.70, {"cat": 0.8}, {"cat": 0.7}), params, "mAP")
+    assert not too_little.passed and "gain +0.0050 < required +0.0100" in too_little.reasons[0]
+    dog_drops = decide(candidate, _champion(0.75, 0.70, {"cat": 0.95, "dog": 0.55}, {"cat": 0.7, "dog": 0.7}), params, "mAP")
+    assert not dog_drops.passed and list(dog_drops.class_regressions) == ["dog"]
+    assert dog_drops.reasons == ["AP dropped more than 0.10 on: dog (0.150)"]
+
+
+def test_a_champion_with_no_class_in_common_fails_with_what_to_do():
+    decision = decide(CandidateScores({"mAP": 0.9}, [], SMOKE_OK), ChampionScores("7", "class-list migration"), GateParams(), "mAP")
+    assert not decision.passed and decision.checks["comparable_to_champion"] is False
+    assert "champion version 7" in decision.reasons[0] and "--model-name" in decision.reasons[0]
+
+
+def test_a_slow_or_broken_smoke_test_fails_the_candidate():
+    params = GateParams(smoke_latency_ms=100)
+    slow = decide(CandidateScores({"mAP": 0.9}, [], {"ok": True, "latency_ms_max": 250.0}), None, params, "mAP")
+    assert not slow.passed and slow.reasons == ["smoke test failed: latency 250 ms over budget 100 ms"]
+    broken = decide(CandidateScores({"mAP": 0.9}, [], {"ok": False, "error": "no such model"}), None, params, "mAP")
+    assert broken.reasons == ["smoke test failed: no such model"]

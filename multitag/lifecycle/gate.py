@@ -1,23 +1,19 @@
 """The evaluation gate: a candidate reaches users only if it proves itself, now, on the frozen
-test split, against the champion scored in the same run.
-
-Checks: (a) the user's optional absolute floors, (b) beats the champion by `gate.min_improvement`
-on the primary metric, (c) no class's AP drops by more than `gate.max_class_regression`, (d) a
-serving smoke test from the model URI in a fresh process within the latency budget. With no
-champion yet, (b) and (c) become: beats each baseline of `gate.baselines` (class prior, frozen
-feature probe; multitag/modeling/baselines.py), which needs no hand-set number.
+test split, against the champion scored in the same run. This module measures (test scores,
+the champion on the shared classes, the fresh-process smoke test); policy.py decides.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from multitag.config import GateParams
 from multitag.layout import Layout
+from multitag.lifecycle import policy
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
 from multitag.modeling import metrics
@@ -75,33 +71,6 @@ def summary_metrics(y_true: np.ndarray, scores: np.ndarray, predictor: Predictor
     return headline, metrics.average_precision_per_class(y_true, scores)
 
 
-def floor_checks(candidate: dict, params: GateParams) -> tuple[dict[str, bool], list[str]]:
-    """The user's optional absolute floors (null in params: no floor)."""
-    checks, reasons = {}, []
-    for metric, floor in (("mAP", params.min_mAP), ("macro_f1", params.min_macro_f1)):
-        if floor is None:
-            continue
-        checks[f"floor_{metric}"] = candidate.get(metric, 0.0) >= floor
-        if not checks[f"floor_{metric}"]:
-            reasons.append(f"{metric} {candidate.get(metric, 0):.4f} below floor {floor}")
-    return checks, reasons
-
-
-def baseline_checks(candidate_map: float, baselines: list[Baseline]) -> tuple[dict[str, bool], list[str], dict[str, float]]:
-    """A first model must rank better than each baseline that could be scored (strictly)."""
-    checks, reasons, scores = {}, [], {}
-    for baseline in baselines:
-        if baseline.mAP is None:
-            reasons_note = f"baseline {baseline.name} not checked ({baseline.detail})"
-            reasons.append(reasons_note)
-            continue
-        scores[f"baseline_{baseline.name}_mAP"] = baseline.mAP
-        checks[f"beats_{baseline.name}"] = candidate_map > baseline.mAP
-        if not checks[f"beats_{baseline.name}"]:
-            reasons.append(f"mAP {candidate_map:.4f} does not beat the {baseline.name} baseline ({baseline.mAP:.4f}; {baseline.detail})")
-    return checks, reasons, scores
-
-
 def judge(
     candidate_uri: str,
     champion_uri: str | None,
@@ -109,9 +78,9 @@ def judge(
     params: GateParams,
     primary: str,
     layout: Layout = Layout(),
-    baselines: list[Baseline] = (),  # type: ignore[assignment]
+    baselines: Sequence[Baseline] = (),
 ) -> Verdict:
-    """Score candidate and champion on the same data now, then apply the policy.
+    """Score candidate and champion on the same data now, then let the policy decide.
 
     A champion with another class list is compared on the classes both know (a class-list
     migration, named in the verdict); with no class in common there is nothing to compare,
@@ -119,76 +88,49 @@ def judge(
     """
     candidate = Predictor.from_uri(candidate_uri)
     y_true, scores = test_scores(candidate, layout)
-    cand_metrics, cand_ap = summary_metrics(y_true, scores, candidate)
-    checks, reasons = floor_checks(cand_metrics, params)
-    baseline_passed, baseline_reasons, baseline_scores = baseline_checks(cand_metrics.get("mAP", 0.0), baselines)
-    checks.update(baseline_passed)
-    reasons += baseline_reasons
-    champ_metrics, regressions, task = None, {}, "first model" if champion_uri is None else "same classes as the champion"
-    if champion_uri is not None:
-        champion = Predictor.from_uri(champion_uri)
-        shared = [c for c in candidate.classes if c in champion.classes]
-        if champion.classes != candidate.classes:
-            task = class_list_change(champion.classes, candidate.classes)
-        if not shared:
-            checks["comparable_to_champion"] = False
-            reasons.append(
-                f"{task}: no class in common with champion version {champion_version}; register this task under its own model name (`multitag pipeline --model-name NAME`)"
-            )
-        else:
-            _, champ_scores = test_scores(champion, layout)
-            cand_cols = [candidate.classes.index(c) for c in shared]
-            champ_cols = [champion.classes.index(c) for c in shared]
-            shared_candidate = Predictor(candidate.model, shared, candidate.thresholds[cand_cols], candidate.input_size)
-            shared_champion = Predictor(champion.model, shared, champion.thresholds[champ_cols], champion.input_size)
-            y_shared = y_true[:, cand_cols]
-            cand_shared, cand_ap = summary_metrics(y_shared, scores[:, cand_cols], shared_candidate)
-            champ_metrics, champ_ap = summary_metrics(y_shared, champ_scores[:, champ_cols], shared_champion)
-            gain = cand_shared.get(primary, 0.0) - champ_metrics.get(primary, 0.0)
-            checks["beats_champion"] = gain >= params.min_improvement
-            if not checks["beats_champion"]:
-                reasons.append(
-                    f"{primary} {cand_shared.get(primary, 0):.4f} vs champion {champ_metrics.get(primary, 0):.4f}: gain {gain:+.4f} < required {params.min_improvement:+.4f}"
-                )
-            drops = pd.Series(champ_ap - cand_ap, index=shared).dropna()
-            regressions = {c: float(d) for c, d in drops.items() if d > params.max_class_regression}
-            checks["no_class_regression"] = not regressions
-            if regressions:
-                reasons.append(
-                    "AP dropped more than {:.2f} on: {}".format(
-                        params.max_class_regression, ", ".join(f"{c} ({d:.3f})" for c, d in regressions.items())
-                    )
-                )
+    cand_metrics, _ = summary_metrics(y_true, scores, candidate)
+    comparison = compare_with_champion(candidate, y_true, scores, champion_uri, champion_version, layout) if champion_uri else None
     smoke = smoke_test(candidate_uri, layout)
-    checks["smoke_test"] = bool(smoke.get("ok")) and smoke.get("latency_ms_max", 1e9) <= params.smoke_latency_ms
-    if not checks["smoke_test"]:
-        reasons.append(
-            f"smoke test failed: {smoke.get('error') or 'latency {:.0f} ms over budget {:.0f} ms'.format(smoke['latency_ms_max'], params.smoke_latency_ms)}"
-        )
+    decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
     return Verdict(
-        all(checks.values()),
+        decision.passed,
         candidate_uri,
         champion_version,
         primary,
         cand_metrics,
-        champ_metrics,
-        checks,
-        reasons,
-        regressions,
+        comparison.champion if comparison and comparison.comparable else None,
+        decision.checks,
+        decision.reasons,
+        decision.class_regressions,
         smoke,
-        baseline_scores,
-        task,
+        decision.baseline_scores,
+        comparison.task if comparison else "first model",
     )
 
 
-def class_list_change(old: list[str], new: list[str]) -> str:
-    """How the candidate's class list differs from the champion's, in words for the report."""
-    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
-    shared = len(new) - len(added)
-    parts = [f"class-list migration, judged on the {shared} shared classes"]
-    parts += [f"added {', '.join(added)}"] if added else []
-    parts += [f"removed {', '.join(removed)}"] if removed else []
-    return "; ".join(parts)
+def compare_with_champion(
+    candidate: Predictor, y_true: np.ndarray, scores: np.ndarray, champion_uri: str, champion_version: str | None, layout: Layout
+) -> policy.ChampionScores:
+    """Candidate and champion on the classes both know, each at its own thresholds."""
+    champion = Predictor.from_uri(champion_uri)
+    same = champion.classes == candidate.classes
+    task = "same classes as the champion" if same else policy.class_list_change(champion.classes, candidate.classes)
+    shared = [c for c in candidate.classes if c in champion.classes]
+    if not shared:
+        return policy.ChampionScores(str(champion_version), task)
+    _, champ_scores = test_scores(champion, layout)
+    cand_cols = [candidate.classes.index(c) for c in shared]
+    champ_cols = [champion.classes.index(c) for c in shared]
+    y_shared = y_true[:, cand_cols]
+    ours, our_ap = summary_metrics(y_shared, scores[:, cand_cols], _on_classes(candidate, shared, cand_cols))
+    theirs, their_ap = summary_metrics(y_shared, champ_scores[:, champ_cols], _on_classes(champion, shared, champ_cols))
+    return policy.ChampionScores(
+        str(champion_version), task, ours, theirs, dict(zip(shared, map(float, our_ap))), dict(zip(shared, map(float, their_ap)))
+    )
+
+
+def _on_classes(predictor: Predictor, classes: list[str], columns: list[int]) -> Predictor:
+    return Predictor(predictor.model, classes, predictor.thresholds[columns], predictor.input_size)
 
 
 def smoke_test(model_uri: str, layout: Layout) -> dict:
@@ -199,12 +141,12 @@ def smoke_test(model_uri: str, layout: Layout) -> dict:
     return run_in_fresh_process(model_uri, list(test["path"].head(SMOKE_IMAGES)))
 
 
-def verdict_markdown(verdict: Verdict, version: str | None) -> str:
+def verdict_markdown(verdict: Verdict) -> str:
     """The gate report a person reads: verdict, each check, and the numbers behind it."""
     lines = [
         f"# Gate verdict: {'PASSED' if verdict.passed else 'FAILED'}",
         "",
-        f"- candidate: `{verdict.candidate_uri}` (registered version {version or 'n/a'})",
+        f"- candidate: `{verdict.candidate_uri}`",
         f"- champion: version {verdict.champion_version or 'none yet'}",
         f"- judged as: {verdict.task}",
         f"- primary metric: {verdict.primary_metric}",

@@ -1,0 +1,137 @@
+"""The promotion policy: numbers in, a decision out. No model, no file, no registry here, so the
+rule that decides what reaches users can be read in one place and tested without training.
+
+The gate (gate.py) measures; this module decides. Checks: (a) the user's optional absolute
+floors, (b) beats the champion by `gate.min_improvement` on the primary metric, (c) no class's AP
+drops by more than `gate.max_class_regression`, (d) the serving smoke test passed within the
+latency budget. With no champion yet, (b) and (c) become: beats each baseline that could be
+scored (class prior, frozen-feature probe), which needs no hand-set number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from multitag.config import GateParams
+from multitag.modeling.baselines import Baseline
+
+
+@dataclass(frozen=True)
+class CandidateScores:
+    """What the gate measured of the candidate itself."""
+
+    metrics: dict[str, float]  # headline metrics on all its classes, at its own thresholds
+    baselines: list[Baseline] = field(default_factory=list)  # only consulted with no champion
+    smoke: dict = field(default_factory=dict)  # {"ok", "latency_ms_max", "error"} of the fresh-process test
+
+
+@dataclass(frozen=True)
+class ChampionScores:
+    """Candidate and champion on the classes both know, scored in the same run."""
+
+    version: str
+    task: str  # "same classes as the champion", or the class-list migration in words
+    candidate: dict[str, float] = field(default_factory=dict)  # headline metrics on the shared classes
+    champion: dict[str, float] = field(default_factory=dict)
+    candidate_ap: dict[str, float] = field(default_factory=dict)  # per shared class
+    champion_ap: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def comparable(self) -> bool:
+        return bool(self.candidate_ap)
+
+
+@dataclass(frozen=True)
+class Decision:
+    passed: bool
+    checks: dict[str, bool]
+    reasons: list[str]
+    class_regressions: dict[str, float]
+    baseline_scores: dict[str, float]
+
+
+def decide(candidate: CandidateScores, champion: ChampionScores | None, params: GateParams, primary: str) -> Decision:
+    """Apply every check; the candidate passes only if all of them pass."""
+    checks, reasons = floor_checks(candidate.metrics, params)
+    baseline_scores: dict[str, float] = {}
+    regressions: dict[str, float] = {}
+    if champion is None:
+        passed, why, baseline_scores = baseline_checks(candidate.metrics.get("mAP", 0.0), candidate.baselines)
+        checks.update(passed)
+        reasons += why
+    elif not champion.comparable:
+        checks["comparable_to_champion"] = False
+        reasons.append(
+            f"{champion.task}: no class in common with champion version {champion.version}; "
+            "register this task under its own model name (`multitag pipeline --model-name NAME`)"
+        )
+    else:
+        passed, why, regressions = champion_checks(champion, params, primary)
+        checks.update(passed)
+        reasons += why
+    checks["smoke_test"], why = smoke_check(candidate.smoke, params)
+    reasons += why
+    return Decision(all(checks.values()), checks, reasons, regressions, baseline_scores)
+
+
+def floor_checks(candidate: dict[str, float], params: GateParams) -> tuple[dict[str, bool], list[str]]:
+    """The user's optional absolute floors (null in params: no floor)."""
+    checks, reasons = {}, []
+    for metric, floor in (("mAP", params.min_mAP), ("macro_f1", params.min_macro_f1)):
+        if floor is None:
+            continue
+        checks[f"floor_{metric}"] = candidate.get(metric, 0.0) >= floor
+        if not checks[f"floor_{metric}"]:
+            reasons.append(f"{metric} {candidate.get(metric, 0):.4f} below floor {floor}")
+    return checks, reasons
+
+
+def baseline_checks(candidate_map: float, baselines: list[Baseline]) -> tuple[dict[str, bool], list[str], dict[str, float]]:
+    """A first model must rank better than each baseline that could be scored (strictly)."""
+    checks, reasons, scores = {}, [], {}
+    for baseline in baselines:
+        if baseline.mAP is None:
+            reasons.append(f"baseline {baseline.name} not checked ({baseline.detail})")
+            continue
+        scores[f"baseline_{baseline.name}_mAP"] = baseline.mAP
+        checks[f"beats_{baseline.name}"] = candidate_map > baseline.mAP
+        if not checks[f"beats_{baseline.name}"]:
+            reasons.append(f"mAP {candidate_map:.4f} does not beat the {baseline.name} baseline ({baseline.mAP:.4f}; {baseline.detail})")
+    return checks, reasons, scores
+
+
+def champion_checks(champion: ChampionScores, params: GateParams, primary: str) -> tuple[dict[str, bool], list[str], dict[str, float]]:
+    """Beat the champion by the required margin, and lose no class by more than allowed."""
+    checks, reasons = {}, []
+    ours, theirs = champion.candidate.get(primary, 0.0), champion.champion.get(primary, 0.0)
+    gain = ours - theirs
+    checks["beats_champion"] = gain >= params.min_improvement
+    if not checks["beats_champion"]:
+        reasons.append(f"{primary} {ours:.4f} vs champion {theirs:.4f}: gain {gain:+.4f} < required {params.min_improvement:+.4f}")
+    drops = {c: champion.champion_ap[c] - ap for c, ap in champion.candidate_ap.items() if c in champion.champion_ap}
+    regressions = {c: float(d) for c, d in drops.items() if not math.isnan(d) and d > params.max_class_regression}
+    checks["no_class_regression"] = not regressions
+    if regressions:
+        listed = ", ".join(f"{c} ({d:.3f})" for c, d in regressions.items())
+        reasons.append(f"AP dropped more than {params.max_class_regression:.2f} on: {listed}")
+    return checks, reasons, regressions
+
+
+def smoke_check(smoke: dict, params: GateParams) -> tuple[bool, list[str]]:
+    """The model loads from its URI in a fresh process and answers within the latency budget."""
+    ok = bool(smoke.get("ok")) and smoke.get("latency_ms_max", 1e9) <= params.smoke_latency_ms
+    if ok:
+        return True, []
+    why = smoke.get("error") or f"latency {smoke.get('latency_ms_max', float('nan')):.0f} ms over budget {params.smoke_latency_ms:.0f} ms"
+    return False, [f"smoke test failed: {why}"]
+
+
+def class_list_change(old: list[str], new: list[str]) -> str:
+    """How the candidate's class list differs from the champion's, in words for the report."""
+    added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+    shared = len(new) - len(added)
+    parts = [f"class-list migration, judged on the {shared} shared classes"]
+    parts += [f"added {', '.join(added)}"] if added else []
+    parts += [f"removed {', '.join(removed)}"] if removed else []
+    return "; ".join(parts)
