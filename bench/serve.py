@@ -1,6 +1,6 @@
 """Benchmark serving: the project's /predict against a naive handler, on one MobileNetV2 224 model.
 
-- project: `uvicorn multitag.serving.api:app` serving `models:/bench@champion` from a throwaway registry:
+- project: `uvicorn --factory multitag.serving.app:create_app` serving `models:/bench@champion` from a throwaway registry:
   JPEG draft-mode decode (`multitag.data.images.decode`), one `predict_on_batch` per request for all
   its files, the model call in the threadpool, each image stored for /feedback.
 - naive: a FastAPI handler in the same style as most tutorials: for every file, a full PIL
@@ -245,7 +245,17 @@ def main() -> None:
     photos = sorted(JPEG_DIR.glob("*.jpg"))[: args.batch_size]
     single, batch = photos[0].read_bytes(), [p.read_bytes() for p in photos]
     commands = {
-        "project": [sys.executable, "-m", "uvicorn", "multitag.serving.api:app", "--host", "127.0.0.1", "--log-level", "warning"],
+        "project": [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "multitag.serving.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+        ],
         "naive": [sys.executable, str(Path(__file__).resolve()), "--naive-server", model_uri],
     }
     results = {}

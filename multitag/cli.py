@@ -335,7 +335,7 @@ def serve(
     params_path: Path = ParamsOption,
 ) -> None:
     """Serve the champion: API + web page (http://HOST:PORT/)."""
-    from multitag.serving.api import serve as run_server
+    from multitag.serving.app import serve as run_server
 
     run_server(host, port, params_path)
 

@@ -147,7 +147,7 @@ def start_live_server(app: object, timeout_s: float = 60) -> LiveServer:
 @pytest.fixture
 def live_server() -> Iterator[Callable[..., LiveServer]]:
     """Start API servers with `live_server(params, retrain_trigger=None)`; all are stopped in teardown."""
-    from multitag.serving.api import create_app
+    from multitag.serving.app import create_app
 
     started: list[LiveServer] = []
 
@@ -164,7 +164,7 @@ def live_server() -> Iterator[Callable[..., LiveServer]]:
 def tiny_server(tiny_champion: TinyChampion, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server per test module on the tiny champion (whose alias never moves), with small limits
     (4 files, 200 kB each) so that limit tests stay cheap; tests that move aliases start their own."""
-    from multitag.serving.api import create_app
+    from multitag.serving.app import create_app
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in tiny_champion.env.items():

@@ -15,7 +15,7 @@ from corpus import bomb_png, encode, noise, solid, truncated
 
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
-from multitag.serving import api
+from multitag.serving import retrain_trigger
 
 TOKEN = "test-admin-token"
 
@@ -233,22 +233,24 @@ def test_retrain_queues_images_and_triggers_a_run(registry_env, live_server, ser
 def test_retrain_trigger_follows_the_environment(monkeypatch, tmp_path):
     """The run reads the server's own params file, through Prefect or as a local process."""
     monkeypatch.setattr(
-        api, "run_prefect_deployment", lambda name, params_path: {"via": "prefect", "deployment": name, "params": params_path}
+        retrain_trigger, "run_prefect_deployment", lambda name, params_path: {"via": "prefect", "deployment": name, "params": params_path}
     )
-    monkeypatch.setattr(api, "start_flow_process", lambda command, log_path: {"via": "subprocess", "command": " ".join(command)})
-    monkeypatch.setenv(api.RETRAIN_DEPLOYMENT_ENV, "nightly-retraining/nightly")
-    assert api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")() == {
+    monkeypatch.setattr(
+        retrain_trigger, "start_flow_process", lambda command, log_path: {"via": "subprocess", "command": " ".join(command)}
+    )
+    monkeypatch.setenv(retrain_trigger.RETRAIN_DEPLOYMENT_ENV, "nightly-retraining/nightly")
+    assert retrain_trigger.retrain_trigger_from_env(tmp_path / "log", "site.yaml")() == {
         "via": "prefect",
         "deployment": "nightly-retraining/nightly",
         "params": "site.yaml",
     }
-    monkeypatch.delenv(api.RETRAIN_DEPLOYMENT_ENV)
-    command = api.retrain_trigger_from_env(tmp_path / "log", "site.yaml")()["command"]
+    monkeypatch.delenv(retrain_trigger.RETRAIN_DEPLOYMENT_ENV)
+    command = retrain_trigger.retrain_trigger_from_env(tmp_path / "log", "site.yaml")()["command"]
     assert command == f"{sys.executable} -m flows.nightly_retraining site.yaml"
 
 
 def test_flow_process_runs_detached_and_logs(tmp_path):
-    started = api.start_flow_process([sys.executable, "-c", "print('retraining ran')"], tmp_path / "logs" / "retrain.log")
+    started = retrain_trigger.start_flow_process([sys.executable, "-c", "print('retraining ran')"], tmp_path / "logs" / "retrain.log")
     assert started["via"] == "subprocess" and int(started["pid"]) > 0
     wait_for(lambda: "retraining ran" in (tmp_path / "logs" / "retrain.log").read_text(), timeout_s=20)
 
@@ -320,3 +322,21 @@ def test_malformed_upload_gets_4xx_with_reason(tiny_server, case):
     else:
         assert detail["reason"] == reason and detail["message"]
     assert httpx.get(f"{tiny_server.url}/health").json()["model_loaded"]
+
+
+def test_openapi_documents_the_bodies_the_web_page_reads(tiny_server):
+    """Response models, not bare dicts: /openapi.json names every field the page and clients use."""
+    schema = httpx.get(f"{tiny_server.url}/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert {"image_sha256", "labels", "probabilities", "model_version"} <= set(components["Prediction"]["properties"])
+    assert {"model_loaded", "limits", "last_error"} <= set(components["Health"]["properties"])
+    predict_ok = schema["paths"]["/predict"]["post"]["responses"]
+    assert predict_ok["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Predictions")
+    assert predict_ok["415"]["content"]["application/json"]["schema"]["$ref"].endswith("/ProblemResponse")
+
+
+def test_importing_the_app_module_builds_no_app():
+    """uvicorn --factory: importing reads no params and opens no queue or registry."""
+    import multitag.serving.app as app_module
+
+    assert not hasattr(app_module, "app") and callable(app_module.create_app)

@@ -1,0 +1,73 @@
+"""The HTTP API and web UI: predictions from the registry's champion, feedback into the queue.
+
+Built by a factory, never at import, so importing the package touches no params, registry or
+queue:
+
+    multitag serve                                             # host and port from params.yaml
+    uvicorn --factory multitag.serving.app:create_app          # MULTITAG_PARAMS names another params file
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.staticfiles import StaticFiles
+
+from multitag.config import Params, load_params
+from multitag.feedback.queue import FeedbackQueue
+from multitag.serving.limits import BodySizeLimit, body_limit_bytes
+from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
+from multitag.serving.routes import STATIC_DIR, Services, router
+from multitag.serving.watcher import ChampionWatcher
+
+log = logging.getLogger(__name__)
+PARAMS_ENV = "MULTITAG_PARAMS"
+
+
+def params_or_defaults(params_path: Path | str) -> Params:
+    """The project's params, or the defaults when the file is absent (a server outside a project)."""
+    if not Path(params_path).exists():
+        log.warning("%s not found: serving with default parameters", params_path)
+        return Params()
+    return load_params(params_path)
+
+
+def create_app(
+    params: Params | None = None, params_path: Path | str | None = None, retrain_trigger: RetrainTrigger | None = None
+) -> FastAPI:
+    """The API. Nothing touches the registry or the queue until the server starts."""
+    params_path = params_path or os.environ.get(PARAMS_ENV, "params.yaml")
+    params = params or params_or_defaults(params_path)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        queue = FeedbackQueue(params.feedback.db_path, params.feedback.images_dir, params.feedback.lease_seconds)
+        watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s)
+        trigger = retrain_trigger or retrain_trigger_from_env(params.feedback.db_path.parent / "retrain.log", params_path)
+        app.state.services = Services(params, watcher, queue, trigger)
+        await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
+        watcher.start()
+        try:
+            yield
+        finally:
+            watcher.stop()
+
+    app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(router)
+    return app
+
+
+def serve(host: str | None = None, port: int | None = None, params_path: Path | str = "params.yaml") -> None:
+    """Run the API and UI with uvicorn in one process (the model lives in it); `multitag serve` calls this."""
+    import uvicorn
+
+    params = params_or_defaults(params_path)
+    uvicorn.run(create_app(params, params_path), host=host or params.serve.host, port=port or params.serve.port)

@@ -1,0 +1,264 @@
+"""The endpoints. Each reads the shared `Services` through a dependency and answers with a
+response model from schemas.py; heavy work (decoding, the batched model call, queue writes)
+runs in the threadpool, so the event loop keeps accepting requests."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from multitag.config import Params
+from multitag.data import images
+from multitag.feedback.queue import FeedbackQueue
+from multitag.serving import schemas
+from multitag.serving.limits import read_uploads
+from multitag.serving.problems import bad_images, http_problem, image_problem
+from multitag.serving.retrain_trigger import RetrainTrigger
+from multitag.serving.watcher import ChampionWatcher, ServedModel
+
+STATIC_DIR = Path(__file__).parent / "static"
+NO_MODEL = "no model yet: no champion of {name}; run `make demo` or `multitag pipeline --source ... --path ...` to register one"
+METRIC_TAGS = ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")
+# Our error bodies, documented per status. 422 stays FastAPI's own (a field missing or of the wrong
+# type), though an unusable image is also a 422 with our body.
+PROBLEMS = {status: {"model": schemas.ProblemResponse} for status in (401, 403, 404, 413, 415, 500, 503)}
+
+
+@dataclass
+class Services:
+    """What the endpoints share, created when the server starts (not at import)."""
+
+    params: Params
+    watcher: ChampionWatcher
+    queue: FeedbackQueue
+    retrain: RetrainTrigger
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+router = APIRouter(responses=PROBLEMS)
+
+
+def served_model(services: Services) -> ServedModel:
+    """The model to answer with, or 503 saying how to get one."""
+    served = services.watcher.current
+    if served is None:
+        raise http_problem(503, "no_model", NO_MODEL.format(name=services.watcher.name))
+    return served
+
+
+def require_admin(request: Request, services: ServicesDep) -> None:
+    """Admin endpoints need `Authorization: Bearer <token>`; without a configured token they are off, never open."""
+    env_name = services.params.serve.admin_token_env
+    expected = os.environ.get(env_name, "")
+    if not expected:
+        raise http_problem(403, "disabled", f"admin endpoints are disabled: set {env_name} on the server to enable them")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise http_problem(401, "unauthorized", "send `Authorization: Bearer <admin token>`", headers={"WWW-Authenticate": "Bearer"})
+
+
+def parse_labels(raw: str, classes: list[str]) -> list[str]:
+    """A JSON list (`["cat", "dog"]`) or `cat|dog`; 422 naming any class the model does not know."""
+    if raw.strip().startswith("["):
+        try:
+            labels = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise http_problem(422, "bad_labels", f"labels look like JSON but do not parse: {err}") from None
+        if not all(isinstance(label, str) for label in labels):
+            raise http_problem(422, "bad_labels", "labels must be a JSON list of class names (strings)")
+    else:
+        labels = raw.split("|")
+    labels = sorted({label.strip() for label in labels if label.strip()})
+    unknown = [label for label in labels if label not in classes]
+    if unknown:
+        known = ", ".join(classes)
+        raise http_problem(422, "unknown_classes", f"unknown classes: {', '.join(unknown)}; the model knows: {known}", unknown=unknown)
+    return labels
+
+
+def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], queue: FeedbackQueue) -> list[schemas.Prediction]:
+    """Decode every file and run ONE batched model call; store each image so /feedback can name it by hash.
+
+    Only when the batch fails are the files checked one by one, to tell the user which are bad.
+    """
+    predictor = served.predictor
+    try:
+        predictions = predictor.predict_bytes([data for _, data in uploads])
+    except Exception:
+        problems = [p for name, data in uploads if (p := image_problem(predictor.decode, name, data))]
+        if problems:
+            raise bad_images(problems) from None
+        raise
+    for _, data in uploads:
+        queue.store_image(data)
+    return [
+        schemas.Prediction(
+            filename=name,
+            labels=p.labels,
+            probabilities=p.probabilities,
+            model_version=served.version.version,
+            model_alias=served.alias,
+            image_sha256=p.image_sha256,
+        )
+        for (name, _), p in zip(uploads, predictions)
+    ]
+
+
+def queue_feedback(
+    queue: FeedbackQueue,
+    upload: bytes | None,
+    sha: str | None,
+    labels: list[str],
+    model_version: str | None,
+    note: str | None,
+    max_pixels: int,
+) -> schemas.FeedbackAccepted:
+    """Queue one correction, by image bytes or by the hash of an image /predict stored."""
+    if upload is not None:
+        problem = image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
+        if problem:
+            raise bad_images([problem])
+        result = queue.add(upload, labels, model_version, note)
+    else:
+        try:
+            result = queue.add_by_sha(sha or "", labels, model_version, note)
+        except ValueError as err:
+            raise http_problem(422, "bad_sha256", str(err)) from None
+        except KeyError:
+            message = f"no stored image has sha256 {sha}; send the image itself as `file`, or /predict it first"
+            raise http_problem(404, "unknown_image", message) from None
+    return schemas.FeedbackAccepted(id=result.id, image_sha256=result.image_sha256, merged=result.merged)
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+@router.get("/health")
+def health(services: ServicesDep) -> schemas.Health:
+    """Always 200 while the process serves; `model_loaded` says whether /predict can answer."""
+    served, watcher, limits = services.watcher.current, services.watcher, services.params.serve
+    return schemas.Health(
+        status="ok",
+        model_loaded=served is not None,
+        model_name=watcher.name,
+        model_alias=watcher.alias,
+        model_version=served.version.version if served else None,
+        last_checked_at=watcher.last_checked_at,
+        last_error=watcher.last_error,
+        limits=schemas.Limits(max_files=limits.max_files, max_upload_bytes=limits.max_upload_bytes),
+    )
+
+
+@router.get("/model")
+def model(services: ServicesDep) -> schemas.ModelInfo:
+    """The served version: its contract (classes, thresholds) and the metrics it was registered with."""
+    served = served_model(services)
+    predictor, tags = served.predictor, served.version.tags
+    return schemas.ModelInfo(
+        name=served.name,
+        version=served.version.version,
+        alias=served.alias,
+        architecture=predictor.info.get("architecture") or tags.get("architecture"),
+        classes=predictor.classes,
+        thresholds=dict(zip(predictor.classes, predictor.thresholds.tolist())),
+        input_size=predictor.input_size,
+        metrics={key: float(tags[key]) for key in METRIC_TAGS if key in tags},
+        gate_verdict=tags.get("gate_verdict"),
+        run_id=served.version.run_id,
+        loaded_at=served.loaded_at,
+    )
+
+
+@router.post("/predict")
+async def predict(
+    files: Annotated[list[UploadFile], File(description="One or more images.")], services: ServicesDep
+) -> schemas.Predictions:
+    """Labels above each class threshold and every class probability, per file, from one batched call."""
+    served = served_model(services)
+    uploads = await read_uploads(files, services.params.serve)
+    return schemas.Predictions(predictions=await run_in_threadpool(predict_uploads, served, uploads, services.queue))
+
+
+@router.post("/feedback", status_code=202)
+async def feedback(
+    services: ServicesDep,
+    labels: Annotated[str, Form(description='The correct classes: a JSON list or "a|b".')],
+    file: Annotated[UploadFile | None, File(description="The image, or send image_sha256 instead.")] = None,
+    image_sha256: Annotated[str | None, Form(description="Hash of an image sent to /predict before.")] = None,
+    note: Annotated[str | None, Form()] = None,
+    model_version: Annotated[str | None, Form(description="The version whose prediction is corrected.")] = None,
+) -> schemas.FeedbackAccepted:
+    """Queue a user's corrected labels for the next retraining."""
+    if (file is None) == (image_sha256 is None):
+        raise http_problem(422, "image_missing", "send exactly one of `file` (the image) or `image_sha256`")
+    chosen = parse_labels(labels, served_model(services).predictor.classes)
+    upload = (await read_uploads([file], services.params.serve))[0][1] if file is not None else None
+    max_pixels = services.params.validate_.max_pixels
+    return await run_in_threadpool(queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, max_pixels)
+
+
+@router.get("/feedback/stats")
+async def feedback_stats(services: ServicesDep) -> schemas.FeedbackStats:
+    """Queue counts per state and pending label counts."""
+    return schemas.FeedbackStats(**await run_in_threadpool(services.queue.stats))
+
+
+@router.post("/retrain", status_code=202, dependencies=[Depends(require_admin)])
+async def retrain(
+    services: ServicesDep,
+    files: Annotated[list[UploadFile], File(description="Images to train on.")],
+    labels: Annotated[list[str], Form(description="One label set for all files, or one per file (same order).")],
+    note: Annotated[str | None, Form()] = None,
+) -> schemas.RetrainAccepted:
+    """Admin: queue labelled images, then start the retraining flow without waiting for it."""
+    if len(labels) not in (1, len(files)):
+        raise http_problem(422, "labels_mismatch", f"{len(files)} files but {len(labels)} label sets; send one or one per file")
+    classes = served_model(services).predictor.classes
+    label_sets = [parse_labels(raw, classes) for raw in labels]
+    if len(label_sets) == 1:  # one label set for every file
+        label_sets *= len(files)
+    uploads = await read_uploads(files, services.params.serve)
+    max_pixels = services.params.validate_.max_pixels
+
+    def queue_all() -> list[schemas.FeedbackAccepted]:
+        return [
+            queue_feedback(services.queue, data, None, chosen, None, note or f"retrain upload {name}", max_pixels)
+            for (name, data), chosen in zip(uploads, label_sets)
+        ]
+
+    queued = await run_in_threadpool(queue_all)
+    try:
+        triggered = await run_in_threadpool(services.retrain)
+    except Exception as err:
+        raise http_problem(
+            503,
+            "trigger_failed",
+            f"retraining could not be started ({type(err).__name__}: {err}); the feedback is queued and the nightly run will use it",
+            queued=[item.model_dump() for item in queued],
+        ) from None
+    return schemas.RetrainAccepted(queued=queued, triggered=triggered)
+
+
+@router.post("/admin/reload", dependencies=[Depends(require_admin)])
+async def admin_reload(services: ServicesDep) -> schemas.Reloaded:
+    """Admin: check the champion alias now instead of waiting for the next poll."""
+    watcher = services.watcher
+    changed = await run_in_threadpool(watcher.refresh_logged)
+    if watcher.last_error:
+        raise http_problem(500, "reload_failed", f"{watcher.last_error}; still serving the previous model")
+    served = watcher.current
+    return schemas.Reloaded(changed=changed, model_loaded=served is not None, model_version=served.version.version if served else None)
