@@ -4,7 +4,9 @@ Three models, scored on the same frozen test split of ../shared/datasets/voc-rea
 own split: validate + preprocess stages, a stratified 15 % test set), each in a fresh subprocess:
 
 - champion: the photo recipe as `multitag pipeline --source voc` trains it (params.yaml with its
-  `auto` values resolved for photos: multitag/recipes.py), thresholds tuned by `evaluate_model`;
+  `auto` values resolved for photos: multitag/recipes.py: the fine-tuned 224 px network and a
+  probe reading the photos at 384 px, logits 0.3 / 0.7, both flip-averaged), thresholds tuned by
+  `evaluate_model`;
 - probe: the strong baseline. scikit-learn logistic regression on frozen ImageNet MobileNetV2
   features at 320 px, flip-averaged, fitted on train+val, C by 3-fold cross-validation on
   train+val (multitag/modeling/baselines.py, the gate's own probe); its thresholds are tuned by the
@@ -60,6 +62,7 @@ TODAY: dict[str, object] = {
     "train.fine_tune_learning_rate": 3e-4,
     "train.fine_tune_epochs": 8,
     "train.flip_average": False,
+    "train.probe_ensemble": False,
     "evaluate.min_threshold_positives": 1,
     "evaluate.threshold_bounds": [0.0, 1.0],
 }

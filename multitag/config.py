@@ -92,6 +92,8 @@ class TrainParams(_Strict):
     augment: bool = True
     flip_average: bool | Literal["auto"] = "auto"
     probe_ensemble: bool | Literal["auto"] = "auto"
+    probe_input_size: int | Literal["auto"] = "auto"
+    network_weight: float | Literal["auto"] = "auto"
 
 
 class EvaluateParams(_Strict):

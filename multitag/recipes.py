@@ -28,6 +28,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.class_weighting": "none",
         "train.flip_average": True,
         "train.probe_ensemble": True,
+        "train.probe_input_size": 384,
+        "train.network_weight": 0.3,
     },
     SHAPES: {
         "preprocess.image_size": 64,
@@ -39,6 +41,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "train.class_weighting": "positive_weights",
         "train.flip_average": False,
         "train.probe_ensemble": False,
+        "train.probe_input_size": 64,
+        "train.network_weight": 0.5,
     },
 }
 

@@ -9,30 +9,34 @@ import numpy as np
 from multitag.modeling import models
 
 
-def _members(size: int = 32, classes: int = 3):
+def _members(size: int = 32, classes: int = 3, probe_size: int = 48):
+    """A network and a probe that reads the images resized to `probe_size`."""
     keras.utils.set_random_seed(0)
     extractor = models.build_feature_extractor("small_cnn", size, None)
     logits = models.assemble(extractor, models.build_head(int(extractor.output_shape[-1]), classes, [], 0.0))
-    frozen = models.build_feature_extractor("small_cnn", size, None)
+    frozen = models.probe_features(models.build_feature_extractor("small_cnn", probe_size, None), size)
     rng = np.random.default_rng(1)
     kernel = rng.normal(0, 0.1, (int(frozen.output_shape[-1]), classes)).astype("float32")
     bias = rng.normal(0, 0.1, classes).astype("float32")
     return logits, models.probe_branch(frozen, kernel, bias)
 
 
-def test_the_served_ensemble_is_the_mean_of_its_members_over_both_views(tmp_path):
+def test_the_served_ensemble_is_the_weighted_mean_of_its_members_logits_over_both_views(tmp_path):
     logits, probe = _members()
-    served = models.with_sigmoid(logits, flip_average=True, probe=probe)
+    served = models.with_sigmoid(logits, flip_average=True, probe=probe, network_weight=0.3)
     images = np.random.default_rng(2).integers(0, 255, (4, 32, 32, 3)).astype("float32")
     mirrored = images[:, :, ::-1]
     sigmoid = lambda z: 1 / (1 + np.exp(-np.asarray(z, dtype="float64")))  # noqa: E731
-    expected = np.mean([sigmoid(net.predict_on_batch(view)) for net in (logits, probe) for view in (images, mirrored)], axis=0)
+    view_mean = {net.name: np.mean([net.predict_on_batch(view) for view in (images, mirrored)], axis=0) for net in (logits, probe)}
+    expected = sigmoid(0.3 * view_mean[logits.name] + 0.7 * view_mean[probe.name])
     np.testing.assert_allclose(served.predict_on_batch(images), expected, rtol=1e-4, atol=1e-5)
 
     served.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
     np.testing.assert_allclose(loaded.predict_on_batch(images), served.predict_on_batch(images), rtol=1e-5, atol=1e-6)
     assert not any(w.trainable for w in loaded.get_layer("probe_branch").weights), "the probe stays frozen"
+    resize = loaded.get_layer("probe_branch").get_layer("probe_features").get_layer("probe_resize")
+    assert tuple(resize.output.shape[1:3]) == (48, 48), "the probe reads the images at its own size"
 
 
 def test_without_options_the_served_model_is_the_plain_sigmoid():

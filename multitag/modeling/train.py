@@ -200,7 +200,6 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     train_batches = ImageBatches(x_train, y_train, params.batch_size, True, params.seed)
     val_batches = ImageBatches(x_val, y_val, params.batch_size, False, 0)
 
-    f_train = None  # phase 1's frozen features of the training images, when it runs
     if arch.pretrained and init_model is None:
         extractor.trainable = False
         t0 = time.perf_counter()
@@ -234,8 +233,8 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", label)
     timings["fine_tune"] = time.perf_counter() - t0
 
-    probe = _probe_branch(name, size, weights, x_train, y_train, params, f_train) if params.probe_ensemble and arch.pretrained else None
-    served = models.with_sigmoid(logits_model, flip_average=bool(params.flip_average), probe=probe)
+    probe = _probe_branch(name, size, weights, x_train, y_train, params) if params.probe_ensemble and arch.pretrained else None
+    served = models.with_sigmoid(logits_model, bool(params.flip_average), probe, float(params.network_weight))
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
     val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
@@ -265,22 +264,23 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
     return keras.Model(inputs, network(augment(inputs) if augment is not None else inputs))
 
 
-def _probe_branch(
-    name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, features: np.ndarray | None
-) -> keras.Model:
+def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams) -> keras.Model:
     """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
-    the training images (phase 1's cache when there was one), C by cross-validation on train."""
-    from multitag.modeling.baselines import fit_probes, probe_weights
+    the training images, read at `probe_input_size` and flip-averaged as served, C by
+    cross-validation on train (train only, so its validation scores stay honest for thresholds)."""
+    from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
 
-    frozen = models.build_feature_extractor(name, size, weights)
+    frozen = models.build_feature_extractor(name, int(params.probe_input_size), weights)
     frozen.trainable = False
-    if features is None:
-        report(f"{name} probe: frozen features of {len(x_train)} images ...")
-        features = extract_features(frozen, x_train, params.batch_size)
+    features_model = models.probe_features(frozen, size)
+    t0 = time.perf_counter()
+    report(f"{name} probe: frozen features of {len(x_train)} images at {params.probe_input_size}px, both views ...")
+    features = flip_averaged_features(features_model, x_train, params.batch_size)
+    report(f"{name} probe: features in {time.perf_counter() - t0:.0f} s; fitting the logistic regression")
     t0 = time.perf_counter()
     fitted = fit_probes(features, y_train, params.seed)
     report(f"{name} probe: logistic regression on frozen features, C={fitted.c} (3-fold CV on train), {time.perf_counter() - t0:.0f} s")
-    return models.probe_branch(frozen, *probe_weights(fitted.probes, features.shape[1]))
+    return models.probe_branch(features_model, *probe_weights(fitted.probes, features.shape[1]))
 
 
 def _logits_weights(init_model: Path) -> list[np.ndarray]:
