@@ -287,8 +287,10 @@ def feedback_list(
 @feedback_app.command("import")
 def feedback_import(directory: Path, params_path: Path = ParamsOption) -> None:
     """Queue a folder of images with DIR/labels.csv (filename,labels; labels separated by '|')."""
+    from multitag.feedback.importer import import_dir
+
     try:
-        report = _queue(params_path).import_dir(directory)
+        report = import_dir(_queue(params_path), directory)
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     console.print(f"added {len(report.added)}, merged {len(report.merged)}, errors {len(report.errors)}")

@@ -44,7 +44,7 @@ def test_concurrent_feedback_is_never_lost_or_doubled(registry_env, live_server,
     queue = FeedbackQueue(params.feedback.db_path, params.feedback.images_dir)
     images = [png(f"reliable-{i}") for i in range(125)]
     for data in images:
-        queue.store_image(data)  # so that a by-hash post may arrive before its by-file twin
+        queue.images.store(data)  # so that a by-hash post may arrive before its by-file twin
     label_sets = [["cat"], ["dog"], ["cat", "person"], []]
     corrections = [(data, labels) for data in images for labels in label_sets]
     posts = [(index, by_file) for index in range(len(corrections)) for by_file in (True, False)]

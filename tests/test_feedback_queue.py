@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from multitag.feedback.queue import FeedbackQueue, image_extension
+from multitag.feedback.importer import import_dir
+from multitag.feedback.queue import FeedbackQueue
+from multitag.feedback.store import image_extension
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -64,7 +66,7 @@ def test_add_stores_the_image_content_addressed(tmp_path):
     result = queue.add(data, ["dog"], model_version="3", note="was cat")
     sha = hashlib.sha256(data).hexdigest()
     assert result.image_sha256 == sha and not result.merged
-    path = queue.image_path(sha)
+    path = queue.images.path(sha)
     assert path == tmp_path / "images" / sha[:2] / f"{sha}.png"
     assert path.read_bytes() == data
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -103,12 +105,12 @@ def test_same_image_and_label_set_is_merged_while_open(tmp_path):
 
 def test_add_by_sha_needs_a_stored_image(tmp_path):
     queue = make_queue(tmp_path)
-    with pytest.raises(KeyError, match="store_image"):
+    with pytest.raises(KeyError, match=r"images\.store"):
         queue.add_by_sha("ab" * 32, ["dog"])
     with pytest.raises(ValueError, match="sha256"):
         queue.add_by_sha("../../etc/passwd", ["dog"])
-    sha = queue.store_image(b"\xff\xd8\xff\xe0jpeg bytes")
-    assert queue.image_path(sha).suffix == ".jpg"
+    sha = queue.images.store(b"\xff\xd8\xff\xe0jpeg bytes")
+    assert queue.images.path(sha).suffix == ".jpg"
     result = queue.add_by_sha(sha.upper(), ["dog"])
     assert result.image_sha256 == sha and queue.pending_count() == 1
 
@@ -141,7 +143,7 @@ def test_concurrent_threads_lose_nothing_and_double_nothing(tmp_path):
     queue = make_queue(tmp_path)
     jobs = concurrent_jobs()
     with ThreadPoolExecutor(8) as pool:
-        chunks = pool.map(lambda part: add_many(queue.db_path, queue.images_dir, part), [jobs[i::8] for i in range(8)])
+        chunks = pool.map(lambda part: add_many(queue.db_path, queue.images.root, part), [jobs[i::8] for i in range(8)])
         results = [row for chunk in chunks for row in chunk]
     check_none_lost_none_doubled(queue, results)
 
@@ -150,7 +152,7 @@ def test_concurrent_processes_lose_nothing_and_double_nothing(tmp_path):
     queue = make_queue(tmp_path)
     jobs = concurrent_jobs()
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        pending = pool.starmap_async(add_many, [(queue.db_path, queue.images_dir, jobs[i::4]) for i in range(4)])
+        pending = pool.starmap_async(add_many, [(queue.db_path, queue.images.root, jobs[i::4]) for i in range(4)])
         results = [row for chunk in pending.get(timeout=60) for row in chunk]
     check_none_lost_none_doubled(queue, results)
 
@@ -204,7 +206,7 @@ def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from multitag.feedback.queue import FeedbackQueue
-        items = FeedbackQueue({str(queue.db_path)!r}, {str(queue.images_dir)!r}, lease_seconds=0.5).claim("doomed")
+        items = FeedbackQueue({str(queue.db_path)!r}, {str(queue.images.root)!r}, lease_seconds=0.5).claim("doomed")
         print(len(items), flush=True)
         time.sleep(60)
     """)
@@ -334,7 +336,7 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
     )
     (tmp_path / "outside.png").write_bytes(fake_png(3))
     queue = make_queue(tmp_path / "queue")
-    report = queue.import_dir(folder)
+    report = import_dir(queue, folder)
     assert [(p.line, p.reason.split(":")[0]) for p in report.errors] == [
         (3, "missing_file"),
         (4, "bad_csv_row"),
@@ -349,7 +351,7 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
 def test_import_dir_needs_its_csv(tmp_path):
     queue = make_queue(tmp_path)
     with pytest.raises(FileNotFoundError, match="filename,labels"):
-        queue.import_dir(tmp_path)
+        import_dir(queue, tmp_path)
     (tmp_path / "other.csv").write_text("name,tags\nx.png,cat\n")
     with pytest.raises(ValueError, match="header"):
-        queue.import_dir(tmp_path, tmp_path / "other.csv")
+        import_dir(queue, tmp_path, tmp_path / "other.csv")

@@ -43,6 +43,13 @@ class SourceData:
     classes: list[str]
 
 
+def normalize_labels(labels: Iterable[str]) -> list[str]:
+    """Strip, drop empties, deduplicate and sort: the one form a label set is stored and compared in."""
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of class names, not the string {labels!r}")
+    return sorted({label.strip() for label in labels if label.strip()})
+
+
 def to_frame(records: Iterable[Record]) -> pd.DataFrame:
     """Records to a manifest DataFrame with the contract's columns, in order."""
     rows = [{k: v for k, v in asdict(r).items() if k != "problems"} for r in records]

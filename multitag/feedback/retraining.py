@@ -38,7 +38,7 @@ def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_di
     (export_dir / "images").mkdir(parents=True)
     rows = ["filename,labels,split"]
     for item in sorted(items, key=lambda i: i.id):
-        source = queue.image_path(item.image_sha256)
+        source = queue.images.path(item.image_sha256)
         target = export_dir / "images" / f"fb{item.id}{source.suffix}"
         shutil.copyfile(source, target)
         rows.append(f"images/{target.name},{'|'.join(item.labels)},{feedback_split(item.image_sha256)}")

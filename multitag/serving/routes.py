@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 
 from multitag.config import Params
 from multitag.data import images
+from multitag.data.manifest import normalize_labels
 from multitag.feedback.queue import FeedbackQueue
 from multitag.serving import schemas
 from multitag.serving.limits import read_uploads
@@ -80,7 +81,7 @@ def parse_labels(raw: str, classes: list[str]) -> list[str]:
             raise http_problem(422, "bad_labels", "labels must be a JSON list of class names (strings)")
     else:
         labels = raw.split("|")
-    labels = sorted({label.strip() for label in labels if label.strip()})
+    labels = normalize_labels(labels)
     unknown = [label for label in labels if label not in classes]
     if unknown:
         known = ", ".join(classes)
@@ -102,7 +103,7 @@ def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], queue
             raise bad_images(problems) from None
         raise
     for _, data in uploads:
-        queue.store_image(data)
+        queue.images.store(data)
     return [
         schemas.Prediction(
             filename=name,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from multitag.config import DataParams
-from multitag.data.manifest import Record, SourceData
+from multitag.data.manifest import Record, SourceData, normalize_labels
 from multitag.data.sources import require
 
 LAYOUT = "labels.csv (filename,labels[,split]; labels separated by '|'), image files relative to it, optional classes.txt"
@@ -22,7 +24,7 @@ def read(root: Path, params: DataParams) -> SourceData:
     csv_path = root if root.suffix == ".csv" else root / "labels.csv"
     require(csv_path, "labels CSV", LAYOUT)
     base = csv_path.parent
-    records = [_record(base, number, raw) for number, raw in _rows(csv_path)]
+    records = [_record(base, row) for row in read_rows(csv_path)]
     classes_file = base / "classes.txt"
     if classes_file.exists():
         classes = [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
@@ -42,30 +44,45 @@ def read_synthetic(root: Path, params: DataParams) -> SourceData:
     return data
 
 
-def _rows(csv_path: Path):
-    """Yield (line number, raw bytes) of each data row, header skipped."""
+@dataclass(frozen=True)
+class CsvRow:
+    """One data row of a labels CSV, or why it cannot be read (`problem`, 'bad_csv_row: ...')."""
+
+    line: int
+    filename: str
+    labels: list[str] = field(default_factory=list)
+    split: str = ""
+    problem: str | None = None
+
+
+def read_rows(csv_path: Path) -> Iterator[CsvRow]:
+    """Each data row of `filename,labels[,split]`, header checked, decoded one by one so one bad
+    row is reported instead of failing the whole file (the feedback importer reads the same)."""
     lines = csv_path.read_bytes().splitlines()
     header = lines[0].decode("utf-8-sig", errors="replace").strip().lower() if lines else ""
     if not header.startswith("filename"):
-        raise ValueError(f"{csv_path}: first line must be the header 'filename,labels', got {header!r}")
-    for number, raw in enumerate(lines[1:], start=2):
+        raise ValueError(f"{csv_path}: the first line must be the header 'filename,labels', got {header!r}; the layout is {LAYOUT}")
+    for line, raw in enumerate(lines[1:], start=2):
         if raw.strip():
-            yield number, raw
+            yield _parse(line, raw)
 
 
-def _record(base: Path, number: int, raw: bytes) -> Record:
-    """One CSV row as a record; undecodable or short rows carry a problem instead of labels."""
+def _parse(line: int, raw: bytes) -> CsvRow:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
+        fields = next(csv.reader(io.StringIO(raw.decode("utf-8"))))
+    except (UnicodeDecodeError, csv.Error) as err:
         name = raw.split(b",")[0].decode("utf-8", errors="replace")
-        return Record(f"row{number}", str(base / name), [], problems=[f"bad_csv_row: line {number} is not UTF-8 ({err.reason})"])
-    fields = next(csv.reader(io.StringIO(text)))
-    if len(fields) < 2:
-        return Record(
-            f"row{number}", str(base / fields[0]) if fields else "", [], problems=[f"bad_csv_row: line {number} has no labels column"]
-        )
-    filename, label_text = fields[0].strip(), fields[1]
-    labels = sorted({label.strip() for label in label_text.split("|") if label.strip()})
+        return CsvRow(line, name, problem=f"bad_csv_row: line {line} is not UTF-8 or not CSV ({err})")
+    filename = fields[0].strip() if fields else ""
+    if len(fields) < 2 or not filename:
+        return CsvRow(line, filename, problem=f"bad_csv_row: line {line} has no {'labels column' if filename else 'filename'}")
     split = fields[2].strip().lower() if len(fields) > 2 else ""
-    return Record(Path(filename).stem, str(base / filename), labels, split, "csv")
+    return CsvRow(line, filename, normalize_labels(fields[1].split("|")), split)
+
+
+def _record(base: Path, row: CsvRow) -> Record:
+    """One CSV row as a record; an unreadable row carries its problem instead of labels."""
+    path = str(base / row.filename) if row.filename else ""
+    if row.problem:
+        return Record(f"row{row.line}", path, [], problems=[row.problem])
+    return Record(Path(row.filename).stem, path, row.labels, row.split, "csv")
