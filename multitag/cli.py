@@ -8,11 +8,33 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from multitag.config import ParamsError, load_params
+from multitag.config import Source, load_params
+from multitag.errors import MissingInputError, MultitagError, UsageError
+from multitag.feedback.queue import RequeueState, State
 from multitag.layout import Layout
 
-app = typer.Typer(help="multitag: multi-label image classification pipeline.", no_args_is_help=True, pretty_exceptions_enable=False)
+out = Console()  # what a command produces: tables, reports, JSON
+console = Console(stderr=True)  # what it says about its progress and problems
+
+
+class Commands(TyperGroup):
+    """Every command ends a domain error the same way: its message in red, exit code 1.
+    Anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MultitagError as err:
+            console.print(Text(f"{type(err).__name__}: {err}", style="red"))
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=Commands, help="multitag: multi-label image classification pipeline.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 data_app = typer.Typer(help="Download, validate, preprocess and describe datasets.", no_args_is_help=True)
 feedback_app = typer.Typer(help="The feedback queue of users' corrected labels.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
@@ -24,32 +46,16 @@ console = Console(stderr=True)
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameters file.")
 
 
-def _params(path: Path, overrides: dict | None = None):
-    try:
-        return load_params(path, overrides)
-    except ParamsError as err:
-        console.print(f"[red]{err}[/red]")
-        raise typer.Exit(2) from None
-
-
-def _fail(err: Exception) -> None:
-    console.print(f"[red]{type(err).__name__}: {err}[/red]")
-    raise typer.Exit(1)
-
-
 @data_app.command("download")
 def data_download(
     name: str = typer.Argument(..., help="Dataset name, e.g. voc2007."),
-    raw_dir: Path = typer.Option(Path("data/raw"), help="Where archives are kept and extracted."),
+    raw_dir: Path = typer.Option(Layout().raw, help="Where archives are kept and extracted."),
     base_url: str | None = typer.Option(None, help="Mirror to download from instead of the official host."),
 ) -> None:
     """Download (resumable, checksum-verified) and extract a known dataset."""
     from multitag.data.download import download_dataset
 
-    try:
-        root = download_dataset(name, raw_dir, base_url)
-    except (ValueError, OSError) as err:
-        _fail(err)
+    root = download_dataset(name, raw_dir, base_url)
     console.print(f"[green]{name} ready at {root}[/green]; set data.source and data.path in params.yaml to use it.")
 
 
@@ -59,7 +65,7 @@ def data_synthesize(params_path: Path = ParamsOption) -> None:
     source generates nothing."""
     from multitag.stages import synthesize_stage
 
-    params = _params(params_path)
+    params = load_params(params_path)
     root = synthesize_stage(params)
     if params.data.source == "synthetic":
         console.print(f"[green]{params.data.synthetic.n_images} synthetic images in {root}[/green]")
@@ -70,15 +76,10 @@ def data_synthesize(params_path: Path = ParamsOption) -> None:
 @data_app.command("validate")
 def data_validate(params_path: Path = ParamsOption) -> None:
     """Validate the configured dataset; bad items go to the quarantine table."""
-    from multitag.data.sources import DatasetLayoutError
-    from multitag.data.validation import ValidationFailed
     from multitag.stages import validate_stage
 
-    params = _params(params_path)
-    try:
-        paths = validate_stage(params)
-    except (DatasetLayoutError, ValidationFailed, ValueError) as err:
-        _fail(err)
+    params = load_params(params_path)
+    paths = validate_stage(params)
     report = json.loads(paths["report_json"].read_text())
     console.print(
         f"[green]{report['images_valid']} valid[/green], {report['images_quarantined']} quarantined "
@@ -91,11 +92,8 @@ def data_preprocess(params_path: Path = ParamsOption) -> None:
     """Split and write uint8 arrays per split to data/processed/."""
     from multitag.stages import preprocess_stage
 
-    params = _params(params_path)
-    try:
-        summary = preprocess_stage(params)
-    except (FileNotFoundError, RuntimeError) as err:
-        _fail(err)
+    params = load_params(params_path)
+    summary = preprocess_stage(params)
     console.print(f"[green]Wrote {summary['splits']} images at {summary['image_size']}px[/green] to {Layout().processed}")
 
 
@@ -105,7 +103,7 @@ def data_describe(params_path: Path = ParamsOption) -> None:
     layout = Layout()
     report_path = layout.validated / "report.json"
     if not report_path.exists():
-        _fail(FileNotFoundError(f"{report_path} not found: run `multitag data validate` first"))
+        raise MissingInputError(f"{report_path} not found: run `multitag data validate` first")
     report = json.loads(report_path.read_text())
     splits = sorted({s for counts in report["per_class_counts"].values() for s in counts})
     table = Table(title=f"{report['images_valid']} valid images, {report['images_quarantined']} quarantined")
@@ -113,12 +111,12 @@ def data_describe(params_path: Path = ParamsOption) -> None:
         table.add_column(column)
     for name, counts in report["per_class_counts"].items():
         table.add_row(name, *(str(counts.get(s, 0)) for s in splits))
-    Console().print(table)
+    out.print(table)
     import pandas as pd
 
     quarantine = pd.read_parquet(layout.validated / "quarantine.parquet")
     if len(quarantine):
-        Console().print(quarantine[["image_id", "reason", "detail"]].to_string(index=False))
+        out.print(quarantine[["image_id", "reason", "detail"]].to_string(index=False))
 
 
 @app.command("train")
@@ -130,17 +128,14 @@ def train(
     """Train architectures on data/processed (each in its own process when several)."""
     from multitag.stages import train_in_subprocess, train_stage
 
-    params = _params(params_path)
+    params = load_params(params_path)
     names = arch or params.train.architectures
-    try:
-        if len(names) == 1:
-            result = train_stage(params, names[0], init_model=init_model)
-            console.print(f"[green]{names[0]}[/green]: best val mAP {result['best_val_mAP']:.4f} in {result['train_seconds']:.0f}s")
-        else:
-            for name in names:
-                train_in_subprocess(name, params_path, init_model=init_model)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(err)
+    if len(names) == 1:
+        result = train_stage(params, names[0], init_model=init_model)
+        console.print(f"[green]{names[0]}[/green]: best val mAP {result['best_val_mAP']:.4f} in {result['train_seconds']:.0f}s")
+    else:
+        for name in names:
+            train_in_subprocess(name, params_path, init_model=init_model)
 
 
 @app.command("evaluate")
@@ -151,20 +146,17 @@ def evaluate(
     tag: list[str] = typer.Option([], help="Extra KEY=VALUE tags for the MLflow runs."),
 ) -> None:
     """Score models on the frozen test split (thresholds tuned on validation)."""
-    params = _params(params_path)
-    try:
-        if model_uri is None:
-            from multitag.stages import evaluate_stage
+    params = load_params(params_path)
+    if model_uri is None:
+        from multitag.stages import evaluate_stage
 
-            summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
-            Console().print((Layout().metrics / "comparison.md").read_text())
-            console.print(f"MLflow parent run {summary['parent_run_id']}")
-        else:
-            from multitag.stages import evaluate_uri
+        summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
+        out.print((Layout().metrics / "comparison.md").read_text())
+        console.print(f"MLflow parent run {summary['parent_run_id']}")
+    else:
+        from multitag.stages import evaluate_uri
 
-            Console().print_json(data=evaluate_uri(model_uri, params))
-    except (FileNotFoundError, ValueError) as err:
-        _fail(err)
+        out.print_json(data=evaluate_uri(model_uri, params))
 
 
 @app.command("predict")
@@ -183,7 +175,7 @@ def predict(
             console.print(f"[red]{path}: {err}[/red]")
             continue
         probabilities = ", ".join(f"{c}={p:.3f}" for c, p in sorted(result.probabilities.items(), key=lambda kv: -kv[1]))
-        Console().print(f"{path}: [bold]{', '.join(result.labels) or '(no label)'}[/bold]  ({probabilities})")
+        out.print(f"{path}: [bold]{', '.join(result.labels) or '(no label)'}[/bold]  ({probabilities})")
 
 
 @app.command("gate")
@@ -191,11 +183,8 @@ def gate(params_path: Path = ParamsOption) -> None:
     """Judge the best candidate against the champion; writes reports/gate.md."""
     from multitag.stages import gate_stage
 
-    try:
-        result = gate_stage(_params(params_path))
-    except FileNotFoundError as err:
-        _fail(err)
-    Console().print((Layout().reports / "gate.md").read_text())
+    result = gate_stage(load_params(params_path))
+    out.print((Layout().reports / "gate.md").read_text())
     console.print(f"selected {result['selected']}: {'PASSED' if result['verdict']['passed'] else 'FAILED'}")
 
 
@@ -204,10 +193,7 @@ def register(params_path: Path = ParamsOption) -> None:
     """Register every candidate and move aliases by the gate's verdict."""
     from multitag.stages import register_stage
 
-    try:
-        result = register_stage(_params(params_path))
-    except FileNotFoundError as err:
-        _fail(err)
+    result = register_stage(load_params(params_path))
     from multitag.stages import outcome_message
 
     console.print(f"registered {result['versions']}; verdict {result['verdict']}")
@@ -219,7 +205,7 @@ def registry_list(params_path: Path = ParamsOption) -> None:
     """Every version with its aliases, architecture, test mAP and gate verdict."""
     from multitag.lifecycle import registry
 
-    name = _params(params_path).registry.model_name
+    name = load_params(params_path).registry.model_name
     table = Table(title=f"registered model {name}")
     for column in ("version", "aliases", "architecture", "test_mAP", "verdict", "data_hash"):
         table.add_column(column)
@@ -232,7 +218,7 @@ def registry_list(params_path: Path = ParamsOption) -> None:
             v.tags.get("gate_verdict", ""),
             v.tags.get("data_hash", "")[:12],
         )
-    Console().print(table)
+    out.print(table)
 
 
 @registry_app.command("promote")
@@ -240,7 +226,7 @@ def registry_promote(version: str, params_path: Path = ParamsOption) -> None:
     """Make VERSION the champion (the former one becomes previous-champion)."""
     from multitag.lifecycle import registry
 
-    name = _params(params_path).registry.model_name
+    name = load_params(params_path).registry.model_name
     former = registry.promote(name, version)
     console.print(f"[green]champion is now version {version}[/green]" + (f" (previous-champion: {former.version})" if former else ""))
 
@@ -250,28 +236,25 @@ def registry_rollback(params_path: Path = ParamsOption) -> None:
     """Move champion back to previous-champion in one step."""
     from multitag.lifecycle import registry
 
-    try:
-        old, new = registry.rollback(_params(params_path).registry.model_name)
-    except ValueError as err:
-        _fail(err)
+    old, new = registry.rollback(load_params(params_path).registry.model_name)
     console.print(f"[green]rolled back: champion {old} -> {new}[/green]")
 
 
 def _queue(params_path: Path):
     from multitag.feedback.retraining import open_queue
 
-    return open_queue(_params(params_path))
+    return open_queue(load_params(params_path))
 
 
 @feedback_app.command("stats")
 def feedback_stats(params_path: Path = ParamsOption) -> None:
     """Items per state and pending items per label."""
-    Console().print_json(data=_queue(params_path).stats())
+    out.print_json(data=_queue(params_path).stats())
 
 
 @feedback_app.command("list")
 def feedback_list(
-    state: str | None = typer.Option(None, help="pending | claimed | consumed | rejected"),
+    state: State | None = typer.Option(None, help="Only items in this state."),
     limit: int = typer.Option(50),
     params_path: Path = ParamsOption,
 ) -> None:
@@ -279,9 +262,9 @@ def feedback_list(
     table = Table()
     for column in ("id", "state", "labels", "image", "model", "reason"):
         table.add_column(column)
-    for item in _queue(params_path).list_items(state, limit):  # type: ignore[arg-type]
+    for item in _queue(params_path).list_items(state, limit):
         table.add_row(str(item.id), item.state, "|".join(item.labels), item.image_sha256[:12], item.model_version or "", item.reason or "")
-    Console().print(table)
+    out.print(table)
 
 
 @feedback_app.command("import")
@@ -289,10 +272,7 @@ def feedback_import(directory: Path, params_path: Path = ParamsOption) -> None:
     """Queue a folder of images with DIR/labels.csv (filename,labels; labels separated by '|')."""
     from multitag.feedback.importer import import_dir
 
-    try:
-        report = import_dir(_queue(params_path), directory)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(err)
+    report = import_dir(_queue(params_path), directory)
     console.print(f"added {len(report.added)}, merged {len(report.merged)}, errors {len(report.errors)}")
     for problem in report.errors:
         console.print(f"[yellow]line {problem.line} {problem.filename}: {problem.reason}[/yellow]")
@@ -301,11 +281,11 @@ def feedback_import(directory: Path, params_path: Path = ParamsOption) -> None:
 @feedback_app.command("requeue")
 def feedback_requeue(
     ids: list[int] = typer.Argument(None, help="Item ids; default: every item in --state."),
-    state: str = typer.Option("rejected", help="rejected | consumed"),
+    state: RequeueState = typer.Option("rejected", help="Which items to put back."),
     params_path: Path = ParamsOption,
 ) -> None:
     """Put rejected (or consumed) items back to pending."""
-    count = _queue(params_path).requeue(ids or None, state)  # type: ignore[arg-type]
+    count = _queue(params_path).requeue(ids or None, state)
     console.print(f"{count} items back to pending")
 
 
@@ -318,12 +298,12 @@ def retrain(
     if now:
         from flows.nightly_retraining import nightly_retraining
 
-        Console().print_json(data=nightly_retraining(params_path=str(params_path)))
+        out.print_json(data=nightly_retraining(params_path=str(params_path)))
         return
     import os
 
     if not os.environ.get("PREFECT_API_URL"):
-        _fail(RuntimeError("no Prefect server: run `make prefect-up` and export PREFECT_API_URL, or use `multitag retrain --now`"))
+        raise UsageError("no Prefect server: run `make prefect-up` and export PREFECT_API_URL, or use `multitag retrain --now`")
     from prefect.deployments import run_deployment
 
     run = run_deployment("nightly-retraining/nightly-retraining", timeout=0)
@@ -344,8 +324,8 @@ def serve(
 
 @app.command("pipeline")
 def pipeline(
-    source: str = typer.Option(..., help="voc | coco | yolo | csv | synthetic"),
-    path: Path | None = typer.Option(None, help="Dataset folder (default for synthetic: data/raw/synthetic)."),
+    source: Source = typer.Option(..., help="The dataset's format."),
+    path: Path | None = typer.Option(None, help=f"Dataset folder (default for synthetic: {Layout().synthetic})."),
     classes: str | None = typer.Option(None, help="A class subset, comma-separated: person,dog,cat."),
     model_name: str | None = typer.Option(None, help="Registered model name; default: one per task (the dataset's folder name)."),
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s); default: the recipe of the data's kind."),
@@ -366,24 +346,19 @@ def pipeline(
     from multitag.params_file import set_params
     from multitag.stages import outcome_message
 
-    try:
-        choice = dataset_choice(_params(params_path), source, path, classes, model_name, arch)
-        set_params(params_path, choice)
-        registration = training_pipeline(params_path=str(params_path))
-    except (ParamsError, FileNotFoundError, ValueError, RuntimeError) as err:
-        _fail(err)
-    Console().print((Layout().metrics / "comparison.md").read_text())
+    choice = dataset_choice(load_params(params_path), source, path, classes, model_name, arch)
+    set_params(params_path, choice)
+    registration = training_pipeline(params_path=str(params_path))
+    out.print((Layout().metrics / "comparison.md").read_text())
     console.print(outcome_message(registration))
 
 
-def dataset_choice(current, source: str, path: Path | None, classes: str | None, model_name: str | None, arch: list[str]) -> dict:
+def dataset_choice(current, source: Source, path: Path | None, classes: str | None, model_name: str | None, arch: list[str]) -> dict:
     """params.yaml keys for this dataset; the recipe's architectures when the data's kind changes."""
-    from multitag.config import DataParams
     from multitag.recipes import RECIPES, kind_of
 
-    DataParams(source=source)  # type: ignore[arg-type]  # an unknown source fails here, with the choices
     if path is None and source != "synthetic":
-        raise ValueError(f"--path is required for --source {source}")
+        raise UsageError(f"--path is required for --source {source}")
     choice: dict[str, object] = {
         "data.source": source,
         "data.path": str(path or Layout().synthetic),

@@ -15,6 +15,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from multitag.errors import MultitagError
+from multitag.layout import Layout
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -28,9 +31,13 @@ class SyntheticParams(_Strict):
     seed: int = 0
 
 
+ResizeMode = Literal["stretch", "letterbox"]
+Source = Literal["voc", "coco", "yolo", "csv", "synthetic"]
+
+
 class DataParams(_Strict):
-    source: Literal["voc", "coco", "yolo", "csv", "synthetic"] = "synthetic"
-    path: Path = Path("data/raw/synthetic")
+    source: Source = "synthetic"
+    path: Path = Layout().synthetic
     classes: list[str] | None = None
     drop_unlabeled: bool = True
     voc_difficult_counts: bool = True
@@ -59,7 +66,7 @@ class SplitRatios(_Strict):
 
 class PreprocessParams(_Strict):
     image_size: int | Literal["auto"] = "auto"
-    resize: Literal["stretch", "letterbox"] = "stretch"
+    resize: ResizeMode = "stretch"
     workers: int = Field(2, ge=1)
     seed: int = 42
     split_ratios: SplitRatios = SplitRatios()
@@ -153,8 +160,8 @@ class ServeParams(_Strict):
 
 
 class FeedbackParams(_Strict):
-    db_path: Path = Path("data/feedback/queue.db")
-    images_dir: Path = Path("data/feedback/images")
+    db_path: Path = Layout().feedback / "queue.db"
+    images_dir: Path = Layout().feedback / "images"
     lease_seconds: float = Field(3600, gt=0)
 
 
@@ -189,7 +196,7 @@ class Params(_Strict):
         return self
 
 
-class ParamsError(ValueError):
+class ParamsError(MultitagError, ValueError):
     """params.yaml is missing or invalid; the message names the file and each bad key."""
 
 

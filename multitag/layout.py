@@ -11,8 +11,13 @@ class Layout:
     root: Path = Path(".")
 
     @property
+    def raw(self) -> Path:
+        """Downloaded archives and the datasets they extract to."""
+        return self.root / "data" / "raw"
+
+    @property
     def synthetic(self) -> Path:
-        return self.root / "data" / "raw" / "synthetic"
+        return self.raw / "synthetic"
 
     @property
     def validated(self) -> Path:
@@ -27,8 +32,18 @@ class Layout:
         return self.root / "data" / "frozen_test.json"
 
     @property
+    def feedback(self) -> Path:
+        """The embedded feedback queue (queue.db) and its content-addressed images."""
+        return self.root / "data" / "feedback"
+
+    @property
     def feedback_export(self) -> Path:
-        return self.root / "data" / "feedback" / "export"
+        return self.feedback / "export"
+
+    @property
+    def retrain_log(self) -> Path:
+        """Output of retraining runs the API starts as local processes."""
+        return self.root / "logs" / "retrain.log"
 
     @property
     def models(self) -> Path:
@@ -37,6 +52,11 @@ class Layout:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics"
+
+    @property
+    def dvclive(self) -> Path:
+        """DVCLive's folder: `metrics.json` for `dvc metrics show`, `plots/metrics/` for `dvc plots show`."""
+        return self.metrics / "dvclive"
 
     @property
     def reports(self) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from multitag.config import Params
+from multitag.errors import MissingInputError, UsageError
 from multitag.layout import Layout
 
 
@@ -79,8 +80,9 @@ def train_in_subprocess(architecture: str, params_path: Path, root: Path = Path(
 def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "pipeline", extra_tags: dict[str, str] | None = None) -> dict:
     """Score every trained architecture on the frozen test split and log them to MLflow.
 
-    Writes metrics/evaluation.json (DVC metrics), metrics/comparison.md, metrics/curves/*.csv
-    (DVC plots) and metrics/candidates.json (run ids and model URIs for the gate).
+    Writes metrics/dvclive/ (DVCLive's metrics.json and per-epoch plots, which dvc.yaml declares
+    as the DVC metrics and plots), metrics/comparison.md and metrics/candidates.json (run ids and
+    model URIs for the gate).
     """
     import json
 
@@ -92,19 +94,19 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     from multitag.lifecycle import tracking
     from multitag.lifecycle.versioning import dvc_dir_hash, git_commit
     from multitag.modeling.evaluate import comparison_markdown, comparison_row, evaluate_model
-    from multitag.modeling.train import MODEL_FILE, load_served_model
+    from multitag.modeling.train import MODEL_FILE, load_served_model, read_history
 
     classes = read_classes(layout.processed / "classes.json")
     tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
     example = np.asarray(load_split(layout.processed, "test")[0][:16])
-    rows, candidates, defaulted = [], [], {}
+    rows, candidates, defaulted, histories = [], [], {}, {}
     with tracking.pipeline_run(run_name, tags) as parent:
         for architecture in params.train.architectures:
             model_dir = layout.models / architecture
             if not (model_dir / MODEL_FILE).exists():
-                raise FileNotFoundError(f"{model_dir / MODEL_FILE} not found: run `multitag train --arch {architecture}` first")
+                raise MissingInputError(f"{model_dir / MODEL_FILE} not found: run `multitag train --arch {architecture}` first")
             train_info = json.loads((model_dir / "train_info.json").read_text())
-            history = json.loads((model_dir / "history.json").read_text())
+            history = histories[architecture] = read_history(model_dir)
             model = load_served_model(model_dir)
             evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
             run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
@@ -120,7 +122,6 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
                     f"val_{primary}": evaluation.val["tuned"][primary],
                 }
             )
-            _write_curves(history, layout.metrics / "curves" / f"{architecture}.csv")
             keras.backend.clear_session()
         table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
         import mlflow
@@ -128,8 +129,9 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
         mlflow.log_text(table, "comparison.md")
         mlflow.log_dict(rows, "comparison.json")
         parent_id = parent.info.run_id
-    tracking.write_json(
-        layout.metrics / "evaluation.json",
+    tracking.log_dvc_metrics(
+        layout.dvclive,
+        histories,
         {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows},
     )
     (layout.metrics / "comparison.md").write_text(table)
@@ -157,15 +159,6 @@ def threshold_note(defaulted: dict[str, list[str]], params) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _write_curves(history: dict[str, list[float]], path: Path) -> None:
-    """Per-epoch curves as CSV for `dvc plots show` (one row per epoch across both phases)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    losses = history.get("head_loss", []) + history.get("fine_tune_loss", [])
-    val_map = history.get("head_val_mAP", []) + history.get("fine_tune_val_mAP", [])
-    lines = ["epoch,loss,val_mAP"] + [f"{i},{loss:.6f},{m:.6f}" for i, (loss, m) in enumerate(zip(losses, val_map))]
-    path.write_text("\n".join(lines) + "\n")
-
-
 def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> dict:
     """Score one logged model on the current frozen test split with its stored thresholds."""
     import numpy as np
@@ -178,7 +171,7 @@ def evaluate_uri(model_uri: str, params: Params, layout: Layout = Layout()) -> d
     predictor = Predictor.from_uri(model_uri)
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] != predictor.input_size:
-        raise ValueError(
+        raise UsageError(
             f"{model_uri} expects {predictor.input_size}px images but data/processed holds {x_test.shape[1]}px; set preprocess.image_size"
         )
     scores = predict(predictor.model, x_test)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +72,3 @@ def ack(params_path: str, run_id: str, ids: list[int]) -> int:
 @task(retries=2, retry_delay_seconds=5)
 def release(params_path: str, run_id: str) -> int:
     return retraining.open_queue(load_params(params_path)).release(run_id)
-
-
-def summary(value: object) -> str:
-    return json.dumps(value)

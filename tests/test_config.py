@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from multitag.config import Params, ParamsError, load_params
@@ -38,3 +40,26 @@ def test_the_project_params_file_loads_and_a_bad_size_is_refused(tmp_path):
     bad.write_text("preprocess:\n  image_size: 4\n")
     with pytest.raises(ParamsError, match="image_size"):
         load_params(bad)
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a nested dict."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_params_yaml_writes_out_exactly_the_defaults_of_config():
+    """config.py is the one home of each default; params.yaml spells every one out (DVC tracks
+    params by file) and may not drift from it (it did: small_cnn_epochs 30 against 25)."""
+    import yaml
+
+    defaults = _leaves(Params().model_dump(mode="json", by_alias=True))
+    written = _leaves(load_params("params.yaml").model_dump(mode="json", by_alias=True))
+    stated = _leaves(yaml.safe_load(Path("params.yaml").read_text()))
+    assert {k: (defaults[k], written[k]) for k in defaults if defaults[k] != written[k]} == {}
+    assert sorted(k for k in defaults if not any(k == s or k.startswith(s + ".") for s in stated)) == []

@@ -121,8 +121,10 @@ def test_download_dataset_verifies_extracts_and_then_skips(server: FakeServer, t
     assert (tmp_path / "raw" / ARCHIVE).read_bytes() == VOC_MINI
     assert not (tmp_path / "raw" / f"{ARCHIVE}.part").exists()
     assert server.requests == [(ARCHIVE, None)]
+    (root / "ImageSets" / "Main" / "train.txt").write_text("edited\n")
     assert download_dataset("voc2007", tmp_path / "raw", base_url=server.url) == root
     assert len(server.requests) == 1, "a verified, extracted dataset is not fetched again"
+    assert (root / "ImageSets" / "Main" / "train.txt").read_text() == "edited\n", "nor extracted again"
 
 
 def test_unknown_dataset_lists_known_names(tmp_path: Path) -> None:
@@ -178,14 +180,51 @@ def test_missing_file_fails_fast_without_retries(server: FakeServer, tmp_path: P
     assert len(server.requests) == 1
 
 
-def test_checksum_mismatch_keeps_a_corrupt_file_and_says_what_to_do(server: FakeServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sha256", "md5", "algorithm"), [("0" * 64, None, "sha256"), (None, "0" * 32, "md5")])
+def test_checksum_mismatch_is_refused_and_the_next_run_starts_over(
+    server: FakeServer, tmp_path: Path, sha256: str | None, md5: str | None, algorithm: str
+) -> None:
     server.files[ARCHIVE] = VOC_MINI
+    url = f"{server.url}/{ARCHIVE}"
 
-    with pytest.raises(ChecksumError, match=r"sha256 is [0-9a-f]{64}, expected 0{64}.*run the download again"):
-        download_file(f"{server.url}/{ARCHIVE}", tmp_path / ARCHIVE, "0" * 64)
+    with pytest.raises(ChecksumError, match=rf"expected {algorithm}:0+ but got [0-9a-f]+.*Run the download again"):
+        download_file(url, tmp_path / ARCHIVE, sha256, expected_md5=md5)
 
-    assert (tmp_path / f"{ARCHIVE}.corrupt").read_bytes() == VOC_MINI
-    assert not (tmp_path / ARCHIVE).exists() and not (tmp_path / f"{ARCHIVE}.part").exists()
+    assert list(tmp_path.iterdir()) == [], "no archive, no .part to resume, no temporary file is left"
+    with pytest.raises(ChecksumError):
+        download_file(url, tmp_path / ARCHIVE, sha256, expected_md5=md5)
+    assert [header for _, header in server.requests] == [None, None], "refused bytes are never resumed"
+
+
+def test_interrupted_run_keeps_the_part_file_and_the_next_run_resumes(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    server.truncate_next = 1
+    url, half = f"{server.url}/{ARCHIVE}", len(VOC_MINI) // 2
+
+    with pytest.raises(DownloadError, match="run the same command again to resume"):
+        download_file(url, tmp_path / ARCHIVE, VOC_MINI_SHA256, retries=0)
+    assert (tmp_path / f"{ARCHIVE}.part").read_bytes() == VOC_MINI[:half]
+    assert not (tmp_path / ARCHIVE).exists()
+
+    dest = download_file(url, tmp_path / ARCHIVE, VOC_MINI_SHA256, retries=0)
+
+    assert dest.read_bytes() == VOC_MINI
+    assert [header for _, header in server.requests] == [None, f"bytes={half}-"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [ARCHIVE]
+
+
+def test_existing_archive_is_verified_without_a_request_and_replaced_when_corrupt(server: FakeServer, tmp_path: Path) -> None:
+    server.files[ARCHIVE] = VOC_MINI
+    dest = tmp_path / ARCHIVE
+    dest.write_bytes(VOC_MINI)
+
+    download_file(f"{server.url}/{ARCHIVE}", dest, VOC_MINI_SHA256)
+    assert server.requests == []
+
+    dest.write_bytes(b"not the archive")
+    download_file(f"{server.url}/{ARCHIVE}", dest, VOC_MINI_SHA256)
+    assert dest.read_bytes() == VOC_MINI
+    assert server.requests == [(ARCHIVE, None)]
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/tmp/evil.txt", "VOCdevkit/../../evil.txt"])

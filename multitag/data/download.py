@@ -1,9 +1,10 @@
 """Download public datasets: resumable, checksummed, and extracted safely.
 
-Archives stream into `<file>.part` and are resumed with an HTTP `Range` request after an
-interruption; only a file whose checksum matches is renamed to its final name, so a final name
-on disk always means a verified archive. Extraction refuses members that would land outside
-the target folder and leaves a marker, so running the download again costs one checksum pass.
+pooch gives an archive its final name only when the checksum matches, so a final name on disk
+always means a verified archive. pooch cannot resume, so our downloader streams into `<file>.part`
+and continues it with an HTTP `Range` request after an interruption. Extraction refuses members
+that would land outside the target folder and leaves a marker, so running the download again
+costs one checksum pass.
 
 The registry's checksums are the MD5 sums that torchvision's VOC loaders check; no published
 SHA-256 was found for these archives, so `sha256` stays None and the MD5 is verified.
@@ -11,7 +12,6 @@ SHA-256 was found for these archives, so `sha256` stays None and the MD5 is veri
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import posixpath
 import tarfile
@@ -21,8 +21,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import pooch
 from rich.console import Console
 from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+from multitag.errors import MultitagError
 
 VOC_HOST = "http://host.robots.ox.ac.uk/pascal/VOC"
 TIMEOUT_S = 60
@@ -70,7 +73,7 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-class DownloadError(RuntimeError):
+class DownloadError(MultitagError, RuntimeError):
     """A download could not be completed; the message says what to do next."""
 
 
@@ -82,7 +85,7 @@ class UnsafeArchiveError(DownloadError):
     """An archive member would be written outside the extraction folder."""
 
 
-def download_dataset(name: str, raw_dir: Path = Path("data/raw"), base_url: str | None = None) -> Path:
+def download_dataset(name: str, raw_dir: Path, base_url: str | None = None) -> Path:
     """Download and extract a registered dataset; return its root, e.g. data/raw/VOCdevkit/VOC2007.
 
     `base_url` replaces the official host with a mirror that serves the archives flat, as
@@ -114,39 +117,58 @@ def download_file(
     retries: int = 4,
     backoff_s: float = 2.0,
 ) -> Path:
-    """Fetch `url` to `dest`, resuming `dest.part`, and verify the checksum(s) before renaming.
+    """Fetch `url` to `dest` through pooch, resuming `dest.part`; refuse bytes with another checksum.
 
-    Connection errors, server errors (5xx) and early-closed streams are retried `retries`
-    times, waiting `backoff_s`, then twice as long, and so on; every retry resumes. An existing
-    `dest` is re-verified rather than fetched again.
+    The SHA-256 is checked when known, else the MD5. An existing `dest` is re-verified rather
+    than fetched again. Connection errors, server errors (5xx) and early-closed streams are
+    retried `retries` times, waiting `backoff_s`, then twice as long, and so on; every retry resumes.
     """
     dest = Path(dest)
-    if dest.exists():
-        _verify(dest, dest, expected_sha256, expected_md5)
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            _fetch(url, part, chunk)
-            break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as err:
-            if not _is_transient(err):
-                raise DownloadError(
-                    f"{url} cannot be downloaded: {err}. Check the URL, or the base_url "
-                    "mirror, which must serve every archive as <base_url>/<filename>."
-                ) from err
-            if attempt == retries:
-                raise DownloadError(
-                    f"could not download {url} after {retries + 1} attempts: {err}. The partial file "
-                    f"{part} is kept: run the same command again to resume, or pass base_url to use a mirror."
-                ) from err
-            wait = backoff_s * 2**attempt
-            console.print(f"[yellow]{url}: {err}; retrying in {wait:.0f} s[/yellow]")
-            time.sleep(wait)
-    _verify(part, dest, expected_sha256, expected_md5)
-    part.replace(dest)
+    known_hash = f"sha256:{expected_sha256}" if expected_sha256 else f"md5:{expected_md5}" if expected_md5 else None
+    downloader = ResumableDownloader(dest.with_name(dest.name + ".part"), chunk, retries, backoff_s)
+    try:
+        pooch.retrieve(url, known_hash, fname=dest.name, path=dest.parent, downloader=downloader)
+    except ValueError as err:  # pooch's checksum mismatch; it has already deleted the bytes
+        raise ChecksumError(
+            f"{dest.name}: {err} Run the download again; if it fails again, the server (or base_url "
+            "mirror) serves a different file: use the official URL or another mirror."
+        ) from err
     return dest
+
+
+@dataclass(frozen=True)
+class ResumableDownloader:
+    """A pooch downloader that keeps `part` between runs and resumes it with an HTTP Range request.
+
+    pooch hands over a temporary file that it deletes when a run fails, so the bytes collect in
+    `part`, a path of our own beside it, and move into pooch's file only once complete.
+    """
+
+    part: Path
+    chunk: int
+    retries: int
+    backoff_s: float
+
+    def __call__(self, url: str, output_file: str, pooch_instance: pooch.Pooch | None) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                _fetch(url, self.part, self.chunk)
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as err:
+                if not _is_transient(err):
+                    raise DownloadError(
+                        f"{url} cannot be downloaded: {err}. Check the URL, or the base_url "
+                        "mirror, which must serve every archive as <base_url>/<filename>."
+                    ) from err
+                if attempt == self.retries:
+                    raise DownloadError(
+                        f"could not download {url} after {self.retries + 1} attempts: {err}. The partial file "
+                        f"{self.part} is kept: run the same command again to resume, or pass base_url to use a mirror."
+                    ) from err
+                wait = self.backoff_s * 2**attempt
+                console.print(f"[yellow]{url}: {err}; retrying in {wait:.0f} s[/yellow]")
+                time.sleep(wait)
+        self.part.replace(output_file)
 
 
 def extract_tar(archive: Path, target_dir: Path) -> Path:
@@ -189,7 +211,8 @@ def _fetch(url: str, part: Path, chunk: int) -> None:
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         received = offset
-        with part.open("ab" if offset else "wb") as out, _progress() as progress:
+        columns = (*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn())
+        with part.open("ab" if offset else "wb") as out, Progress(*columns, console=console) as progress:
             task = progress.add_task(part.name.removesuffix(".part"), total=total, completed=offset)
             while block := response.read(chunk):
                 out.write(block)
@@ -197,10 +220,6 @@ def _fetch(url: str, part: Path, chunk: int) -> None:
                 progress.update(task, completed=received)
     if total is not None and received < total:
         raise ConnectionError(f"connection closed after {received:,} of {total:,} bytes")
-
-
-def _progress() -> Progress:
-    return Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), console=console)
 
 
 def _is_transient(err: Exception) -> bool:
@@ -212,31 +231,6 @@ def _total_from_content_range(value: str) -> int | None:
     """The full size from a `Content-Range: bytes */<size>` header, if the server sent one."""
     size = value.rpartition("/")[2].strip()
     return int(size) if size.isdigit() else None
-
-
-def _verify(path: Path, dest: Path, expected_sha256: str | None, expected_md5: str | None) -> None:
-    """Compare checksums; on a mismatch move the file to `<dest>.corrupt` and say what to do."""
-    expected = {"sha256": expected_sha256, "md5": expected_md5}
-    if not any(expected.values()):
-        console.print(f"[yellow]{dest.name}: no checksum registered; sha256 is {_digest(path, 'sha256')}[/yellow]")
-        return
-    for algorithm, want in expected.items():
-        if want is None:
-            continue
-        got = _digest(path, algorithm)
-        if got != want.lower():
-            corrupt = dest.with_name(dest.name + ".corrupt")
-            path.replace(corrupt)
-            raise ChecksumError(
-                f"{dest.name}: {algorithm} is {got}, expected {want}. The file was moved to {corrupt}; "
-                "delete it and run the download again. If it fails again, the server (or base_url "
-                "mirror) serves a different file: use the official URL or another mirror."
-            )
-
-
-def _digest(path: Path, algorithm: str) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, algorithm).hexdigest()
 
 
 def _check_member(member: tarfile.TarInfo, archive: Path) -> None:

@@ -11,19 +11,21 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import cast, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ResizeMode = Literal["stretch", "letterbox"]
+from multitag.config import ResizeMode
+from multitag.errors import MultitagError, UsageError
+
 DEFAULT_MAX_PIXELS = 80_000_000
 
 # We enforce our own pixel cap (per call) before decoding; Pillow's global guard would only warn.
 Image.MAX_IMAGE_PIXELS = None
 
 
-class ImageError(ValueError):
+class ImageError(MultitagError, ValueError):
     """An image cannot be used; `reason` is a short code for quarantine tables and API errors."""
 
     def __init__(self, reason: str, detail: str):
@@ -65,6 +67,13 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1
     fmt, mode, (width, height) = image.format or "", image.mode, image.size
     _load(image)
     return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, mode)
+
+
+def resize_mode(value: str) -> ResizeMode:
+    """`value` checked as a resize mode: a saved model's metadata is untyped JSON."""
+    if value not in get_args(ResizeMode):
+        raise UsageError(f"unknown resize mode {value!r}; a multitag model uses one of {', '.join(get_args(ResizeMode))}")
+    return cast(ResizeMode, value)
 
 
 def decode(

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from multitag.errors import MissingInputError, UsageError
+
 COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source"]
 SPLITS = ("train", "val", "test")
 FEEDBACK_SOURCE = "feedback"  # the `source` of rows that are users' corrections (multitag.feedback.retraining)
@@ -67,7 +69,7 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
 def read(path: Path) -> pd.DataFrame:
     """Read a manifest written by `write`, with labels as Python lists of str."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"manifest {path} not found: run `multitag data validate` first")
+        raise MissingInputError(f"manifest {path} not found: run `multitag data validate` first")
     frame = pd.read_parquet(path)
     frame["labels"] = frame["labels"].map(lambda xs: [str(x) for x in xs])
     return frame
@@ -82,7 +84,7 @@ def apply_class_subset(data: SourceData, classes: list[str] | None, drop_unlabel
         return data
     unknown = sorted(set(classes) - set(data.classes))
     if unknown:
-        raise ValueError(f"data.classes names {unknown}, which the dataset does not have; its classes are: {', '.join(data.classes)}")
+        raise UsageError(f"data.classes names {unknown}, which the dataset does not have; its classes are: {', '.join(data.classes)}")
     keep = set(classes)
     kept: list[Record] = []
     for record in data.records:

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from multitag.config import PreprocessParams
+from multitag.config import PreprocessParams, ResizeMode
 from multitag.data import manifest, splits
 from multitag.data.images import ImageError, decode_file
 from multitag.data.manifest import SPLITS
 from multitag.data.parallel import chunks, run_chunks
+from multitag.errors import MissingInputError, MultitagError
 
 ROWS_PER_TASK = 32
 
@@ -31,7 +32,7 @@ class _Job:
     x_path: str
     rows: Sequence[tuple[int, str]]
     size: int
-    mode: str
+    mode: ResizeMode
 
 
 def preprocess(
@@ -75,9 +76,9 @@ def _fill_rows(job: _Job) -> int:
     array = np.load(job.x_path, mmap_mode="r+")
     for row, path in job.rows:
         try:
-            array[row] = decode_file(path, job.size, job.mode)  # type: ignore[arg-type]
+            array[row] = decode_file(path, job.size, job.mode)
         except (ImageError, OSError) as err:
-            raise RuntimeError(f"{path} passed validation but cannot be preprocessed ({err}); re-run `multitag data validate`") from err
+            raise MultitagError(f"{path} passed validation but cannot be preprocessed ({err}); re-run `multitag data validate`") from err
     del array  # a shared mapping: the rows are in the page cache for every reader, no flush needed
     return len(job.rows)
 
@@ -86,5 +87,5 @@ def load_split(processed_dir: Path, split: str, mmap: bool = True) -> tuple[np.n
     """(x uint8 (N,H,W,3), y uint8 (N,C)) of one split; x memory-mapped by default."""
     x_path = processed_dir / f"{split}_x.npy"
     if not x_path.exists():
-        raise FileNotFoundError(f"{x_path} not found: run `multitag data preprocess` (or `dvc repro preprocess`) first")
+        raise MissingInputError(f"{x_path} not found: run `multitag data preprocess` (or `dvc repro preprocess`) first")
     return np.load(x_path, mmap_mode="r" if mmap else None), np.load(processed_dir / f"{split}_y.npy")

@@ -20,6 +20,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 from multitag.config import SplitRatios
 from multitag.data.manifest import FEEDBACK_SOURCE as FEEDBACK
 from multitag.data.manifest import label_matrix
+from multitag.errors import MultitagError
 
 LEGACY = "legacy"  # the dataset name of a frozen_test.json written before sets were per dataset
 
@@ -42,7 +43,7 @@ def assign_splits(
     ratios: SplitRatios,
     seed: int,
     frozen_test: set[str] | None,
-    frozen_elsewhere: set[str] = frozenset(),  # type: ignore[assignment]
+    frozen_elsewhere: frozenset[str] | set[str] = frozenset(),
     keep_source_splits: bool = True,
 ) -> pd.Series:
     """Final split of every row.
@@ -106,7 +107,7 @@ def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str) -> None:
     path.write_text(json.dumps({"datasets": stored}, indent=1) + "\n")
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(MultitagError, ValueError):
     """A split came out empty; the message says why and what to change."""
 
 

@@ -20,12 +20,13 @@ from multitag.data import manifest
 from multitag.data.images import ImageError, inspect
 from multitag.data.manifest import SPLITS, Record, SourceData
 from multitag.data.parallel import map_with_progress
+from multitag.errors import MultitagError
 
 SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid fraction
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]
 
 
-class ValidationFailed(RuntimeError):
+class ValidationFailed(MultitagError, RuntimeError):
     """Too much of the dataset is bad to train on; the message summarises why."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from multitag.data.sources.csv_folder import read_rows
+from multitag.errors import MissingInputError
 from multitag.feedback.queue import AddResult, FeedbackQueue
 from multitag.feedback.store import image_extension
 
@@ -37,7 +38,7 @@ def import_dir(queue: FeedbackQueue, directory: Path, labels_csv: Path | None = 
     directory = Path(directory)
     csv_path = Path(labels_csv) if labels_csv is not None else directory / "labels.csv"
     if not csv_path.is_file():
-        raise FileNotFoundError(f"{csv_path} not found: an import needs {IMPORT_CSV_LAYOUT}")
+        raise MissingInputError(f"{csv_path} not found: an import needs {IMPORT_CSV_LAYOUT}")
     report = ImportReport()
     for row in read_rows(csv_path):
         if row.problem:

@@ -23,14 +23,17 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from multitag.data.manifest import normalize_labels
+from multitag.errors import UsageError
 from multitag.feedback.database import Database
 from multitag.feedback.store import ImageStore
 
 State = Literal["pending", "claimed", "consumed", "rejected"]
-STATES: tuple[State, ...] = ("pending", "claimed", "consumed", "rejected")
+STATES: tuple[State, ...] = get_args(State)
+RequeueState = Literal["rejected", "consumed"]
+REQUEUE_STATES: tuple[RequeueState, ...] = get_args(RequeueState)
 OPEN_STATES = "('pending', 'claimed')"
 
 _SCHEMA = f"""
@@ -174,7 +177,7 @@ class FeedbackQueue:
 
         return self._db.write(work)
 
-    def requeue(self, ids: Iterable[int] | None = None, state: Literal["rejected", "consumed"] = "rejected") -> int:
+    def requeue(self, ids: Iterable[int] | None = None, state: RequeueState = "rejected") -> int:
         """Put items in `state` back to pending: the given ids, or every item in that state when ids is None.
 
         Use it to undo a rejection, or to train again on consumed feedback (a run whose model was
@@ -185,7 +188,7 @@ class FeedbackQueue:
         before every claim.
         """
         if state not in ("rejected", "consumed"):
-            raise ValueError(
+            raise UsageError(
                 f"requeue takes items that are 'rejected' or 'consumed', not {state!r}; "
                 "claimed items go back with release() or release_expired()"
             )
@@ -222,7 +225,7 @@ class FeedbackQueue:
     def list_items(self, state: State | None = None, limit: int = 100) -> list[FeedbackItem]:
         """The newest `limit` items (all states, or one), newest first, as an admin page shows them."""
         if state is not None and state not in STATES:
-            raise ValueError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
+            raise UsageError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
         rows = self._db.read(
             lambda conn: conn.execute(
                 "SELECT * FROM feedback WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2", (state, limit)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from multitag.config import Params
 from multitag.data.manifest import FEEDBACK_SOURCE, Record
+from multitag.errors import MissingInputError
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 
 VAL_PERCENT = 15
@@ -68,7 +69,7 @@ def download_champion(model_name: str, dest: Path) -> tuple[Path, str, str]:
 
     champion = registry.alias_version(model_name, registry.CHAMPION)
     if champion is None:
-        raise RuntimeError(f"no champion for {model_name!r} yet: run the training pipeline (make demo) before retraining")
+        raise MissingInputError(f"no champion for {model_name!r} yet: run the training pipeline (make demo) before retraining")
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{champion.version}", dst_path=str(dest)))
     keras_file = next(local.rglob("*.keras"))
     return keras_file, champion.version, champion.tags.get("architecture", "")

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from multitag.data.images import DEFAULT_MAX_PIXELS, decode
+from multitag.config import ResizeMode
+from multitag.data.images import DEFAULT_MAX_PIXELS, decode, resize_mode
+from multitag.errors import UsageError
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Predictor:
     classes: list[str]
     thresholds: np.ndarray
     input_size: int
-    resize: str = "stretch"
+    resize: ResizeMode = "stretch"
     uri: str = ""
     info: dict = field(default_factory=dict)
 
@@ -39,19 +41,19 @@ class Predictor:
         configure()
         model, meta = load_model(model_uri)
         if "classes" not in meta:
-            raise ValueError(f"{model_uri} has no multitag metadata (classes, thresholds): was it logged by multitag?")
+            raise UsageError(f"{model_uri} has no multitag metadata (classes, thresholds): was it logged by multitag?")
         return cls(
             model=model,
             classes=list(meta["classes"]),
             thresholds=np.asarray(meta["thresholds"], dtype="float64"),
             input_size=int(meta["input_size"]),
-            resize=meta.get("preprocessing", {}).get("resize", "stretch"),
+            resize=resize_mode(meta.get("preprocessing", {}).get("resize", "stretch")),
             uri=model_uri,
             info=meta,
         )
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        return decode(data, self.input_size, self.resize, max_pixels)  # type: ignore[arg-type]
+        return decode(data, self.input_size, self.resize, max_pixels)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, C) probabilities, one model call for the whole batch."""

@@ -15,6 +15,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from multitag.errors import UsageError
+
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 
 
@@ -39,12 +41,6 @@ def register(model_uri: str, name: str, tags: dict[str, str]) -> str:
     client()  # the backend MLFLOW_TRACKING_URI names now, not the one MLflow was last pointed at
     version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}, await_registration_for=60)
     return str(version.version)
-
-
-def set_tags(name: str, version: str, tags: dict[str, object]) -> None:
-    mlflow_client = client()
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(name, version, key, str(value))
 
 
 def alias_version(name: str, alias: str) -> VersionInfo | None:
@@ -130,7 +126,7 @@ def rollback(name: str) -> tuple[str, str]:
     with _promotion_lock():
         current, previous = alias_version(name, CHAMPION), alias_version(name, PREVIOUS)
         if previous is None or current is None:
-            raise ValueError(f"model {name!r} has no previous-champion to roll back to; use `multitag registry promote VERSION`")
+            raise UsageError(f"model {name!r} has no previous-champion to roll back to; use `multitag registry promote VERSION`")
         mlflow_client.set_registered_model_alias(name, CHAMPION, previous.version)
         mlflow_client.delete_registered_model_alias(name, PREVIOUS)
         mlflow_client.set_model_version_tag(name, current.version, "rolled_back", "true")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import keras
 from keras import layers
 
+from multitag.errors import MissingInputError, UsageError
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -85,7 +87,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 def architecture(name: str) -> Architecture:
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
+        raise UsageError(f"unknown architecture {name!r}; choose from {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -96,7 +98,7 @@ def resolve_weights(name: str, weights: str | None) -> str | None:
     from pathlib import Path
 
     if not Path(weights).exists():
-        raise FileNotFoundError(f"train.weights.{name} = {weights} does not exist; use imagenet, null or a weights file")
+        raise MissingInputError(f"train.weights.{name} = {weights} does not exist; use imagenet, null or a weights file")
     return weights
 
 

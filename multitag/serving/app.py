@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from multitag.config import Params, load_params
 from multitag.feedback.queue import FeedbackQueue
+from multitag.layout import Layout
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
 from multitag.serving.routes import STATIC_DIR, Services, router
@@ -49,7 +50,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = FeedbackQueue(params.feedback.db_path, params.feedback.images_dir, params.feedback.lease_seconds)
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s)
-        trigger = retrain_trigger or retrain_trigger_from_env(params.feedback.db_path.parent / "retrain.log", params_path)
+        trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)
         app.state.services = Services(params, watcher, queue, trigger)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         watcher.start()

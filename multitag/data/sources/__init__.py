@@ -11,9 +11,10 @@ from pathlib import Path
 
 from multitag.config import DataParams
 from multitag.data.manifest import SourceData, apply_class_subset
+from multitag.errors import MultitagError
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(MultitagError, FileNotFoundError):
     """The dataset path does not hold the layout the chosen reader expects."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from multitag.config import DataParams
 from multitag.data.manifest import Record, SourceData, normalize_labels
 from multitag.data.sources import require
+from multitag.errors import UsageError
 
 LAYOUT = "labels.csv (filename,labels[,split]; labels separated by '|'), image files relative to it, optional classes.txt"
 
@@ -61,7 +62,7 @@ def read_rows(csv_path: Path) -> Iterator[CsvRow]:
     lines = csv_path.read_bytes().splitlines()
     header = lines[0].decode("utf-8-sig", errors="replace").strip().lower() if lines else ""
     if not header.startswith("filename"):
-        raise ValueError(f"{csv_path}: the first line must be the header 'filename,labels', got {header!r}; the layout is {LAYOUT}")
+        raise UsageError(f"{csv_path}: the first line must be the header 'filename,labels', got {header!r}; the layout is {LAYOUT}")
     for line, raw in enumerate(lines[1:], start=2):
         if raw.strip():
             yield _parse(line, raw)
