@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from multitag.errors import MissingInputError, UsageError
+from multitag.reports import write_json
 
 COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source"]
 SPLITS = ("train", "val", "test")
@@ -99,7 +100,7 @@ def apply_class_subset(data: SourceData, classes: list[str] | None, drop_unlabel
 def write_classes(classes: list[str], path: Path) -> Path:
     """classes.json: the ordered class list that columns of every label matrix follow."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(classes, indent=1) + "\n")
+    write_json(path, classes)
     return path
 
 

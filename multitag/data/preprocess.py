@@ -6,7 +6,6 @@ memory stays flat whatever the number of images, and nothing is ever held as flo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from multitag.data.images import ImageError, decode_file
 from multitag.data.manifest import SPLITS
 from multitag.data.parallel import chunks, run_chunks
 from multitag.errors import MissingInputError, MultitagError
+from multitag.reports import write_json
 
 ROWS_PER_TASK = 32
 
@@ -57,7 +57,7 @@ def preprocess(
         summary["splits"][split] = len(rows)
     manifest.write(frame, out_dir / "manifest.parquet")
     manifest.write_classes(classes, out_dir / "classes.json")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out_dir / "summary.json", summary)
     return summary
 
 

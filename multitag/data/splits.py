@@ -21,6 +21,7 @@ from multitag.config import SplitRatios
 from multitag.data.manifest import FEEDBACK_SOURCE as FEEDBACK
 from multitag.data.manifest import label_matrix
 from multitag.errors import MultitagError
+from multitag.reports import write_json
 
 LEGACY = "legacy"  # the dataset name of a frozen_test.json written before sets were per dataset
 
@@ -104,7 +105,7 @@ def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str) -> None:
     ordered = sorted(frozen.items())
     stored[dataset] = {"image_id": [i for _, i in ordered], "sha256": [s for s, _ in ordered]}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"datasets": stored}, indent=1) + "\n")
+    write_json(path, {"datasets": stored})
 
 
 class EmptySplitError(MultitagError, ValueError):

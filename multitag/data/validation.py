@@ -7,7 +7,6 @@ below that, bad items are set aside (never silently dropped) and the rest flows 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +20,7 @@ from multitag.data.images import ImageError, inspect
 from multitag.data.manifest import SPLITS, Record, SourceData
 from multitag.data.parallel import map_with_progress
 from multitag.errors import MultitagError
+from multitag.reports import markdown_table, write_json
 
 SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid fraction
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]
@@ -215,7 +215,7 @@ def write_outputs(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
         "quarantine": out_dir / "quarantine.parquet",
     }
     result.quarantine.to_parquet(paths["quarantine"], index=False)
-    paths["report_json"].write_text(json.dumps(result.report, indent=2) + "\n")
+    write_json(paths["report_json"], result.report)
     paths["report_md"].write_text(report_markdown(result.report, result.quarantine))
     return paths
 
@@ -231,12 +231,17 @@ def report_markdown(report: dict, quarantine: pd.DataFrame) -> str:
         "",
         "## Images per class and split",
         "",
-        "| class | " + " | ".join(splits) + " |",
-        "|---|" + "---|" * len(splits),
+        *markdown_table(["class", *splits], ([name, *(c.get(s, 0) for s in splits)] for name, c in report["per_class_counts"].items())),
+        "",
+        "## Quarantine",
+        "",
+        *markdown_table(["image_id", "reason", "detail"], ((r.image_id, r.reason, r.detail) for r in quarantine.itertuples())),
+        "",
+        "## Expectations",
+        "",
+        *markdown_table(
+            ["expectation", "reason", "success", "failing rows"],
+            ((e["expectation"], e["reason"], e["success"], e["failing_rows"]) for e in report["expectations"]),
+        ),
     ]
-    lines += [f"| {name} | " + " | ".join(str(c.get(s, 0)) for s in splits) + " |" for name, c in report["per_class_counts"].items()]
-    lines += ["", "## Quarantine", "", "| image_id | reason | detail |", "|---|---|---|"]
-    lines += [f"| {r.image_id} | {r.reason} | {r.detail} |" for r in quarantine.itertuples()]
-    lines += ["", "## Expectations", "", "| expectation | reason | success | failing rows |", "|---|---|---|---|"]
-    lines += [f"| {e['expectation']} | {e['reason']} | {e['success']} | {e['failing_rows']} |" for e in report["expectations"]]
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
 from multitag.modeling import metrics
 from multitag.modeling.baselines import Baseline
+from multitag.reports import markdown_table
 
 SMOKE_IMAGES = 3
 
@@ -151,13 +152,12 @@ def verdict_markdown(verdict: Verdict) -> str:
         f"- judged as: {verdict.task}",
         f"- primary metric: {verdict.primary_metric}",
         "",
-        "| check | result |",
-        "|---|---|",
-        *[f"| {name} | {'pass' if ok else 'FAIL'} |" for name, ok in verdict.checks.items()],
+        *markdown_table(["check", "result"], ((name, "pass" if ok else "FAIL") for name, ok in verdict.checks.items())),
         "",
-        "| metric | candidate | champion |",
-        "|---|---|---|",
-        *[f"| {k} | {v:.4f} | {(verdict.champion or {}).get(k, float('nan')):.4f} |" for k, v in verdict.candidate.items()],
+        *markdown_table(
+            ["metric", "candidate", "champion"],
+            ((k, f"{v:.4f}", f"{(verdict.champion or {}).get(k, float('nan')):.4f}") for k, v in verdict.candidate.items()),
+        ),
         "",
         *_baseline_lines(verdict.baselines),
         "Reasons: " + ("; ".join(verdict.reasons) or "all checks passed"),

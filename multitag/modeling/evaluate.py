@@ -13,6 +13,7 @@ import numpy as np
 from multitag.config import EvaluateParams
 from multitag.data.preprocess import load_split
 from multitag.modeling import metrics
+from multitag.reports import markdown_table
 
 
 @dataclass
@@ -93,10 +94,7 @@ def comparison_markdown(rows: list[dict]) -> str:
     if not rows:
         return "no architectures evaluated\n"
     columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(markdown_table(columns, ([_fmt(row[c]) for c in columns] for row in rows))) + "\n"
 
 
 def _fmt(value) -> str:

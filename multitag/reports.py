@@ -1,0 +1,24 @@
+"""How the pipeline writes what it reports: JSON files and markdown tables, one way each, so every
+stage's output reads (and diffs) alike."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+def write_json(path: Path, payload: object) -> Path:
+    """`payload` as indented JSON with a final newline (numpy scalars as floats); returns `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    """A GitHub markdown table's lines; cells are written with str()."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
