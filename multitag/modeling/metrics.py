@@ -1,4 +1,6 @@
-"""Multi-label metrics for model selection, gating and reports, in plain numpy.
+"""Multi-label metrics for model selection, gating and reports: scikit-learn for the standard
+ranking scores (AP, ROC AUC), numpy for what it lacks (one-sort F1-best thresholds, NaN for
+classes a split does not contain, JSON-ready reports).
 
 Conventions every function here shares (serving shares the threshold rule via `apply_thresholds`):
 
@@ -41,7 +43,7 @@ def _check_inputs(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, 
 def _ranked_counts(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """True/false positive counts for `score >= t` at each distinct score t, highest t first.
 
-    This single O(N log N) sort feeds AP, ROC AUC and threshold tuning. Tied scores share
+    This single O(N log N) sort feeds the precision-recall steps and threshold tuning. Tied scores share
     one cut-off, so a tie never splits in an order-dependent way.
     """
     order = np.argsort(-y_score, kind="stable")
@@ -67,36 +69,30 @@ def precision_recall_steps(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.
     return np.r_[0.0, tps / tps[-1]], np.r_[1.0, tps / (tps + fps)]
 
 
-def _average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    if not y_true.any():
-        return math.nan
-    recall, precision = precision_recall_steps(y_true, y_score)
-    return float(np.sum(np.diff(recall) * precision[1:]))
-
-
-def _roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    tps, fps, _ = _ranked_counts(y_true, y_score)
-    if tps[-1] == 0 or fps[-1] == 0:
-        return math.nan
-    return float(np.trapezoid(np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]))
-
-
 def average_precision_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """AP per class (step-wise, as sklearn's `average_precision_score`), NaN without positives.
+    """AP per class (scikit-learn's step-wise `average_precision_score`), NaN without positives.
 
     NaN rather than 0 or 1, so that a class the split happens not to contain cannot move mAP.
     """
+    from sklearn.metrics import average_precision_score
+
     y_true, y_score = _check_inputs(y_true, y_score)
-    return np.array([_average_precision(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
+    return np.array(
+        [average_precision_score(y_true[:, c], y_score[:, c]) if y_true[:, c].any() else math.nan for c in range(y_true.shape[1])]
+    )
 
 
 def roc_auc_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
-    """ROC AUC per class, as sklearn's `roc_auc_score`. NaN where a class lacks positives or negatives.
+    """ROC AUC per class (scikit-learn's `roc_auc_score`). NaN where a class lacks positives or negatives.
 
     AUC is undefined when one side of the ranking is empty, so it is NaN there instead of an error.
     """
+    from sklearn.metrics import roc_auc_score
+
     y_true, y_score = _check_inputs(y_true, y_score)
-    return np.array([_roc_auc(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
+    return np.array(
+        [roc_auc_score(y_true[:, c], y_score[:, c]) if 0 < y_true[:, c].sum() < len(y_true) else math.nan for c in range(y_true.shape[1])]
+    )
 
 
 def _best_f1_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
