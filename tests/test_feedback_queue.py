@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -71,10 +72,10 @@ def test_add_stores_the_image_content_addressed(tmp_path):
     assert path.read_bytes() == data
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     (item,) = queue.list_items()
-    assert item.to_dict() | {"received_at": 0, "updated_at": 0} == {
+    assert asdict(item) | {"received_at": 0, "updated_at": 0} == {
         "id": result.id,
         "image_sha256": sha,
-        "labels": ["dog"],
+        "labels": ("dog",),
         "model_version": "3",
         "note": "was cat",
         "received_at": 0,

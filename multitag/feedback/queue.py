@@ -21,7 +21,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -80,10 +80,6 @@ class FeedbackItem:
     consumed_by: str | None
     reason: str | None
     updated_at: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready: labels as a list, everything else as stored."""
-        return {**asdict(self), "labels": list(self.labels)}
 
 
 class FeedbackQueue:
