@@ -4,6 +4,8 @@
 workers with `limit: null`, which the server's request validation rejects with 422 under the
 pinned FastAPI; the CLI then exits 1 (and `--all` stops there) although the deployment was created. This wrapper accepts
 that one known failure only after confirming, through the API, that every deployment exists.
+It can go when the project moves to a Prefect release whose server accepts that request with
+FastAPI >= 0.155 (then drop the `fastapi<0.155` pin in pyproject.toml and call `prefect deploy --all`).
 
     python -m flows.deploy        (needs PREFECT_API_URL)
 """

@@ -122,8 +122,8 @@ def tune_thresholds(
     cut-offs tie on F1, the highest is chosen, because it predicts fewer labels.
 
     A class with fewer than `min_positives` positives keeps `default`: with one or two
-    positives the F1-best cut-off is often "everything positive" (seen on real VOC photos:
-    bird, boat, bus at 0.00), which would tag every photo with that class.
+    positives the F1-best cut-off is often "everything positive", which would tag every photo
+    with that class (docs/DECISIONS.md: thresholds).
     """
     y_true, y_score = _check_inputs(y_true, y_score)
     tuned = np.array([_best_f1_threshold(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
