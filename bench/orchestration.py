@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,8 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_PATH = ROOT / "bench" / "results" / "orchestration.json"
+from harness import RESULTS_DIR, ROOT, free_port, machine_info
+
+RESULTS_PATH = RESULTS_DIR / "orchestration.json"
 TARGET_OVERHEAD_PERCENT = 15.0
 SERVER_START_S = 180
 STAGE_OUTPUTS = [
@@ -158,12 +157,6 @@ def scratch_project(root: Path, images: int, size: int, epochs: int) -> Path:
     settings = load_params(project / PARAMS_PATH).data.synthetic
     synthetic.generate(project / "data" / "raw" / "synthetic", settings.n_images, settings.image_size, settings.seed)
     return project
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(scratch: Path) -> tuple[subprocess.Popen, str]:
@@ -294,7 +287,7 @@ def summarise(attempts: list[dict], args: argparse.Namespace) -> dict:
             "epochs": args.epochs,
             "attempts_each": args.repeat,
         },
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "load_avg_1min_at_start": args.load_at_start},
+        "machine": {**machine_info(), "load_avg_1min_at_start": args.load_at_start},
         "direct_seconds": fastest["direct"],
         "flow_seconds": fastest["flow"],
         "overhead_percent": overhead,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -36,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from harness import RESULTS_DIR, ROOT, VOC_DIR, machine_info
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-IMAGES_DIR = SHARED / "datasets" / "voc-real" / "JPEGImages"
-RESULTS_PATH = ROOT / "bench" / "results" / "preprocess.json"
+IMAGES_DIR = VOC_DIR / "JPEGImages"
+RESULTS_PATH = RESULTS_DIR / "preprocess.json"
 POLL_SECONDS = 0.02
 MB = 1024 * 1024
 DEFAULT_IMAGES = 10_000
@@ -370,9 +368,7 @@ def main() -> None:
     report = {
         "benchmark": "preprocess",
         "machine": {
-            "cpu_count": os.cpu_count(),
-            "memory_gib": psutil.virtual_memory().total / 2**30,
-            "python": platform.python_version(),
+            **machine_info(),
             "pillow": Image.__version__,
             "numpy": np.__version__,
         },

@@ -24,9 +24,7 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,36 +37,15 @@ import numpy as np
 
 # At module level, not in naive_app: FastAPI resolves the naive handler's annotations here.
 from fastapi import FastAPI, File, UploadFile
+from harness import RESULTS_DIR, ROOT, SHARED, VOC_DIR, WEIGHTS_DIR, free_port, machine_info
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-JPEG_DIR = SHARED / "datasets" / "voc-real" / "JPEGImages"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-RESULTS_PATH = ROOT / "bench" / "results" / "serve.json"
+from multitag.data.sources.voc import VOC_CLASSES
+
+JPEG_DIR = VOC_DIR / "JPEGImages"
+WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+RESULTS_PATH = RESULTS_DIR / "serve.json"
 MODEL_NAME = "bench"
 INPUT_SIZE = 224
-VOC_CLASSES = [
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
 TARGET_P50_MS = 40.0
 TARGET_RATIO = 2.0
 
@@ -138,12 +115,6 @@ def naive_app(model_uri: str):
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running(command: list[str], cwd: Path, log_path: Path, timeout_s: float = 600) -> Iterator[str]:
     """Start a server process, wait until /health reports a model, yield its URL, stop it by pid."""
@@ -193,18 +164,6 @@ def measure(url: str, single: bytes, batch: list[bytes], requests: int, batches:
         "latency_ms_p95": round(float(np.percentile(latencies, 95)), 2),
         "latency_ms_mean": round(float(np.mean(latencies)), 2),
         "batch_images_per_s": round(batches * len(batch) / elapsed, 2),
-    }
-
-
-def machine_info() -> dict:
-    import tensorflow as tf
-
-    return {
-        "cpus": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "platform": platform.platform(),
     }
 
 
