@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from harness import RESULTS_DIR, ROOT, VOC_DIR, machine_info
+from harness import RESULTS_DIR, ROOT, VOC_DIR, child_command, machine_info
 from PIL import Image
 
 IMAGES_DIR = VOC_DIR / "JPEGImages"
@@ -149,10 +149,8 @@ def measure(variant: str, n: int, size: int, workers: int, scratch: Path, rep: i
     out_dir = scratch / name
     out_dir.mkdir()
     result_path, stderr_path = scratch / f"{name}.json", scratch / f"{name}.err"
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
+    command = child_command(
+        __file__,
         variant,
         "--images",
         str(n),
@@ -164,7 +162,7 @@ def measure(variant: str, n: int, size: int, workers: int, scratch: Path, rep: i
         str(out_dir),
         "--result",
         str(result_path),
-    ]
+    )
     busy = wait_for_idle(idle_wait)
     print(f"  {variant:8s} {n:>6,} images (cpus {busy:3.0f}% busy before) ...", end="", flush=True)
     load = os.getloadavg()[0]
