@@ -144,7 +144,8 @@ def child_main(args: argparse.Namespace) -> None:
     extractor.trainable = False
     keras.utils.set_random_seed(params.seed)  # the same initial head in every variant
     head = models.build_head(int(extractor.output_shape[-1]), y_train.shape[1], params.dense_units, params.dropout)
-    history: dict[str, list[float]] = {}
+    log_dir = Path(args.result).with_suffix("") / train.HISTORY_DIR  # laid out as `read_history` reads it
+    log_dir.mkdir(parents=True, exist_ok=True)
     train_feature_seconds = val_feature_seconds = 0.0
     cpu_start, started = os.times(), time.perf_counter()
     if args.child == "project":
@@ -162,10 +163,21 @@ def child_main(args: argparse.Namespace) -> None:
     data = (train.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
     fit_started = time.perf_counter()
     train._fit(
-        train._trainer(network, None), data, val_inputs, y_val, args.epochs, params.head_learning_rate, steps, params, loss, history, "head"
+        train._trainer(network, None),
+        data,
+        val_inputs,
+        y_val,
+        args.epochs,
+        params.head_learning_rate,
+        steps,
+        params,
+        loss,
+        log_dir / "head.csv",
+        f"{args.child} head",
     )
     finished = time.perf_counter()
     cpu_end = os.times()
+    history = train.read_history(log_dir.parent)
     val_map = history["head_val_mAP"]
     result = {
         "variant": args.child,

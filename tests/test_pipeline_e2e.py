@@ -56,7 +56,7 @@ def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
     lock = (root / "dvc.lock").read_text()
     assert champion.tags["data_hash"] in lock, "the champion's data hash is the DVC hash of data/processed"
     assert champion.tags["gate_verdict"] == "passed" and champion.tags["architecture"] == "small_cnn"
-    for artefact in ("models/small_cnn/model.keras", "metrics/evaluation.json", "reports/gate.md", "reports/registration.json"):
+    for artefact in ("models/small_cnn/model.keras", "metrics/dvclive/metrics.json", "reports/gate.md", "reports/registration.json"):
         assert (root / artefact).exists(), artefact
     import mlflow
 
@@ -71,6 +71,22 @@ def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
     assert json.loads(status.stdout) == {}
     repro = run([sys.executable, "-m", "dvc", "repro"], root, env)
     assert "Running stage" not in repro.stdout
+
+
+def test_dvc_shows_the_results_and_the_per_epoch_curves_of_training(project):
+    """What DVCLive wrote in the evaluate stage is what `dvc metrics show` and `dvc plots show`
+    read through dvc.yaml; the curves have one point per epoch that CSVLogger logged."""
+    from multitag.modeling.train import read_history
+
+    root, _ = project
+    env = project_env(root)
+    shown = json.loads(run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env).stdout)
+    results = shown[""]["data"]["metrics/dvclive/metrics.json"]["data"]["small_cnn"]
+    assert 0.0 <= results["test_mAP"] <= 1.0 and results["parameters"] > 0
+    plots = json.loads(run([sys.executable, "-m", "dvc", "plots", "show", "--json"], root, env).stdout)["data"]
+    points = plots["metrics/dvclive/plots/metrics/small_cnn/eval/mAP.tsv"][0]["content"]["data"]["values"]
+    logged = read_history(root / "models" / "small_cnn")["fine_tune_val_mAP"]
+    assert [float(point["mAP"]) for point in points] == pytest.approx(logged, nan_ok=True) and len(logged) >= 1
 
 
 def test_model_from_its_uri_predicts_like_the_in_memory_model_in_a_fresh_process(project):

@@ -1,5 +1,6 @@
 """MLflow tracking: one parent run per pipeline run, a nested run per architecture, and the
-model logged with everything needed to serve it from its URI alone.
+model logged with everything needed to serve it from its URI alone. DVCLive writes the same
+run's curves and results in the layout `dvc metrics show` and `dvc plots show` read.
 
 Defaults to the embedded backend (`sqlite:///mlflow.db`, artefacts in `mlartifacts/`);
 `MLFLOW_TRACKING_URI` points the same code at a tracking server.
@@ -157,6 +158,48 @@ def load_model(model_uri: str):
     model = mlflow.keras.load_model(model_uri)
     meta = mlflow.models.get_model_info(model_uri).metadata or {}
     return model, meta
+
+
+def log_dvc_metrics(directory: Path, histories: dict[str, dict[str, list[float]]], results: dict[str, dict]) -> Path:
+    """Each architecture's training curves and evaluation results in DVCLive's layout; returns
+    its `metrics.json`.
+
+    Curves: `plots/metrics/<arch>/train/loss.tsv` and `.../eval/mAP.tsv` (DVCLive's names for
+    Keras' `loss` and `val_mAP`), one step per epoch, the head phase then fine-tuning. Results:
+    `metrics.json` holds `results[arch]` beside the last epoch's values. dvc.yaml declares both,
+    so DVCLive writes no dvc.yaml of its own, and the pipeline's commit is the record: no DVC
+    experiment is saved.
+    """
+    from dvclive import Live
+
+    curves = {architecture: _epoch_curves(history) for architecture, history in histories.items()}
+    epochs = max((len(values) for curve in curves.values() for values in curve.values()), default=0)
+    with Live(str(directory), save_dvc_exp=False, dvcyaml=None) as live:
+        for epoch in range(epochs):
+            for architecture, curve in curves.items():
+                for name, values in curve.items():
+                    if epoch < len(values):
+                        live.log_metric(f"{architecture}/{name}", values[epoch])
+            live.next_step()
+        for architecture, result in results.items():
+            live.summary.setdefault(architecture, {}).update(result)  # None and lists too, as JSON
+    return Path(live.metrics_file)
+
+
+def _epoch_curves(history: dict[str, list[float]]) -> dict[str, list[float]]:
+    """`head_loss` + `fine_tune_loss` -> `train/loss` (and `val_mAP` -> `eval/mAP`): both phases
+    in a row, under the names DVCLive's Keras callback gives."""
+    from dvclive.utils import standardize_metric_name
+
+    from multitag.modeling.train import PHASES
+
+    curves: dict[str, list[float]] = {}
+    for phase in PHASES:
+        for key, values in history.items():
+            if key.startswith(f"{phase}_"):
+                name = standardize_metric_name(key.removeprefix(f"{phase}_"), "dvclive.keras")
+                curves.setdefault(name, []).extend(values)
+    return curves
 
 
 def write_json(path: Path, payload: object) -> Path:

@@ -8,7 +8,9 @@ on validation mAP. `small_cnn` has no pretrained backbone and trains end to end 
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +27,8 @@ from multitag.modeling import models
 from multitag.modeling.metrics import average_precision_per_class
 
 MODEL_FILE = "model.keras"
+HISTORY_DIR = "history"  # one CSVLogger file per phase
+PHASES = ("head", "fine_tune")
 
 
 @dataclass
@@ -160,25 +164,41 @@ def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> 
     return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
 
 
-def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, history: dict, phase: str, label: str):
-    """Compile with a cosine schedule and fit with val-mAP early stopping; append to `history`."""
+def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, log_path: Path, label: str):
+    """Compile with a cosine schedule and fit with val-mAP early stopping; Keras' CSVLogger writes
+    each epoch's logs (loss, val_mAP) to `log_path` as the epoch ends."""
     if epochs <= 0:
         return
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, epochs * steps))
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, jit_compile="auto")
     callbacks = [
-        ValidationMAP(val_inputs, y_val, params.batch_size),
+        ValidationMAP(val_inputs, y_val, params.batch_size),  # first: the others read its val_mAP
+        keras.callbacks.CSVLogger(str(log_path)),
         EpochProgress(label, epochs),
         keras.callbacks.EarlyStopping("val_mAP", mode="max", patience=params.patience, restore_best_weights=True),
     ]
     fit_kwargs = {"batch_size": params.batch_size} if isinstance(data[0], np.ndarray) else {}
-    result = model.fit(*data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=True, **fit_kwargs)
-    for key, values in result.history.items():
-        history.setdefault(f"{phase}_{key}", []).extend(float(v) for v in values)
+    model.fit(*data, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=True, **fit_kwargs)
+
+
+def read_history(model_dir: Path) -> dict[str, list[float]]:
+    """The per-epoch logs of both phases, keyed `<phase>_<name>` (`head_loss`, `fine_tune_val_mAP`),
+    read from the CSVLogger files under `<model_dir>/history/`; a phase that did not run is absent."""
+    history: dict[str, list[float]] = {}
+    for phase in PHASES:
+        path = model_dir / HISTORY_DIR / f"{phase}.csv"
+        if path.exists():
+            with path.open(newline="") as rows:
+                for row in csv.DictReader(rows):
+                    for name, value in row.items():
+                        if name != "epoch":
+                            history.setdefault(f"{phase}_{name}", []).append(float(value))
+    return history
 
 
 def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: TrainParams, init_model: Path | None = None) -> TrainResult:
-    """Train one architecture and save the served (sigmoid) model with its history."""
+    """Train one architecture and save the served (sigmoid) model; the per-epoch logs go to
+    `<out_dir>/history/<phase>.csv` while it trains (`read_history` reads them back)."""
     configure_runtime(params.seed)
     x_train, y_train = load_split(processed_dir, "train")
     x_val, y_val = load_split(processed_dir, "val")
@@ -187,7 +207,9 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     weights = models.resolve_weights(name, params.weights.get(name))
     arch = models.architecture(name)
     loss = make_loss(params.class_weighting, positive_weights(y_train))
-    history: dict[str, list[float]] = {}
+    history_dir = out_dir / HISTORY_DIR
+    shutil.rmtree(history_dir, ignore_errors=True)  # a warm start may skip the head phase: no stale log
+    history_dir.mkdir(parents=True)
     timings = {"feature": 0.0, "head": 0.0, "fine_tune": 0.0}
     started = time.perf_counter()
 
@@ -218,8 +240,7 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
             steps,
             params,
             loss,
-            history,
-            "head",
+            history_dir / "head.csv",
             f"{name} head",
         )
         timings["head"] = time.perf_counter() - t0
@@ -230,13 +251,25 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     t0 = time.perf_counter()
     label = f"{name} {'fine-tune' if arch.pretrained else 'from scratch'}"
     report(f"{label}: up to {fine_tune_epochs} epochs on {len(x_train)} images (early stopping on val mAP)")
-    _fit(trainer, (train_batches,), val_batches, y_val, fine_tune_epochs, learning_rate, steps, params, loss, history, "fine_tune", label)
+    _fit(
+        trainer,
+        (train_batches,),
+        val_batches,
+        y_val,
+        fine_tune_epochs,
+        learning_rate,
+        steps,
+        params,
+        loss,
+        history_dir / "fine_tune.csv",
+        label,
+    )
     timings["fine_tune"] = time.perf_counter() - t0
 
     probe = _probe_branch(name, size, weights, x_train, y_train, params) if params.probe_ensemble and arch.pretrained else None
     served = models.with_sigmoid(logits_model, bool(params.flip_average), probe, float(params.network_weight))
-    out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
+    history = read_history(out_dir)
     val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
     result = TrainResult(
         name,
@@ -251,7 +284,6 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
         float(np.nanmax(val_history)),
         int(served.count_params()),
     )
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     report(f"{name}: done in {result.train_seconds:.0f} s, best val mAP {result.best_val_mAP:.4f}")
     return result
