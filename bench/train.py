@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -43,42 +42,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import RESULTS_DIR, ROOT, VOC_DIR, child_command, machine_info, require_shared_data, stage_imagenet_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-VOC_DIR = SHARED / "datasets" / "voc-real"
-WEIGHTS_DIR = SHARED / "weights"
-WEIGHTS_224 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-RESULTS_PATH = ROOT / "bench" / "results" / "train.json"
+RESULTS_PATH = RESULTS_DIR / "train.json"
 ARCHITECTURE = "mobilenetv2"
 QUICK_IMAGES = {"train": 400, "val": 160}
 TARGET_SPEEDUP = 5.0
 TARGET_MAP_GAP = 0.01
 
 
-# --- shared with bench/transfer.py: offline weights and the real VOC arrays ---------------------
-
-
-def require_shared_data() -> None:
-    """Exit with a clear message when ../shared (the VOC photos and weights) is not next to the repo."""
-    missing = [p for p in (VOC_DIR, WEIGHTS_DIR / WEIGHTS_224) if not p.exists()]
-    if missing:
-        sys.exit(
-            f"{', '.join(map(str, missing))} not found: this benchmark needs ../shared/datasets/voc-real "
-            "and ../shared/weights next to the repository"
-        )
-
-
-def stage_imagenet_weights(keras_home: Path, size: int) -> None:
-    """Put the 224 px MobileNetV2 no-top weights where Keras looks for them at `size` px.
-
-    Set KERAS_HOME before keras is imported (Keras reads it once, at import).
-    """
-    models_dir = keras_home / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    for name in {WEIGHTS_224, WEIGHTS_224.replace("_224_", f"_{size}_")}:
-        shutil.copyfile(WEIGHTS_DIR / WEIGHTS_224, models_dir / name)
-    os.environ["KERAS_HOME"] = str(keras_home)
+# --- the real VOC arrays (bench/transfer.py uses them too) ---------------------------------------
 
 
 def bench_params(size: int, overrides: dict | None = None):
@@ -98,17 +71,6 @@ def prepare_voc_arrays(root: Path, size: int) -> Path:
     validate_stage(params, layout)
     preprocess_stage(params, layout)
     return layout.processed
-
-
-def machine_info() -> dict:
-    import psutil
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "python": platform.python_version(),
-        "load_avg_1min_at_start": os.getloadavg()[0],
-    }
 
 
 # --- the child: one timed variant -------------------------------------------------------------
@@ -210,10 +172,8 @@ def child_main(args: argparse.Namespace) -> None:
 def measure(variant: str, args: argparse.Namespace, processed: Path, scratch: Path, index: int) -> dict:
     """Run one variant in a fresh subprocess and return its JSON result."""
     result_path, stderr_path = scratch / f"{index}-{variant}.json", scratch / f"{index}-{variant}.err"
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
+    command = child_command(
+        __file__,
         variant,
         "--processed",
         str(processed),
@@ -227,7 +187,7 @@ def measure(variant: str, args: argparse.Namespace, processed: Path, scratch: Pa
         str(args.train_images),
         "--val-images",
         str(args.val_images),
-    ]
+    )
     print(f"  {variant:8s} ...", end="", flush=True)
     load = os.getloadavg()[0]
     with open(stderr_path, "w") as stderr:

@@ -38,17 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from harness import RESULTS_DIR, ROOT, VOC_DIR, child_command, machine_info, require_shared_data, stage_imagenet_weights
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import (  # bench/train.py
-    ROOT,
-    VOC_DIR,
-    machine_info,
-    require_shared_data,
-    stage_imagenet_weights,
-)
-
-RESULTS_PATH = ROOT / "bench" / "results" / "transfer.json"
+RESULTS_PATH = RESULTS_DIR / "transfer.json"
 METHODS = ("champion", "probe", "today")
 FREQUENT = ["cat", "cow", "dog", "horse", "person", "sheep"]
 PROBE_SIZE = 320
@@ -187,10 +179,8 @@ def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
     from multitag.data.manifest import read_classes
 
     result = scratch / method
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--child",
+    command = child_command(
+        __file__,
         method,
         "--processed",
         str(folder),
@@ -200,7 +190,7 @@ def measure(method: str, folder: Path, scratch: Path, extra: dict) -> dict:
         json.dumps(extra),
         "--model-dir",
         str(scratch / "models" / method),
-    ]
+    )
     print(f"  {method:9s} ... (progress below)", flush=True)
     started = time.perf_counter()
     code = subprocess.run(command, cwd=ROOT, check=False).returncode
