@@ -7,6 +7,8 @@ refines, so code that catches `ValueError` or `FileNotFoundError` keeps working.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class MultitagError(Exception):
     """Base of every error the user can act on."""
@@ -18,3 +20,21 @@ class MissingInputError(MultitagError, FileNotFoundError):
 
 class UsageError(MultitagError, ValueError):
     """What was asked cannot be done as asked (an unknown name, a choice that cannot work)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why one item (an image, a CSV row, an annotation) cannot be used: a short `reason` code for
+    quarantine tables, reports and API errors, and a `detail` a person can act on."""
+
+    reason: str
+    detail: str
+
+    @classmethod
+    def parse(cls, text: str) -> Problem:
+        """A problem written as 'reason: detail' (how the dataset readers note them)."""
+        reason, _, detail = text.partition(": ")
+        return cls(reason, detail)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"

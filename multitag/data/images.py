@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from multitag.config import ResizeMode
-from multitag.errors import MultitagError, UsageError
+from multitag.errors import MultitagError, Problem, UsageError
 
 DEFAULT_MAX_PIXELS = 80_000_000
 
@@ -26,12 +26,11 @@ Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(MultitagError, ValueError):
-    """An image cannot be used; `reason` is a short code for quarantine tables and API errors."""
+    """An image cannot be used, and why (`problem`: a reason code for quarantine tables and API errors, and a detail)."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        self.problem = Problem(reason, detail)
+        super().__init__(str(self.problem))
 
 
 @dataclass(frozen=True)

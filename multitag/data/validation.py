@@ -19,7 +19,7 @@ from multitag.data import manifest
 from multitag.data.images import ImageError, inspect
 from multitag.data.manifest import SPLITS, Record, SourceData
 from multitag.data.parallel import map_with_progress
-from multitag.errors import MultitagError
+from multitag.errors import MultitagError, Problem
 from multitag.reports import markdown_table, write_json
 
 SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid fraction
@@ -38,33 +38,32 @@ class ValidationResult:
     report: dict
 
 
-def inspect_path(path: str, max_pixels: int, min_side: int) -> tuple[str, int, int, str, str]:
-    """(sha256, width, height, reason, detail) for one file; reason is '' when it is fine."""
+def inspect_path(path: str, max_pixels: int, min_side: int) -> tuple[str, int, int, Problem | None]:
+    """(sha256, width, height, problem) for one file; the problem is None when it is fine."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return "", 0, 0, "missing_file", f"{path} does not exist"
+        return "", 0, 0, Problem("missing_file", f"{path} does not exist")
     except OSError as err:
-        return "", 0, 0, "unreadable_file", str(err)
+        return "", 0, 0, Problem("unreadable_file", str(err))
     try:
         info = inspect(data, max_pixels, min_side)
     except ImageError as err:
-        return "", 0, 0, err.reason, err.detail
-    return info.sha256, info.width, info.height, "", ""
+        return "", 0, 0, err.problem
+    return info.sha256, info.width, info.height, None
 
 
 def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> ValidationResult:
     """Check every record; return the clean manifest, the quarantine table and a report."""
     inspect_one = partial(inspect_path, max_pixels=params.max_pixels, min_side=params.min_side)
     inspected = map_with_progress(inspect_one, [r.path for r in data.records], workers, "Validating images")
-    reasons: dict[int, tuple[str, str]] = {}
-    for index, (record, (sha, width, height, reason, detail)) in enumerate(zip(data.records, inspected)):
+    reasons: dict[int, Problem] = {}
+    for index, (record, (sha, width, height, problem)) in enumerate(zip(data.records, inspected)):
         record.sha256, record.width, record.height = sha, width, height
         if record.problems:
-            code, _, text = record.problems[0].partition(": ")
-            reasons[index] = (code, text)
-        elif reason:
-            reasons[index] = (reason, detail)
+            reasons[index] = Problem.parse(record.problems[0])
+        elif problem:
+            reasons[index] = problem
     frame = manifest.to_frame(data.records)
     suite_results = _run_suite(frame, data.classes, params, reasons)
     _flag_duplicates(data.records, reasons)
@@ -75,7 +74,7 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
     return ValidationResult(clean, quarantine, data.classes, report)
 
 
-def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]]) -> None:
+def _flag_duplicates(records: list[Record], reasons: dict[int, Problem]) -> None:
     """Keep one copy of each id and of each content hash, in this order of preference:
     the test copy (test content never trains), then a user's feedback (a correction replaces
     the source's labels), then the first seen."""
@@ -87,7 +86,7 @@ def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]])
             continue
         record = records[index]
         if record.image_id in seen_ids:
-            reasons[index] = ("duplicate_id", f"id {record.image_id} already used by {records[seen_ids[record.image_id]].path}")
+            reasons[index] = Problem("duplicate_id", f"id {record.image_id} already used by {records[seen_ids[record.image_id]].path}")
             continue
         seen_ids[record.image_id] = index
         first = seen_hashes.setdefault(record.sha256, index)
@@ -95,14 +94,14 @@ def _flag_duplicates(records: list[Record], reasons: dict[int, tuple[str, str]])
             reasons[index] = _duplicate_reason(records[first], record)
 
 
-def _duplicate_reason(kept: Record, dropped: Record) -> tuple[str, str]:
+def _duplicate_reason(kept: Record, dropped: Record) -> Problem:
     if kept.source == "feedback" and kept.split != "test":
-        return SUPERSEDED, f"labels corrected by user feedback {kept.image_id}"
+        return Problem(SUPERSEDED, f"labels corrected by user feedback {kept.image_id}")
     code = "duplicate_content_across_splits" if kept.split != dropped.split else "duplicate_content"
-    return code, f"same bytes as {kept.image_id} ({kept.split or 'unsplit'} split)"
+    return Problem(code, f"same bytes as {kept.image_id} ({kept.split or 'unsplit'} split)")
 
 
-def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, reasons: dict[int, tuple[str, str]]) -> list[dict]:
+def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, reasons: dict[int, Problem]) -> list[dict]:
     """Run the manifest suite with row-level results; failing rows get the expectation's reason."""
     import great_expectations as gx  # slow import (~4 s): only this stage pays for it
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -126,7 +125,7 @@ def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, 
         reason = item.expectation_config.meta["reason"]
         rows = [hit["row"] for hit in item.result.get("unexpected_index_list") or []]
         for row in rows:
-            reasons.setdefault(int(row), (reason, _detail(reason, checked.iloc[int(row)], params)))
+            reasons.setdefault(int(row), Problem(reason, _detail(reason, checked.iloc[int(row)], params)))
         summary.append(
             {"expectation": item.expectation_config.type, "reason": reason, "success": bool(item.success), "failing_rows": len(rows)}
         )
@@ -163,11 +162,11 @@ def _detail(reason: str, row: pd.Series, params: ValidateParams) -> str:
     return reason
 
 
-def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, Problem]) -> tuple[pd.DataFrame, pd.DataFrame]:
     bad = sorted(reasons)
     quarantine = frame.iloc[bad][["image_id", "path", "split", "source", "labels"]].copy()
-    quarantine["reason"] = [reasons[i][0] for i in bad]
-    quarantine["detail"] = [reasons[i][1] for i in bad]
+    quarantine["reason"] = [reasons[i].reason for i in bad]
+    quarantine["detail"] = [reasons[i].detail for i in bad]
     clean = frame.drop(frame.index[bad]).reset_index(drop=True)
     return clean, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
 

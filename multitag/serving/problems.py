@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 
 from fastapi import HTTPException
 
@@ -24,7 +25,7 @@ def image_problem(check: Callable[[bytes], object], filename: str, data: bytes) 
     try:
         check(data)
     except images.ImageError as err:
-        return {"filename": filename, "reason": err.reason, "detail": err.detail}
+        return {"filename": filename, **asdict(err.problem)}
     except Exception as err:
         return {"filename": filename, "reason": "undecodable", "detail": f"{type(err).__name__}: {err}"}
     return None
