@@ -1,8 +1,8 @@
 """Task cache keys from file content, never from arrays or models held in memory.
 
-A key covers the task's parameter group, the content of its input files and the current
-content of its outputs, so a deleted or edited output re-runs the task instead of trusting
-a stale cached result.
+A key covers the task's parameter groups, the content of its input files and its named
+arguments; a cached result is trusted only while the task's outputs are what that run made
+(StageCache), so a deleted or edited output re-runs the task.
 """
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from multitag.config import load_params
+from multitag.layout import Layout
 from multitag.lifecycle.versioning import dvc_dir_hash
+from multitag.reports import write_json
 
 
 def content_hash(path: Path) -> str:
@@ -39,18 +42,50 @@ def stage_code(stage: str, dvc_file: Path = DVC_FILE) -> list[str]:
     return [dep for dep in deps if isinstance(dep, str) and dep.startswith("multitag/")]
 
 
-def files_key(groups: list[str], inputs: list[str], outputs: list[str], extra: list[str] = ()) -> Callable[[Any, dict], str]:
-    """A Prefect cache_key_fn hashing params groups, input and output paths, and named task arguments."""
+STAMPS = Layout().root / ".multitag" / "stage-outputs"
 
-    def key(context: Any, parameters: dict) -> str:
+
+@dataclass(frozen=True)
+class StageCache:
+    """A Prefect cache for one stage, with DVC's rule for outputs: a cached result is reused
+    only while the stage's outputs are exactly what the run that made it left on disk.
+
+    The key covers the params groups, the content of the inputs and the named task arguments.
+    Each run records its outputs' content under that key (`record`, in .multitag/); a later run
+    may take the cached result only when the outputs still match that record, or, before any
+    record, when they do not exist yet. A deleted, overwritten or foreign output (from `dvc
+    repro` or the CLI) makes the key None: Prefect runs the task again and caches nothing.
+    """
+
+    name: str
+    groups: list[str]
+    inputs: Callable[[dict], list[str]]
+    outputs: Callable[[dict], list[str]]
+    args: tuple[str, ...] = ()
+
+    def key(self, context: Any, parameters: dict) -> str | None:
+        """The Prefect cache_key_fn."""
+        inputs_key = self.inputs_key(parameters)
+        produced = self._outputs_now(parameters)
+        stamp = STAMPS / f"{inputs_key}.json"
+        if stamp.exists():
+            return inputs_key if json.loads(stamp.read_text()) == produced else None
+        return inputs_key if set(produced.values()) <= {"missing"} else None
+
+    def record(self, parameters: dict) -> None:
+        """Call at the end of the task body: what this run left on disk, under its key."""
+        STAMPS.mkdir(parents=True, exist_ok=True)
+        write_json(STAMPS / f"{self.inputs_key(parameters)}.json", self._outputs_now(parameters))
+
+    def inputs_key(self, parameters: dict) -> str:
         params = load_params(parameters.get("params_path", "params.yaml")).model_dump(mode="json", by_alias=True)
         payload = {
-            "params": {g: params[g] for g in groups},
-            "inputs": {p: content_hash(Path(p)) for p in inputs},
-            "outputs": {p: content_hash(Path(p)) for p in outputs},
-            "args": {name: parameters.get(name) for name in extra},
-            "task": context.task.name,
+            "stage": self.name,
+            "params": {g: params[g] for g in self.groups},
+            "inputs": {p: content_hash(Path(p)) for p in self.inputs(parameters)},
+            "args": {name: parameters.get(name) for name in self.args},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
-    return key
+    def _outputs_now(self, parameters: dict) -> dict[str, str]:
+        return {p: content_hash(Path(p)) for p in self.outputs(parameters)}

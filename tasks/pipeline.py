@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from multitag import stages
 from multitag.config import load_params
 from multitag.layout import Layout
-from tasks.caching import files_key, stage_code
+from tasks.caching import StageCache, stage_code
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
 CACHED = {"persist_result": True}
@@ -29,34 +29,52 @@ def apply_overrides(params_path: str, overrides: dict) -> str:
     return params_path
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["data"], stage_code("synthesize"), [str(Layout().synthetic)]))
-def synthesize(params_path: str) -> str:
-    return str(stages.synthesize_stage(load_params(params_path)))
-
-
-def _source_key(context, parameters: dict) -> str:
-    """validate's key also covers the dataset folder named in params."""
-    data_path = str(load_params(parameters.get("params_path", "params.yaml")).data.path)
-    inputs = [data_path, str(Layout().feedback_export), *stage_code("validate")]
-    return files_key(["data", "validate"], inputs, [str(Layout().validated)])(context, parameters)
-
-
-@task(**IO_RETRIES, **CACHED, cache_key_fn=_source_key)
-def validate(params_path: str) -> dict[str, str]:
-    return {name: str(path) for name, path in stages.validate_stage(load_params(params_path)).items()}
-
-
-@task(**IO_RETRIES, **CACHED, cache_key_fn=files_key(["preprocess"], ["data/validated", *stage_code("preprocess")], ["data/processed"]))
-def preprocess(params_path: str) -> dict:
-    return stages.preprocess_stage(load_params(params_path))
-
-
-@task(
-    **IO_RETRIES, **CACHED, cache_key_fn=files_key(["train"], ["data/processed", *stage_code("train")], [], ["architecture", "init_model"])
+SYNTHESIZE = StageCache("synthesize", ["data"], lambda _: stage_code("synthesize"), lambda _: [str(Layout().synthetic)])
+VALIDATE = StageCache(
+    "validate",
+    ["data", "validate"],
+    lambda p: [str(load_params(p["params_path"]).data.path), str(Layout().feedback_export), *stage_code("validate")],
+    lambda _: [str(Layout().validated)],
 )
+PREPROCESS = StageCache(
+    "preprocess", ["preprocess"], lambda _: [str(Layout().validated), *stage_code("preprocess")], lambda _: [str(Layout().processed)]
+)
+TRAIN = StageCache(
+    "train",
+    ["train"],
+    lambda p: [str(Layout().processed), *stage_code("train"), *([p["init_model"]] if p.get("init_model") else [])],
+    lambda p: [str(Layout().models / p["architecture"])],
+    ("architecture",),
+)
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=SYNTHESIZE.key)
+def synthesize(params_path: str) -> str:
+    root = str(stages.synthesize_stage(load_params(params_path)))
+    SYNTHESIZE.record({"params_path": params_path})
+    return root
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=VALIDATE.key)
+def validate(params_path: str) -> dict[str, str]:
+    paths = {name: str(path) for name, path in stages.validate_stage(load_params(params_path)).items()}
+    VALIDATE.record({"params_path": params_path})
+    return paths
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=PREPROCESS.key)
+def preprocess(params_path: str) -> dict:
+    summary = stages.preprocess_stage(load_params(params_path))
+    PREPROCESS.record({"params_path": params_path})
+    return summary
+
+
+@task(**IO_RETRIES, **CACHED, cache_key_fn=TRAIN.key)
 def train(architecture: str, params_path: str, init_model: str | None = None) -> str:
     """Train in a subprocess so TensorFlow's memory is released after each architecture."""
-    return str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
+    model_dir = str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
+    TRAIN.record({"architecture": architecture, "params_path": params_path, "init_model": init_model})
+    return model_dir
 
 
 @task

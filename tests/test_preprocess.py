@@ -3,6 +3,7 @@ test split, stratified ratios and determinism."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from multitag.data.preprocess import load_split, preprocess
 from multitag.data.sources import read_source
 from multitag.data.splits import read_frozen_test
 from multitag.data.validation import validate, write_outputs
+from multitag.errors import MissingInputError
 
 CLASSES = ["cat", "dog", "person"]
 PREVALENCE = (0.5, 0.3, 0.6)
@@ -238,3 +240,23 @@ def test_same_seed_same_split_and_arrays(hundred, tmp_path):
     assert not a.equals(c), "a different seed should give a different split"
     for split in ("train", "val", "test"):
         np.testing.assert_array_equal(load_split(tmp_path / "a", split)[0], load_split(tmp_path / "b", split)[0])
+
+
+def test_a_lost_frozen_test_split_is_never_redrawn_silently(hundred, tmp_path):
+    """Issue 11: with the frozen set gone, the same dataset's next preprocess would draw a new
+    test split from every row (training images included). It stops and says how to restore it."""
+    frozen, out = tmp_path / "frozen_test.json", tmp_path / "processed"
+    hundred.preprocess(out, frozen)
+    test_ids = set(processed_splits(out)["test"]["image_id"])
+    kept = frozen.read_bytes()
+    frozen.unlink()
+    with pytest.raises(MissingInputError, match="dvc checkout"):
+        hundred.preprocess(out, frozen)
+    assert not frozen.exists(), "nothing was re-drawn"
+    frozen.write_bytes(kept)  # restored, as `dvc checkout` would
+    hundred.preprocess(out, frozen, seed=7)
+    assert set(processed_splits(out)["test"]["image_id"]) == test_ids
+    frozen.unlink()
+    shutil.rmtree(out)  # a new test split on purpose
+    hundred.preprocess(out, frozen)
+    assert frozen.exists()

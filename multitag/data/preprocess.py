@@ -45,6 +45,8 @@ def preprocess(
     frame = manifest.read(manifest_path)
     classes = manifest.read_classes(classes_path)
     frozen = splits.read_frozen_test(frozen_test_path, dataset)
+    if frozen is None:
+        splits.refuse_silent_redraw(out_dir / "summary.json", frozen_test_path, dataset)
     elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
     frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits)
     splits.require_nonempty(frame, dataset, params.split_ratios, len(frozen) if frozen is not None else None)
