@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from multitag import stages
 from multitag.config import load_params
+from multitag.workspace import exclusive_run
 from tasks import pipeline as t
 
 
@@ -32,17 +33,18 @@ def training_pipeline(
     params_path: str = "params.yaml",
 ) -> dict:
     """Train every configured architecture, let the gate judge the best, register them all."""
-    params_path = t.apply_overrides(params_path, run_overrides(architectures, epochs, data_source, data_path))
-    params = load_params(params_path)
-    t.synthesize(params_path)  # generates shapes only when they are the data
-    t.validate(params_path)
-    t.preprocess(params_path)
-    for architecture in params.train.architectures:
-        t.train(architecture, params_path)
-    t.evaluate(params_path, run_name="training-pipeline")
-    t.gate(params_path)
-    registration = t.register(params_path)
-    t.record_data_versions()
+    with exclusive_run("training-pipeline flow"):
+        params_path = t.apply_overrides(params_path, run_overrides(architectures, epochs, data_source, data_path))
+        params = load_params(params_path)
+        t.synthesize(params_path)  # generates shapes only when they are the data
+        t.validate(params_path)
+        t.preprocess(params_path)
+        for architecture in params.train.architectures:
+            t.train(architecture, params_path)
+        t.evaluate(params_path, run_name="training-pipeline")
+        t.gate(params_path)
+        registration = t.register(params_path)
+        t.record_data_versions()
     t.publish_report(registration)
     get_run_logger().info(stages.outcome_message(registration))
     return registration

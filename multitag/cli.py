@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,9 +18,13 @@ from multitag.config import Source, load_params
 from multitag.errors import MissingInputError, MultitagError, UsageError
 from multitag.feedback.queue import RequeueState, State
 from multitag.layout import Layout
+from multitag.workspace import exclusive_run
 
 out = Console()  # what a command produces: tables, reports, JSON
 console = Console(stderr=True)  # what it says about its progress and problems
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Commands(TyperGroup):
@@ -46,6 +53,17 @@ console = Console(stderr=True)
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameters file.")
 
 
+def exclusive(command: Callable[P, R]) -> Callable[P, R]:
+    """The command holds the workspace while it runs: one pipeline run at a time (multitag.workspace)."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with exclusive_run(f"multitag {command.__name__.replace('_', ' ')}"):
+            return command(*args, **kwargs)
+
+    return run
+
+
 @data_app.command("download")
 def data_download(
     name: str = typer.Argument(..., help="Dataset name, e.g. voc2007."),
@@ -60,6 +78,7 @@ def data_download(
 
 
 @data_app.command("synthesize")
+@exclusive
 def data_synthesize(params_path: Path = ParamsOption) -> None:
     """Generate the synthetic shapes dataset (data.synthetic) into data/raw/synthetic; a photo
     source generates nothing."""
@@ -74,6 +93,7 @@ def data_synthesize(params_path: Path = ParamsOption) -> None:
 
 
 @data_app.command("validate")
+@exclusive
 def data_validate(params_path: Path = ParamsOption) -> None:
     """Validate the configured dataset; bad items go to the quarantine table."""
     from multitag.stages import validate_stage
@@ -88,6 +108,7 @@ def data_validate(params_path: Path = ParamsOption) -> None:
 
 
 @data_app.command("preprocess")
+@exclusive
 def data_preprocess(params_path: Path = ParamsOption) -> None:
     """Split and write uint8 arrays per split to data/processed/."""
     from multitag.stages import preprocess_stage
@@ -120,6 +141,7 @@ def data_describe(params_path: Path = ParamsOption) -> None:
 
 
 @app.command("train")
+@exclusive
 def train(
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s) to train; default: train.architectures."),
     params_path: Path = ParamsOption,
@@ -139,6 +161,7 @@ def train(
 
 
 @app.command("evaluate")
+@exclusive
 def evaluate(
     model_uri: str | None = typer.Argument(None, help="An MLflow model URI; default: evaluate every trained architecture."),
     params_path: Path = ParamsOption,
@@ -179,6 +202,7 @@ def predict(
 
 
 @app.command("gate")
+@exclusive
 def gate(params_path: Path = ParamsOption) -> None:
     """Judge the best candidate against the champion; writes reports/gate.md."""
     from multitag.stages import gate_stage
@@ -189,6 +213,7 @@ def gate(params_path: Path = ParamsOption) -> None:
 
 
 @app.command("register")
+@exclusive
 def register(params_path: Path = ParamsOption) -> None:
     """Register every candidate and move aliases by the gate's verdict."""
     from multitag.stages import register_stage
@@ -323,6 +348,7 @@ def serve(
 
 
 @app.command("pipeline")
+@exclusive
 def pipeline(
     source: Source = typer.Option(..., help="The dataset's format."),
     path: Path | None = typer.Option(None, help=f"Dataset folder (default for synthetic: {Layout().synthetic})."),

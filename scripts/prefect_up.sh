@@ -111,6 +111,8 @@ say "server healthy at $API"
 "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
     || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null \
     || "$BIN/prefect" work-pool inspect "$POOL" >/dev/null
+# One flow run at a time on this pool: the deployments share one workspace.
+"$BIN/prefect" work-pool set-concurrency-limit "$POOL" 1 >/dev/null
 say "work pool $POOL (process) exists"
 
 export MULTITAG_RETRAIN_TIMEZONE

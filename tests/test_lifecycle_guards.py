@@ -57,3 +57,30 @@ def test_train_cache_key_follows_the_data_and_the_architecture(workspace):
     assert train_key("mobilenetv2") not in (None, first)
     (workspace / "data" / "processed" / "train_x.npy").write_bytes(b"other arrays")
     assert train_key() != first
+
+
+def test_two_runs_started_together_one_holds_the_workspace_the_other_is_told_who(tmp_path):
+    """Two real `multitag data validate` processes on one workspace: one runs, the other is
+    refused at once with a message naming the running one (its pid), and loses nothing."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["synthetic"] = {"n_images": 120, "image_size": 48, "seed": 0}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MULTITAG_WORKSPACE_RUN", None)
+    command = [sys.executable, "-m", "multitag.cli"]
+    subprocess.run([*command, "data", "synthesize"], cwd=tmp_path, env=env, check=True, capture_output=True)
+
+    runs = [subprocess.Popen([*command, "data", "validate"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(run.pid, run.wait(timeout=300), run.stderr.read()) for run in runs]
+    succeeded = [pid for pid, code, _ in outcomes if code == 0]
+    refused = [" ".join(err.split()) for _, code, err in outcomes if code == 1]
+    assert len(succeeded) == 1 and len(refused) == 1, outcomes
+    assert "WorkspaceBusy" in refused[0] and f"multitag data validate, pid {succeeded[0]}" in refused[0]
+    assert (tmp_path / "data" / "validated" / "manifest.parquet").exists()
+    assert not (tmp_path / ".multitag" / "workspace.lock").read_text(), "the holder cleared its name when it finished"
