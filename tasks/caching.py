@@ -50,11 +50,12 @@ class StageCache:
     """A Prefect cache for one stage, with DVC's rule for outputs: a cached result is reused
     only while the stage's outputs are exactly what the run that made it left on disk.
 
-    The key covers the params groups, the content of the inputs and the named task arguments.
-    Each run records its outputs' content under that key (`record`, in .multitag/); a later run
-    may take the cached result only when the outputs still match that record, or, before any
-    record, when they do not exist yet. A deleted, overwritten or foreign output (from `dvc
-    repro` or the CLI) makes the key None: Prefect runs the task again and caches nothing.
+    The key covers this workspace (Prefect's result store is shared by every project on the
+    machine), the params groups, the content of the inputs and the named task arguments. Each
+    run records its outputs' content under that key (`record`, in the workspace's .multitag/); a
+    later run may take the cached result only when the outputs still match that record. With no
+    record (a fresh clone, a first run) or a deleted, overwritten or foreign output (from `dvc
+    repro` or the CLI), the key is None: Prefect runs the task and caches nothing.
     """
 
     name: str
@@ -68,9 +69,9 @@ class StageCache:
         inputs_key = self.inputs_key(parameters)
         produced = self._outputs_now(parameters)
         stamp = STAMPS / f"{inputs_key}.json"
-        if stamp.exists():
-            return inputs_key if json.loads(stamp.read_text()) == produced else None
-        return inputs_key if set(produced.values()) <= {"missing"} else None
+        if not stamp.exists():
+            return None
+        return inputs_key if json.loads(stamp.read_text()) == produced else None
 
     def record(self, parameters: dict) -> None:
         """Call at the end of the task body: what this run left on disk, under its key."""
@@ -80,6 +81,7 @@ class StageCache:
     def inputs_key(self, parameters: dict) -> str:
         params = load_params(parameters.get("params_path", "params.yaml")).model_dump(mode="json", by_alias=True)
         payload = {
+            "workspace": str(Path.cwd().resolve()),
             "stage": self.name,
             "params": {g: params[g] for g in self.groups},
             "inputs": {p: content_hash(Path(p)) for p in self.inputs(parameters)},

@@ -38,11 +38,11 @@ def write_model(workspace: Path, content: bytes) -> None:
 
 
 def test_train_cache_is_trusted_only_while_the_model_folder_is_what_that_run_made(workspace):
-    first = train_key()
-    assert first is not None, "a first run may be cached"
+    assert train_key() is None, "nothing recorded in this workspace: no cache hit (Prefect's store is machine-wide)"
     write_model(workspace, b"model A")
     t.TRAIN.record({"architecture": "small_cnn", "params_path": "params.yaml", "init_model": None})
-    assert train_key() == first, "the same inputs and the model it made: a cache hit is fine"
+    first = train_key()
+    assert first is not None, "the same inputs and the model that run made: a cache hit is fine"
 
     shutil.rmtree(workspace / "models" / "small_cnn")
     assert train_key() != first, "a deleted model folder must not hit the cache (it would return no model)"
@@ -53,10 +53,26 @@ def test_train_cache_is_trusted_only_while_the_model_folder_is_what_that_run_mad
 
 
 def test_train_cache_key_follows_the_data_and_the_architecture(workspace):
+    write_model(workspace, b"model A")
+    t.TRAIN.record({"architecture": "small_cnn", "params_path": "params.yaml", "init_model": None})
     first = train_key()
-    assert train_key("mobilenetv2") not in (None, first)
+    assert first is not None and train_key("mobilenetv2") is None, "nothing recorded for that architecture"
     (workspace / "data" / "processed" / "train_x.npy").write_bytes(b"other arrays")
-    assert train_key() != first
+    assert train_key() is None, "new data: the recorded run does not apply"
+
+
+def test_validate_never_reuses_a_result_whose_outputs_another_dataset_overwrote(workspace):
+    """Seen on a user's journey (shapes demo, then VOC): Prefect's cached `validate` of VOC was
+    reused while data/validated held the shapes, and VOC's model trained on shapes."""
+    validated = workspace / "data" / "validated"
+    validated.mkdir(parents=True)
+    (validated / "manifest.parquet").write_bytes(b"VOC rows")
+    t.VALIDATE.record({"params_path": "params.yaml"})
+    context = SimpleNamespace(task=SimpleNamespace(name="validate"))
+    voc_key = t.validate.cache_key_fn(context, {"params_path": "params.yaml"})
+    assert voc_key is not None
+    (validated / "manifest.parquet").write_bytes(b"shapes rows, written by the demo's validate")
+    assert t.validate.cache_key_fn(context, {"params_path": "params.yaml"}) is None
 
 
 def test_two_runs_started_together_one_holds_the_workspace_the_other_is_told_who(tmp_path):
