@@ -1,8 +1,10 @@
 """nightly_retraining: turn users' corrections into a better model, or change nothing.
 
-With enough pending feedback: claim it, add it to the training data (train/val only), retrain
-warm-started from the champion, evaluate on the frozen test split, gate, register, and only
-then mark the feedback consumed. Any failure puts the claimed items back to pending.
+With enough pending feedback: claim it (renewing the claim while the run lives), reject the
+items validation would quarantine, add the rest to the training data (train/val only), retrain
+warm-started from the champion, evaluate on the frozen test split, gate, register, and only then
+mark the feedback consumed. Any failure puts the claimed items back to pending and takes them out
+of the feedback export again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from multitag.config import load_params
+from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
 
@@ -28,26 +31,34 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked}
     run_id = flow_run.get_id() or "local"
-    claimed = fb.claim(params_path, run_id)
-    try:
-        run = fb.prepare(params_path, run_id)
-        t.validate(run["params_path"])
-        t.preprocess(run["params_path"])
-        for architecture in run["architectures"]:
-            warm_start = run["init_model"] if architecture == run["champion_architecture"] else None
-            t.train(architecture, run["params_path"], init_model=warm_start)
-        tags = {"feedback_ids": ",".join(map(str, claimed)), "retraining_run": run_id, "warm_start_version": run["champion_version"]}
-        t.evaluate(run["params_path"], run_name="nightly-retraining", extra_tags=tags)
-        t.gate(run["params_path"])
-        registration = t.register(run["params_path"], extra_tags=tags)
-    except Exception:
-        fb.release(params_path, run_id)
-        raise
-    fb.ack(params_path, run_id, claimed)
+    with exclusive_run("nightly-retraining flow"):
+        fb.claim(params_path, run_id)
+        with fb.leases_renewed(params_path, run_id):
+            try:
+                invalid = fb.reject_invalid(params_path, run_id)
+                run = fb.prepare(params_path, run_id)
+                t.validate(run["params_path"])
+                t.preprocess(run["params_path"])
+                for architecture in run["architectures"]:
+                    warm_start = run["init_model"] if architecture == run["champion_architecture"] else None
+                    t.train(architecture, run["params_path"], init_model=warm_start)
+                used = run["feedback_ids"]
+                tags = {"feedback_ids": ",".join(map(str, used)), "retraining_run": run_id, "warm_start_version": run["champion_version"]}
+                t.evaluate(run["params_path"], run_name="nightly-retraining", extra_tags=tags)
+                t.gate(run["params_path"])
+                registration = t.register(run["params_path"], extra_tags=tags)
+            except BaseException:  # a cancelled run gives its items back too
+                fb.release(params_path, run_id)
+                raise
+            fb.ack(params_path, run_id, used)
     logger.info(
-        "used %d feedback items; gate %s; champion is version %s", len(claimed), registration["verdict"], registration["champion_version"]
+        "used %d feedback items (%d rejected as invalid); gate %s; champion is version %s",
+        len(used),
+        len(invalid),
+        registration["verdict"],
+        registration["champion_version"],
     )
-    return {"status": "retrained", "feedback_ids": claimed, "rejected_leakage": leaked, **registration}
+    return {"status": "retrained", "feedback_ids": used, "rejected_leakage": leaked, "rejected_invalid": invalid, **registration}
 
 
 if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH]

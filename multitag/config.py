@@ -157,6 +157,9 @@ class ServeParams(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     max_files: int = Field(16, ge=1)
     admin_token_env: str = "MULTITAG_ADMIN_TOKEN"
+    allowed_origins: list[str] = []
+    prediction_retention_hours: float = Field(24, ge=0)
+    prediction_sweep_interval_s: float = Field(600, gt=0)
 
 
 class FeedbackParams(_Strict):

@@ -1,9 +1,11 @@
-"""Prefect tasks of the feedback loop: guard against leakage, claim, prepare, ack or release."""
+"""Prefect tasks of the feedback loop: guard against leakage, claim, set bad items aside, prepare,
+ack or release."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from prefect import task
@@ -35,25 +37,40 @@ def claim(params_path: str, run_id: str) -> list[int]:
     return [item.id for item in retraining.open_queue(load_params(params_path)).claim(run_id)]
 
 
+def leases_renewed(params_path: str, run_id: str) -> AbstractContextManager[None]:
+    """Keep the run's claims while the block runs (not a task: a thread beside the flow's tasks)."""
+    return retraining.leases_renewed(retraining.open_queue(load_params(params_path)), run_id)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def reject_invalid(params_path: str, run_id: str) -> dict[int, str]:
+    """Claimed items the validation stage would quarantine are rejected with its reason, once."""
+    from multitag.data.sources import read_source
+
+    params = load_params(params_path)
+    classes = read_source(params.data).classes
+    return retraining.reject_invalid(retraining.open_queue(params), run_id, classes, params.validate_)
+
+
 @task
 def prepare(params_path: str, run_id: str) -> dict:
-    """Export feedback as training data, fetch the champion, write this run's params file.
+    """Fetch the champion, write this run's params file, then export feedback as training data.
 
-    The run trains the champion's architecture warm-started from it (all configured
-    architectures when retrain.all_architectures is set).
+    The export comes last, after everything that can fail before training, and a failed run's
+    release takes it out again. The run trains the champion's architecture warm-started from it
+    (all configured architectures when retrain.all_architectures is set).
     """
     from multitag.params_file import set_params
 
     params = load_params(params_path)
-    queue = retraining.open_queue(params)
-    claimed = [item for item in queue.list_items("claimed", limit=10**9) if item.claimed_by == run_id]
-    retraining.export_feedback(queue, claimed, Layout().feedback_export)
-    subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(Layout().feedback_export)], check=False)
     init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion" / run_id)
     RUN_PARAMS.parent.mkdir(parents=True, exist_ok=True)
     RUN_PARAMS.write_text(Path(params_path).read_text())
     architectures = params.train.architectures if params.retrain.all_architectures else [architecture]
     set_params(RUN_PARAMS, {"train.architectures": architectures})
+    queue = retraining.open_queue(params)
+    claimed = queue.claimed(run_id)
+    retraining.export_feedback(queue, claimed, Layout().feedback_export)
     return {
         "params_path": str(RUN_PARAMS),
         "init_model": str(init_model),
@@ -66,9 +83,18 @@ def prepare(params_path: str, run_id: str) -> dict:
 
 @task(retries=2, retry_delay_seconds=5)
 def ack(params_path: str, run_id: str, ids: list[int]) -> int:
-    return retraining.open_queue(load_params(params_path)).ack(run_id, ids)
+    """Mark the run's items consumed, then record the export they are in as a data version."""
+    acked = retraining.open_queue(load_params(params_path)).ack(run_id, ids)
+    if Layout().feedback_export.exists():
+        subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(Layout().feedback_export)], check=False)
+    return acked
 
 
 @task(retries=2, retry_delay_seconds=5)
 def release(params_path: str, run_id: str) -> int:
-    return retraining.open_queue(load_params(params_path)).release(run_id)
+    """Give the run's items back to pending and rebuild the export without them: a failed run
+    leaves no trace in the training data."""
+    queue = retraining.open_queue(load_params(params_path))
+    released = queue.release(run_id)
+    retraining.export_feedback(queue, [], Layout().feedback_export)
+    return released

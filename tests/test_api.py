@@ -111,9 +111,15 @@ def test_feedback_by_file(tiny_server):
     assert httpx.get(f"{tiny_server.url}/feedback/stats").json()["pending_labels"]["person"] >= 1
 
 
-def test_feedback_empty_label_set_is_a_correction(tiny_server):
-    response = httpx.post(f"{tiny_server.url}/feedback", data={"labels": "[]"}, files={"file": ("n.png", png("nothing"), "image/png")})
-    assert response.status_code == 202, response.text
+@pytest.mark.parametrize("labels", ["[]", '[" "]', " | "])
+def test_feedback_without_any_label_is_refused_with_a_reason(tiny_server, labels):
+    """Validation quarantines an image with fewer than validate.min_labels labels, so the API refuses it up front."""
+    before = httpx.get(f"{tiny_server.url}/feedback/stats").json()["total"]
+    response = httpx.post(f"{tiny_server.url}/feedback", data={"labels": labels}, files={"file": ("n.png", png("nothing"), "image/png")})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail["reason"] == "no_labels" and "at least 1" in detail["message"]
+    assert httpx.get(f"{tiny_server.url}/feedback/stats").json()["total"] == before, "nothing was queued"
 
 
 @pytest.mark.parametrize(

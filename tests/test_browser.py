@@ -1,12 +1,15 @@
-"""The web UI in a real Chromium: pick an image, see labels and bars, correct them, send feedback.
+"""The web UI in a real Chromium: pick an image, see labels and bars, correct them, send feedback;
+and another site's page that tries to post feedback is refused.
 
 Needs Debian's Chromium at /usr/bin/chromium (`bash scripts/install_test_browser.sh`, run by
-`make test`); skips with that instruction when it is absent. Saves a screenshot of the page as
-browser-ui.png under the test's tmp folder.
+`make test`); skips with that instruction when it is absent, which fails under CI=true
+(conftest.py). Saves a screenshot of the page as browser-ui.png under the test's tmp folder.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import httpx
@@ -42,34 +45,75 @@ def test_tag_correct_and_send_feedback(tiny_server, tiny_champion, page, tmp_pat
     image = tmp_path / "kitten.png"
     image.write_bytes(encode(solid("browser-kitten", (160, 120)), "PNG"))
     stats_url = f"{tiny_server.url}/feedback/stats"
-    total_before = httpx.get(stats_url).json()["total"]
+    before = httpx.get(stats_url).json()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
 
     page.goto(tiny_server.url)
     page.wait_for_selector(f"#model-status[data-version='{tiny_champion.version}']")
-    page.set_input_files("#file-input", str(image))  # what a drop delivers: a FileList of images
+    with page.expect_response("**/predict") as answer:
+        page.set_input_files("#file-input", str(image))  # what a drop delivers: a FileList of images
+    (prediction,) = answer.value.json()["predictions"]
     card = page.locator(".result").first
     card.wait_for()
     assert card.locator(".filename").inner_text() == "kitten.png"
     rows = card.locator(".class-row")
     assert rows.count() == len(tiny_champion.classes)
-    for i in range(rows.count()):
-        assert rows.nth(i).locator(".fill").evaluate("el => el.getBoundingClientRect().width") >= 0
-        assert rows.nth(i).locator(".probability").inner_text().endswith("%")
+    thresholds = dict(zip(tiny_champion.classes, tiny_champion.thresholds))
+    for name, probability in prediction["probabilities"].items():
+        row = card.locator(f".class-row[data-class='{name}']")
+        assert row.locator(".probability").inner_text() == f"{round(probability * 1000) / 10:.1f}%"
+        assert bar_share(row, ".fill") == pytest.approx(probability, abs=0.01), name
+        assert bar_share(row, ".threshold", edge="left") == pytest.approx(thresholds[name], abs=0.01), name
+        assert row.locator(".label-box").is_checked() == (name in prediction["labels"]), name
 
-    cat = card.locator(".class-row[data-class='cat'] .label-box")
-    dog = card.locator(".class-row[data-class='dog'] .label-box")
-    cat.check()
-    dog.uncheck()
-    dog.check()
-    dog.uncheck()
-    card.locator(".send").click()
+    expected = ["person"] if prediction["labels"] != ["person"] else ["cat"]  # a correction that differs from the prediction
+    flips = [name for name in tiny_champion.classes if (name in prediction["labels"]) != (name in expected)]
+    for name in [*flips, "dog", "dog"]:  # each click flips a label; twice leaves it as it was
+        card.locator(f".class-row[data-class='{name}'] .label-box").click()
+    with page.expect_response("**/feedback") as sent:
+        card.locator(".send").click()
+    assert sent.value.status == 202, sent.value.text()
+    assert json.loads(form_field(sent.value.request.post_data_buffer, "labels")) == expected
     page.wait_for_selector(".result .sent:has-text('Queued as')")
-    page.wait_for_selector(f"#feedback-stats[data-total='{total_before + 1}']")
+    page.wait_for_selector(f"#feedback-stats[data-total='{before['total'] + 1}']")
     page.screenshot(path=str(tmp_path / "browser-ui.png"), full_page=True)
 
-    stats = httpx.get(stats_url).json()
-    assert stats["total"] == total_before + 1
-    assert stats["pending_labels"].get("cat", 0) >= 1
+    after = httpx.get(stats_url).json()
+    assert after["total"] == before["total"] + 1
+    added = {label: after["pending_labels"].get(label, 0) - before["pending_labels"].get(label, 0) for label in tiny_champion.classes}
+    assert added == {label: int(label in expected) for label in tiny_champion.classes}
     assert errors == []
+
+
+def test_a_page_on_another_site_cannot_post_feedback(tiny_server, page):
+    """The classic cross-site request: another site's page submits a form to this API in the visitor's browser."""
+    attack = f"""<form method="post" enctype="multipart/form-data" action="{tiny_server.url}/feedback">
+      <input name="labels" value="cat"><input name="image_sha256" value="{"0" * 64}"></form>
+      <script>document.forms[0].submit()</script>"""
+    page.route("http://evil.example/**", lambda route: route.fulfill(body=attack, content_type="text/html"))
+    before = httpx.get(f"{tiny_server.url}/feedback/stats").json()
+    with page.expect_response(f"{tiny_server.url}/feedback") as answer:
+        page.goto("http://evil.example/")
+    assert answer.value.status == 403
+    assert answer.value.json()["detail"]["reason"] == "cross_origin"
+    assert httpx.get(f"{tiny_server.url}/feedback/stats").json() == before
+
+
+def bar_share(row, part: str, edge: str = "right") -> float:
+    """Where `part` of the row's bar ends (or starts, edge="left"), as a share of the bar's width."""
+    return row.evaluate(
+        """(row, [part, edge]) => {
+          const bar = row.querySelector(".bar").getBoundingClientRect();
+          const box = row.querySelector(part).getBoundingClientRect();
+          return (box[edge] - bar.left) / bar.width;
+        }""",
+        [part, edge],
+    )
+
+
+def form_field(body: bytes, name: str) -> str:
+    """One field's value from a multipart/form-data body."""
+    match = re.search(rb'name="' + name.encode() + rb'"\r\n\r\n(.*?)\r\n--', body, re.DOTALL)
+    assert match, f"no field {name!r} in the posted form"
+    return match.group(1).decode()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from multitag.feedback.importer import import_dir
-from multitag.feedback.queue import FeedbackQueue
+from multitag.feedback.queue import ClaimLost, FeedbackQueue
 from multitag.feedback.store import image_extension
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,7 +197,9 @@ def test_expired_leases_return_to_pending(tmp_path):
     time.sleep(0.3)
     retaken = patient.claim("run-3")
     assert [item.id for item in retaken] == [1, 2, 3], "claim first returns expired leases"
-    assert hasty.ack("run-1", [1, 2]) == 0, "a run whose lease was taken over cannot ack"
+    with pytest.raises(ClaimLost, match=r"items \[1, 2\]"):
+        hasty.ack("run-1", [1, 2])  # its lease was taken over
+    assert {item.id for item in patient.claimed("run-3")} == {1, 2, 3}, "a failed ack leaves the new holder's items alone"
 
 
 def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
@@ -232,7 +234,9 @@ def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
         queue.add(fake_png(n), ["cat"])
     mine = [item.id for item in queue.claim("run-a", limit=3)]
     theirs = [item.id for item in queue.claim("run-b", limit=2)]
-    assert queue.ack("run-a", mine[:2] + theirs + [6, 999]) == 2
+    with pytest.raises(ClaimLost, match=rf"items \[{theirs[0]}, {theirs[1]}, 6, 999\] \(2 others are consumed\)"):
+        queue.ack("run-a", mine[:2] + theirs + [6, 999])
+    assert queue.ack("run-a", mine[:2]) == 2, "acking again is harmless"
     consumed = queue.list_items("consumed")
     assert sorted(item.id for item in consumed) == mine[:2]
     assert all(item.consumed_by == "run-a" and item.lease_expires_at is None for item in consumed)
@@ -251,6 +255,20 @@ def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
     assert all(item.claimed_by is None for item in queue.list_items("pending"))
 
 
+def test_renew_extends_only_the_runs_own_leases(tmp_path):
+    queue = make_queue(tmp_path, lease_seconds=100)
+    for n in range(3):
+        queue.add(fake_png(n), ["cat"])
+    queue.claim("run-a", limit=2)
+    queue.claim("run-b")
+    before = {item.id: item.lease_expires_at for item in queue.list_items("claimed")}
+    time.sleep(0.05)
+    assert queue.renew("run-a") == 2
+    after = {item.id: item.lease_expires_at for item in queue.list_items("claimed")}
+    assert after[1] > before[1] and after[2] > before[2] and after[3] == before[3]
+    assert queue.renew("run-z") == 0
+
+
 # -- curation -------------------------------------------------------------------------------------
 
 
@@ -264,7 +282,8 @@ def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(tmp_pat
     rejected = queue.list_items("rejected")
     assert {item.reason for item in rejected} == {"leakage"}
     assert all(item.claimed_by is None for item in rejected)
-    assert queue.ack("run-1", [leaked.id]) == 0, "a leaked item cannot be consumed"
+    with pytest.raises(ClaimLost):
+        queue.ack("run-1", [leaked.id])  # a leaked item cannot be consumed
     assert [item.id for item in queue.claim("run-2")] == [clean.id]
     assert queue.reject_leaked(set()) == []
 
@@ -334,6 +353,8 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
         b"../outside.png,cat\n"
         b"a.png,dog| cat\n"
         b"b.png,bird\n"
+        b"b.png,\n"
+        b"b.png, | \n"
     )
     (tmp_path / "outside.png").write_bytes(fake_png(3))
     queue = make_queue(tmp_path / "queue")
@@ -344,6 +365,8 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
         (5, "bad_csv_row"),
         (7, "not_an_image"),
         (8, "outside_directory"),
+        (11, "no_labels"),
+        (12, "no_labels"),
     ]
     assert [r.id for r in report.added] == [1, 2] and [r.id for r in report.merged] == [1]
     assert [item.labels for item in queue.list_items()] == [("bird",), ("cat", "dog")]

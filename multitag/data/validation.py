@@ -17,7 +17,7 @@ import pandas as pd
 from multitag.config import ValidateParams
 from multitag.data import manifest
 from multitag.data.images import ImageError, inspect
-from multitag.data.manifest import SPLITS, Record, SourceData
+from multitag.data.manifest import FEEDBACK_SOURCE, SPLITS, Record, SourceData
 from multitag.data.parallel import map_with_progress
 from multitag.errors import MultitagError, Problem
 from multitag.reports import markdown_table, write_json
@@ -76,9 +76,15 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
 
 def _flag_duplicates(records: list[Record], reasons: dict[int, Problem]) -> None:
     """Keep one copy of each id and of each content hash, in this order of preference:
-    the test copy (test content never trains), then a user's feedback (a correction replaces
-    the source's labels), then the first seen."""
-    order = sorted(range(len(records)), key=lambda i: (records[i].split != "test", records[i].source != "feedback", i))
+    the test copy (test content never trains), then a user's feedback, the newest first (a
+    correction replaces the source's labels and any older correction; feedback rows come in
+    arrival order, as the export writes them), then the first seen."""
+
+    def preference(i: int) -> tuple[bool, bool, int]:
+        is_feedback = records[i].source == FEEDBACK_SOURCE
+        return records[i].split != "test", not is_feedback, -i if is_feedback else i
+
+    order = sorted(range(len(records)), key=preference)
     seen_ids: dict[str, int] = {}
     seen_hashes: dict[str, int] = {}
     for index in order:
@@ -95,7 +101,7 @@ def _flag_duplicates(records: list[Record], reasons: dict[int, Problem]) -> None
 
 
 def _duplicate_reason(kept: Record, dropped: Record) -> Problem:
-    if kept.source == "feedback" and kept.split != "test":
+    if kept.source == FEEDBACK_SOURCE and kept.split != "test":
         return Problem(SUPERSEDED, f"labels corrected by user feedback {kept.image_id}")
     code = "duplicate_content_across_splits" if kept.split != dropped.split else "duplicate_content"
     return Problem(code, f"same bytes as {kept.image_id} ({kept.split or 'unsplit'} split)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from multitag.config import ValidateParams
 from multitag.data.sources.csv_folder import read_rows
 from multitag.errors import MissingInputError
 from multitag.feedback.queue import AddResult, FeedbackQueue
@@ -28,12 +29,15 @@ class ImportReport:
     errors: list[ImportProblem] = field(default_factory=list)
 
 
-def import_dir(queue: FeedbackQueue, directory: Path, labels_csv: Path | None = None) -> ImportReport:
+def import_dir(
+    queue: FeedbackQueue, directory: Path, labels_csv: Path | None = None, min_labels: int = ValidateParams().min_labels
+) -> ImportReport:
     """Queue a folder of images listed in a CSV (`filename,labels`, labels separated by '|').
 
     The CSV defaults to `directory/labels.csv`. Every row ends up in the report: added, merged
     into an open item, or an error with its line number (missing or unreadable file, content
-    that is no known image format, a row that is not UTF-8 or has no labels column).
+    that is no known image format, a row that is not UTF-8 or has no labels column, fewer than
+    `min_labels` labels: validate.min_labels, as the API checks them).
     """
     directory = Path(directory)
     csv_path = Path(labels_csv) if labels_csv is not None else directory / "labels.csv"
@@ -43,6 +47,11 @@ def import_dir(queue: FeedbackQueue, directory: Path, labels_csv: Path | None = 
     for row in read_rows(csv_path):
         if row.problem:
             report.errors.append(ImportProblem(row.line, row.filename, row.problem))
+            continue
+        if len(row.labels) < min_labels:
+            report.errors.append(
+                ImportProblem(row.line, row.filename, f"no_labels: {len(row.labels)} labels, at least {min_labels} required")
+            )
             continue
         try:
             image_bytes = read_image(directory, row.filename)

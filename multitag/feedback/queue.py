@@ -6,8 +6,9 @@ content-addressed files hold the images (store.py), so the queue survives crashe
 without a server and any number of API workers, CLI calls and retraining runs can share it.
 Folders of corrections are queued by importer.py.
 
-An item's life: `pending` -> `claimed` by a retraining run (with a lease) -> `consumed` when that
-run acks it, or back to `pending` when the run releases it, fails, or dies and its lease expires.
+An item's life: `pending` -> `claimed` by a retraining run (with a lease, which the living run
+renews) -> `consumed` when that run acks it, or back to `pending` when the run releases it, fails,
+or dies and its lease expires.
 `rejected` items (leakage into the frozen test split, or an admin's decision) never train.
 Item ids are SQLite INTEGER autoincrement ids: never reused, increasing in arrival order.
 
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from multitag.data.manifest import normalize_labels
-from multitag.errors import UsageError
+from multitag.errors import MultitagError, UsageError
 from multitag.feedback.database import Database
 from multitag.feedback.store import ImageStore
 
@@ -57,6 +58,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS feedback_open_once
 CREATE INDEX IF NOT EXISTS feedback_by_state ON feedback (state, id);
 CREATE INDEX IF NOT EXISTS feedback_by_claim ON feedback (claimed_by) WHERE state = 'claimed';
 """
+
+
+class ClaimLost(MultitagError, RuntimeError):
+    """A run acked items it no longer holds: its lease ran out and another run took them, or they were rejected."""
 
 
 @dataclass(frozen=True)
@@ -127,13 +132,48 @@ class FeedbackQueue:
 
         return self._db.write(work)
 
-    def ack(self, run_id: str, ids: Iterable[int]) -> int:
-        """Mark the run's claimed items consumed; items claimed by another run or not claimed are untouched."""
+    def renew(self, run_id: str) -> int:
+        """Extend the lease of every item the run still holds by lease_seconds from now; how many it holds.
+
+        A run renews while it lives (retraining.leases_renewed), so a retraining longer than one
+        lease keeps its items; a dead run stops renewing and its items come back when the lease ends.
+        """
+        now = time.time()
         return self._db.update(
-            "UPDATE feedback SET state = 'consumed', consumed_by = ?1, lease_expires_at = NULL, updated_at = ?2 "
-            "WHERE state = 'claimed' AND claimed_by = ?1 AND id IN (SELECT value FROM json_each(?3))",
-            (run_id, time.time(), _json_ids(ids)),
+            "UPDATE feedback SET lease_expires_at = ?2, updated_at = ?3 WHERE state = 'claimed' AND claimed_by = ?1",
+            (run_id, now + self.lease_seconds, now),
         )
+
+    def ack(self, run_id: str, ids: Iterable[int]) -> int:
+        """Mark the run's claimed items consumed; how many of `ids` the run has now consumed.
+
+        Every id must be held by the run. The ones it still holds are consumed either way (the
+        run trained on them); any others raise ClaimLost naming them, because another run may
+        train on them again or they were rejected after this run claimed them. Acking again is
+        harmless: items this run consumed already count as acked.
+        """
+        wanted = {int(i) for i in ids}
+
+        def work(conn: sqlite3.Connection) -> set[int]:
+            conn.execute(
+                "UPDATE feedback SET state = 'consumed', consumed_by = ?1, lease_expires_at = NULL, updated_at = ?2 "
+                "WHERE state = 'claimed' AND claimed_by = ?1 AND id IN (SELECT value FROM json_each(?3))",
+                (run_id, time.time(), _json_ids(wanted)),
+            )
+            rows = conn.execute(
+                "SELECT id FROM feedback WHERE state = 'consumed' AND consumed_by = ? AND id IN (SELECT value FROM json_each(?))",
+                (run_id, _json_ids(wanted)),
+            ).fetchall()
+            return {row["id"] for row in rows}
+
+        acked = self._db.write(work)
+        if lost := sorted(wanted - acked):
+            raise ClaimLost(
+                f"run {run_id} no longer holds feedback items {lost} ({len(acked)} others are consumed): their lease ran out "
+                "and another run claimed them, or they were rejected meanwhile. See `multitag feedback list`; if the run's "
+                "lease renewal could not reach the queue for longer than feedback.lease_seconds, raise that setting."
+            )
+        return len(acked)
 
     def release(self, run_id: str) -> int:
         """Give all of the run's claimed items back to pending (the retraining failed or was cancelled)."""
@@ -200,6 +240,13 @@ class FeedbackQueue:
         )
 
     # -- reading --------------------------------------------------------------------------------
+
+    def claimed(self, run_id: str) -> list[FeedbackItem]:
+        """The items `run_id` holds now, oldest first."""
+        rows = self._db.read(
+            lambda conn: conn.execute("SELECT * FROM feedback WHERE state = 'claimed' AND claimed_by = ? ORDER BY id", (run_id,)).fetchall()
+        )
+        return [_item(row) for row in rows]
 
     def pending_count(self) -> int:
         return self._db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM feedback WHERE state = 'pending'").fetchone()[0])

@@ -3,19 +3,28 @@ the champion as a warm start, and a run-specific parameter file.
 
 Feedback images only ever go to train or validation: the split is fixed in the export's CSV,
 and an image whose content is in the frozen test split is rejected before it is claimed.
+A claimed item that validation would quarantine is rejected with validation's reason before it
+is exported, so one bad correction is set aside once instead of failing every nightly run.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from multitag.config import Params
-from multitag.data.manifest import FEEDBACK_SOURCE, Record
+from multitag.config import Params, ValidateParams
+from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
 from multitag.errors import MissingInputError
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 
 VAL_PERCENT = 15
+RENEWALS_PER_LEASE = 3  # a lease survives two missed renewals
+
+logger = logging.getLogger(__name__)
 
 
 def open_queue(params: Params, root: Path = Path(".")) -> FeedbackQueue:
@@ -27,24 +36,101 @@ def feedback_split(sha: str) -> str:
     return "val" if int(sha[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
-def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path) -> Path:
-    """Write every consumed item plus this run's claimed ones as a folder + CSV dataset.
+def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path) -> list[FeedbackItem]:
+    """Write the latest correction of each image, among the consumed items and this run's claimed
+    ones, as a folder + CSV dataset; returns the items written. With none, there is no folder.
 
     Consumed feedback stays in the training data of every later run; the export is rebuilt
-    from the queue each time, so it is always exactly what the queue says was learned from.
+    from the queue each time, so it is always exactly what the queue says was learned from
+    (called with no claimed items after a failed run, it takes that run's items out again).
     """
-    items = queue.list_items("consumed", limit=10**9) + list(claimed)
+    items = latest_per_image(queue.list_items("consumed", limit=10**9) + list(claimed))
     if export_dir.exists():
         shutil.rmtree(export_dir)
+    if not items:
+        return []
     (export_dir / "images").mkdir(parents=True)
     rows = ["filename,labels,split"]
-    for item in sorted(items, key=lambda i: i.id):
+    for item in items:
         source = queue.images.path(item.image_sha256)
-        target = export_dir / "images" / f"fb{item.id}{source.suffix}"
+        target = export_dir / "images" / f"{export_name(item)}{source.suffix}"
         shutil.copyfile(source, target)
         rows.append(f"images/{target.name},{'|'.join(item.labels)},{feedback_split(item.image_sha256)}")
     (export_dir / "labels.csv").write_text("\n".join(rows) + "\n")
-    return export_dir
+    return items
+
+
+def latest_per_image(items: list[FeedbackItem]) -> list[FeedbackItem]:
+    """The newest item (highest id: ids increase in arrival order) of each image, oldest first.
+
+    A user who corrects an image twice means the second answer; the older one stays in the
+    queue's history but no longer trains.
+    """
+    latest = {item.image_sha256: item for item in sorted(items, key=lambda i: i.id)}
+    return sorted(latest.values(), key=lambda i: i.id)
+
+
+def export_name(item: FeedbackItem) -> str:
+    """The item's file stem in the export; its manifest image_id is `feedback-<stem>`."""
+    return f"fb{item.id}"
+
+
+def reject_invalid(queue: FeedbackQueue, run_id: str, classes: list[str], params: ValidateParams) -> dict[int, str]:
+    """Reject the run's claimed items that the validation stage would quarantine; {id: reason}.
+
+    The same checks as the validation stage (image, class list, label count, duplicates among
+    them), run before the export, so bad feedback never reaches the stage's invalid fraction:
+    each bad item is rejected once, with validation's reason, and the run goes on without it.
+    """
+    from multitag.data.validation import validate
+
+    claimed = queue.claimed(run_id)
+    if not claimed:
+        return {}
+    records = [_record(queue, item) for item in claimed]
+    never_fail = params.model_copy(update={"max_invalid_fraction": 1.0})
+    quarantine = validate(SourceData(records, classes), never_fail).quarantine
+    ids = {f"{FEEDBACK_SOURCE}-{export_name(item)}": item.id for item in claimed}
+    reasons = {ids[row.image_id]: f"{row.reason}: {row.detail}" for row in quarantine.itertuples()}
+    for item_id, reason in reasons.items():
+        queue.reject([item_id], reason)
+    return reasons
+
+
+def _record(queue: FeedbackQueue, item: FeedbackItem) -> Record:
+    """The manifest record the export will give this item, or one that says its image is gone."""
+    record = Record(f"{FEEDBACK_SOURCE}-{export_name(item)}", "", list(item.labels), feedback_split(item.image_sha256), FEEDBACK_SOURCE)
+    try:
+        record.path = str(queue.images.path(item.image_sha256))
+    except KeyError as err:
+        record.problems.append(f"missing_file: {err.args[0]}")
+    return record
+
+
+@contextmanager
+def leases_renewed(queue: FeedbackQueue, run_id: str) -> Iterator[None]:
+    """Renew the run's leases RENEWALS_PER_LEASE times per lease while the block runs.
+
+    A retraining longer than feedback.lease_seconds keeps its items; a run that dies stops
+    renewing, so its items still come back when the lease ends. A failed renewal is logged and
+    tried again at the next tick (ack names any item lost meanwhile).
+    """
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(queue.lease_seconds / RENEWALS_PER_LEASE):
+            try:
+                queue.renew(run_id)
+            except Exception:
+                logger.exception("could not renew the feedback leases of run %s; trying again", run_id)
+
+    renewer = threading.Thread(target=renew, name=f"lease-renewal-{run_id}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
 
 
 def feedback_records(export_dir: Path) -> list[Record]:
@@ -57,7 +143,7 @@ def feedback_records(export_dir: Path) -> list[Record]:
     records = csv_folder.read(export_dir, DataParams()).records
     for record in records:
         record.source = FEEDBACK_SOURCE
-        record.image_id = f"feedback-{record.image_id}"
+        record.image_id = f"{FEEDBACK_SOURCE}-{record.image_id}"
     return records
 
 

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -36,8 +37,11 @@ class ImageStore:
         """
         sha = hashlib.sha256(image_bytes).hexdigest()
         target = self._shard(sha) / f"{sha}.{image_extension(image_bytes)}"
-        if target.exists():
+        try:
+            os.utime(target)  # stored again: its retention clock (the file's mtime) starts over
             return sha
+        except FileNotFoundError:
+            pass
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.parent / f".{sha}.{uuid.uuid4().hex}.tmp"
         try:
@@ -58,6 +62,13 @@ class ImageStore:
             if path.exists():
                 return path
         raise KeyError(f"image {sha} is not stored under {self.root}; send its bytes with add() or images.store() first")
+
+    def stored(self) -> Iterator[tuple[str, Path]]:
+        """(sha256, file) of every stored image; temp files of writes in progress are not images."""
+        for path in self.root.glob("??/*.*"):
+            sha, _, ext = path.name.partition(".")
+            if ext in EXTENSIONS and _SHA256.fullmatch(sha):
+                yield sha, path
 
     def _shard(self, sha: str) -> Path:
         return self.root / sha[:2]

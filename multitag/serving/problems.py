@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from collections.abc import Callable
 from dataclasses import asdict
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from multitag.data import images
 
@@ -36,3 +39,21 @@ def bad_images(problems: list[dict]) -> HTTPException:
     status = 415 if all(p["reason"] == "not_an_image" for p in problems) else 422
     names = ", ".join(f"{p['filename']} ({p['reason']})" for p in problems)
     return http_problem(status, problems[0]["reason"], f"unusable image(s): {names}", files=problems)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` says the disk (or the user's quota) is full: a file write's or SQLite's."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+async def insufficient_storage(request: Request, err: Exception) -> JSONResponse:
+    """507 for a full disk, saying what to do; any other error goes on to the server's 500 handling."""
+    if not disk_full(err):
+        raise err
+    message = (
+        "the server's disk is full, so nothing was saved: send it again later. Operators: free space on the disk "
+        "of feedback.images_dir and feedback.db_path, or lower serve.prediction_retention_hours"
+    )
+    return JSONResponse({"detail": problem("insufficient_storage", message)}, status_code=507)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +16,24 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from multitag.config import Params
+from multitag.config import Params, ValidateParams
 from multitag.data import images
 from multitag.data.manifest import normalize_labels
 from multitag.feedback.queue import FeedbackQueue
+from multitag.feedback.store import ImageStore
 from multitag.serving import schemas
 from multitag.serving.limits import read_uploads
-from multitag.serving.problems import bad_images, http_problem, image_problem
+from multitag.serving.problems import bad_images, disk_full, http_problem, image_problem
 from multitag.serving.retrain_trigger import RetrainTrigger
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
+log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 NO_MODEL = "no model yet: no champion of {name}; run `make demo` or `multitag pipeline --source ... --path ...` to register one"
 METRIC_TAGS = ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")
 # Our error bodies, documented per status. 422 stays FastAPI's own (a field missing or of the wrong
 # type), though an unusable image is also a 422 with our body.
-PROBLEMS = {status: {"model": schemas.ProblemResponse} for status in (401, 403, 404, 413, 415, 500, 503)}
+PROBLEMS = {status: {"model": schemas.ProblemResponse} for status in (401, 403, 404, 413, 415, 500, 503, 507)}
 
 
 @dataclass
@@ -70,8 +73,9 @@ def require_admin(request: Request, services: ServicesDep) -> None:
         raise http_problem(401, "unauthorized", "send `Authorization: Bearer <admin token>`", headers={"WWW-Authenticate": "Bearer"})
 
 
-def parse_labels(raw: str, classes: list[str]) -> list[str]:
-    """A JSON list (`["cat", "dog"]`) or `cat|dog`; 422 naming any class the model does not know."""
+def parse_labels(raw: str, classes: list[str], min_labels: int = ValidateParams().min_labels) -> list[str]:
+    """A JSON list (`["cat", "dog"]`) or `cat|dog`; 422 naming any class the model does not know, or
+    when there are fewer than `min_labels` (validate.min_labels: validation would quarantine them)."""
     if raw.strip().startswith("["):
         try:
             labels = json.loads(raw)
@@ -86,11 +90,16 @@ def parse_labels(raw: str, classes: list[str]) -> list[str]:
     if unknown:
         known = ", ".join(classes)
         raise http_problem(422, "unknown_classes", f"unknown classes: {', '.join(unknown)}; the model knows: {known}", unknown=unknown)
+    if len(labels) < min_labels:
+        message = (
+            f"send at least {min_labels} correct label(s), ticked on the web page: an image with fewer cannot train (validate.min_labels)"
+        )
+        raise http_problem(422, "no_labels", message, min_labels=min_labels)
     return labels
 
 
-def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], queue: FeedbackQueue) -> list[schemas.Prediction]:
-    """Decode every file and run ONE batched model call; store each image so /feedback can name it by hash.
+def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], store: ImageStore | None) -> list[schemas.Prediction]:
+    """Decode every file and run ONE batched model call; store each image (unless `store` is None) so /feedback can name it by hash.
 
     Only when the batch fails are the files checked one by one, to tell the user which are bad.
     """
@@ -102,8 +111,9 @@ def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], queue
         if problems:
             raise bad_images(problems) from None
         raise
-    for _, data in uploads:
-        queue.images.store(data)
+    if store is not None:
+        for name, data in uploads:
+            keep_for_feedback(store, name, data)
     return [
         schemas.Prediction(
             filename=name,
@@ -115,6 +125,16 @@ def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], queue
         )
         for (name, _), p in zip(uploads, predictions)
     ]
+
+
+def keep_for_feedback(store: ImageStore, name: str, data: bytes) -> None:
+    """Store a predicted image so a correction can name it by hash; a full disk costs that copy, not the prediction."""
+    try:
+        store.store(data)
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        log.warning("disk full: %s was predicted but not stored (%s); a correction of it must send the image itself", name, err)
 
 
 def queue_feedback(
@@ -191,7 +211,8 @@ async def predict(
     """Labels above each class threshold and every class probability, per file, from one batched call."""
     served = served_model(services)
     uploads = await read_uploads(files, services.params.serve)
-    return schemas.Predictions(predictions=await run_in_threadpool(predict_uploads, served, uploads, services.queue))
+    store = services.queue.images if services.params.serve.prediction_retention_hours > 0 else None
+    return schemas.Predictions(predictions=await run_in_threadpool(predict_uploads, served, uploads, store))
 
 
 @router.post("/feedback", status_code=202)
@@ -206,7 +227,7 @@ async def feedback(
     """Queue a user's corrected labels for the next retraining."""
     if (file is None) == (image_sha256 is None):
         raise http_problem(422, "image_missing", "send exactly one of `file` (the image) or `image_sha256`")
-    chosen = parse_labels(labels, served_model(services).predictor.classes)
+    chosen = parse_labels(labels, served_model(services).predictor.classes, services.params.validate_.min_labels)
     upload = (await read_uploads([file], services.params.serve))[0][1] if file is not None else None
     max_pixels = services.params.validate_.max_pixels
     return await run_in_threadpool(queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, max_pixels)

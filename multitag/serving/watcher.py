@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +41,7 @@ class ChampionWatcher:
         self.last_checked_at: float | None = None
         self.last_error: str | None = None
         self._refresh_lock = threading.Lock()  # the poller and /admin/reload never load twice at once
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Every(interval_s, self.refresh_logged, "champion-watcher")
 
     def refresh(self) -> bool:
         """Check the alias now; load and warm a new version, then swap it in. Returns whether it swapped.
@@ -72,7 +72,25 @@ class ChampionWatcher:
         return changed
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._poll, name="champion-watcher", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._poller.stop()
+
+
+class Every:
+    """Calls `action` every `interval_s` seconds in a daemon thread, from `start` until `stop`.
+
+    `action` must not raise (log instead): an exception would end the thread silently.
+    """
+
+    def __init__(self, interval_s: float, action: Callable[[], object], name: str):
+        self.interval_s, self.action, self.name = interval_s, action, name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -80,9 +98,9 @@ class ChampionWatcher:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def _poll(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.refresh_logged()
+            self.action()
 
 
 def warm_up(predictor: Predictor) -> None:
