@@ -38,3 +38,13 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+class RegistryUnavailableError(MultitagError, RuntimeError):
+    """The model registry could not be read or written (server unreachable, database locked or
+    corrupt): the gate and promotion stop instead of guessing that there is no champion."""
+
+
+class StaleVerdictError(MultitagError, RuntimeError):
+    """The gate's verdict no longer describes what `register` would promote: it judged other
+    candidates, or the champion it compared against has moved since."""

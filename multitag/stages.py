@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from multitag.config import Params
-from multitag.errors import MissingInputError, UsageError
+from multitag.errors import MissingInputError, StaleVerdictError, UsageError
 from multitag.layout import Layout
 
 
@@ -183,7 +183,9 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     """Pick the best candidate by validation score and judge it against the champion.
 
     Selection uses validation, never test, so the gate's test comparison stays unbiased.
-    Writes reports/gate.json and reports/gate.md.
+    Writes reports/gate.json (naming the exact candidate judged: `candidate_identity`) and
+    reports/gate.md. A registry that cannot be read stops the gate (RegistryUnavailableError):
+    judging as if there were no champion would let any candidate through.
     """
     import json
 
@@ -205,7 +207,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
         layout,
         baselines,
     )
-    result = {"selected": best["architecture"], "verdict": gate.as_dict(verdict), "tags": verdict.tags()}
+    result = gate_record(summary, best, verdict)
     write_json(layout.reports / "gate.json", result)
     (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict))
     return result
@@ -214,7 +216,10 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
 def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[str, str] | None = None) -> dict:
     """Register every evaluated candidate; move aliases for the gated one by its verdict.
 
-    Writes reports/registration.json (the version numbers, the verdict, the champion now).
+    Refuses a verdict about other candidates (`judged_candidate`) and promotes only if the
+    champion is still the one the gate judged against (compare-and-set under the registry lock).
+    Safe to repeat: a candidate's run is registered once, and promoting the champion again is a
+    no-op. Writes reports/registration.json (the version numbers, the verdict, the champion now).
     """
     import json
 
@@ -223,10 +228,11 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     gate_result = json.loads((layout.reports / "gate.json").read_text())
+    judged = judged_candidate(summary, gate_result)
     name = params.registry.model_name
-    versions, selected_version = {}, None
+    versions = {}
     for candidate in summary["candidates"]:
-        selected = candidate["architecture"] == gate_result["selected"]
+        selected = candidate is judged
         tags = {
             "architecture": candidate["architecture"],
             "data_hash": summary["data_hash"],
@@ -241,11 +247,11 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
             ),
             **(extra_tags or {}),
         }
-        versions[candidate["architecture"]] = registry.register(candidate["model_uri"], name, tags)
-        selected_version = versions[candidate["architecture"]] if selected else selected_version
+        versions[candidate["architecture"]] = registry.register_run(candidate["model_uri"], name, candidate["run_id"], tags)
+    selected_version = versions[judged["architecture"]]
     passed = gate_result["verdict"]["passed"]
     if passed:
-        registry.promote(name, selected_version)
+        registry.promote(name, selected_version, expected_champion=gate_result["verdict"]["champion_version"])
     elif params.gate.register_failed_as_challenger:
         registry.mark_challenger(name, selected_version)
     champion = registry.alias_version(name, registry.CHAMPION)
@@ -260,6 +266,40 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     }
     write_json(layout.reports / "registration.json", result)
     return result
+
+
+def gate_record(summary: dict, best: dict, verdict) -> dict:
+    """reports/gate.json: the verdict, the version tags behind it, and the exact candidate judged."""
+    from multitag.lifecycle import gate
+
+    return {
+        "selected": best["architecture"],
+        "candidate": candidate_identity(summary, best),
+        "verdict": gate.as_dict(verdict),
+        "tags": verdict.tags(),
+    }
+
+
+def candidate_identity(summary: dict, candidate: dict) -> dict[str, str]:
+    """What a verdict is about: the exact logged model (run id and URI) and the data it was scored on."""
+    return {"run_id": candidate["run_id"], "model_uri": candidate["model_uri"], "data_hash": summary["data_hash"]}
+
+
+def judged_candidate(summary: dict, gate_result: dict) -> dict:
+    """The candidate of metrics/candidates.json that reports/gate.json judged.
+
+    A verdict that names none of them (a new `multitag evaluate` since the gate, or a gate that
+    crashed and left an older gate.json) is refused: it must never promote a model nobody gated.
+    """
+    judged = gate_result.get("candidate")
+    for candidate in summary["candidates"]:
+        if judged == candidate_identity(summary, candidate):
+            return candidate
+    runs = ", ".join(c["run_id"] for c in summary["candidates"])
+    raise StaleVerdictError(
+        f"reports/gate.json judged {judged or 'a candidate it does not name'}, but metrics/candidates.json holds run(s) {runs} "
+        f"on data {summary['data_hash']}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
+    )
 
 
 def outcome_message(registration: dict) -> str:

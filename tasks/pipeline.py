@@ -96,6 +96,8 @@ def gate(params_path: str) -> dict:
 
 @task(**IO_RETRIES)
 def register(params_path: str, extra_tags: dict[str, str] | None = None) -> dict:
+    """Retried on I/O errors, which is safe: the stage registers each candidate's run once and
+    promoting the champion again changes nothing, so a retry never duplicates or re-promotes."""
     return stages.register_stage(load_params(params_path), extra_tags=extra_tags)
 
 
