@@ -297,7 +297,8 @@ def feedback_import(directory: Path, params_path: Path = ParamsOption) -> None:
     """Queue a folder of images with DIR/labels.csv (filename,labels; labels separated by '|')."""
     from multitag.feedback.importer import import_dir
 
-    report = import_dir(_queue(params_path), directory)
+    params = load_params(params_path)
+    report = import_dir(_queue(params_path), directory, min_labels=params.validate_.min_labels)
     console.print(f"added {len(report.added)}, merged {len(report.merged)}, errors {len(report.errors)}")
     for problem in report.errors:
         console.print(f"[yellow]line {problem.line} {problem.filename}: {problem.reason}[/yellow]")

@@ -250,7 +250,7 @@ async def retrain(
     if len(labels) not in (1, len(files)):
         raise http_problem(422, "labels_mismatch", f"{len(files)} files but {len(labels)} label sets; send one or one per file")
     classes = served_model(services).predictor.classes
-    label_sets = [parse_labels(raw, classes) for raw in labels]
+    label_sets = [parse_labels(raw, classes, services.params.validate_.min_labels) for raw in labels]
     if len(label_sets) == 1:  # one label set for every file
         label_sets *= len(files)
     uploads = await read_uploads(files, services.params.serve)
