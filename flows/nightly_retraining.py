@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from multitag.config import load_params
+from multitag.feedback.retraining import owning_export
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
@@ -31,7 +32,7 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked}
     run_id = flow_run.get_id() or "local"
-    with exclusive_run("nightly-retraining flow"):
+    with exclusive_run("nightly-retraining flow"), owning_export(run_id):
         fb.claim(params_path, run_id)
         with fb.leases_renewed(params_path, run_id):
             try:

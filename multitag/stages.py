@@ -32,9 +32,10 @@ def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]
     """Read the configured source, validate it, write manifest/quarantine/report."""
     from multitag.data.sources import read_source
     from multitag.data.validation import validate, write_outputs
-    from multitag.feedback.retraining import feedback_records
+    from multitag.feedback.retraining import drop_unfinished_feedback, feedback_records
 
     data = read_source(params.data)
+    drop_unfinished_feedback(params, layout.feedback_export, layout.root)
     data.records += feedback_records(layout.feedback_export)
     result = validate(data, params.validate_, workers=params.preprocess.workers)
     return write_outputs(result, layout.validated)

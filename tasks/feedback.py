@@ -70,7 +70,7 @@ def prepare(params_path: str, run_id: str) -> dict:
     set_params(RUN_PARAMS, {"train.architectures": architectures})
     queue = retraining.open_queue(params)
     claimed = queue.claimed(run_id)
-    retraining.export_feedback(queue, claimed, Layout().feedback_export)
+    retraining.export_feedback(queue, claimed, Layout().feedback_export, owner=run_id)
     return {
         "params_path": str(RUN_PARAMS),
         "init_model": str(init_model),
@@ -85,6 +85,7 @@ def prepare(params_path: str, run_id: str) -> dict:
 def ack(params_path: str, run_id: str, ids: list[int]) -> int:
     """Mark the run's items consumed, then record the export they are in as a data version."""
     acked = retraining.open_queue(load_params(params_path)).ack(run_id, ids)
+    retraining.finish_export(Layout().feedback_export)
     if Layout().feedback_export.exists():
         subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(Layout().feedback_export)], check=False)
     return acked

@@ -187,3 +187,37 @@ def test_a_failed_nightly_run_leaves_no_export_and_its_items_pending(nightly_sto
     assert {item.id: (item.state, item.claimed_by) for item in items} == dict.fromkeys(ids, ("pending", None))
     assert all(item.updated_at > before[item.id] for item in items), "the run claimed them, then gave them back"
     assert not Layout().feedback_export.exists(), "a failed run leaves no feedback in the training data"
+
+
+def test_an_export_a_killed_run_left_behind_never_reaches_training(tmp_path, monkeypatch):
+    """A SIGKILLed nightly cannot clean up: its export, with the items it had claimed, stays on
+    disk. The next validate (a training-pipeline run, `dvc repro`) rebuilds it from consumed
+    items only; the run in progress keeps its own."""
+    from multitag.feedback.retraining import OWNER_FILE, owning_export
+    from multitag.stages import validate_stage
+
+    monkeypatch.chdir(tmp_path)
+    params = load_params(REPO / "params.yaml")
+    params.data.synthetic.n_images = 40
+    params.data.synthetic.image_size = 32
+    from multitag.stages import synthesize_stage
+
+    synthesize_stage(params)
+    queue = open_queue(params)
+    consumed = queue.add(png("learned"), ["circle"]).id
+    queue.ack("night-1", [item.id for item in queue.claim("night-1")])
+    queue.add(png("claimed by the killed run"), ["star"])
+    export = Layout().feedback_export
+    export_feedback(queue, queue.claim("killed-run"), export, owner="killed-run")
+
+    with owning_export("killed-run"):  # still running: its export is its training data
+        validate_stage(params)
+        assert (export / OWNER_FILE).exists() and len(exported_rows(export)) == 2
+
+    validate_stage(params)  # later, in another run: the run that wrote it is gone
+    manifest = Layout().validated / "manifest.parquet"
+    import pandas as pd
+
+    feedback_ids = sorted(i for i in pd.read_parquet(manifest)["image_id"] if i.startswith("feedback-"))
+    assert feedback_ids == [f"feedback-fb{consumed}"], "only what the queue says was learned from"
+    assert not (export / OWNER_FILE).exists() and len(exported_rows(export)) == 1

@@ -9,7 +9,9 @@ is exported, so one bad correction is set aside once instead of failing every ni
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -20,8 +22,11 @@ from multitag.config import Params, ValidateParams
 from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
 from multitag.errors import MissingInputError
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
+from multitag.reports import write_json
 
 VAL_PERCENT = 15
+OWNER_FILE = "run.json"  # in the export while the run that wrote it has not finished
+RUN_ENV = "MULTITAG_FEEDBACK_RUN"  # the id of the retraining run in progress in this process
 RENEWALS_PER_LEASE = 3  # a lease survives two missed renewals
 
 logger = logging.getLogger(__name__)
@@ -36,9 +41,11 @@ def feedback_split(sha: str) -> str:
     return "val" if int(sha[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
-def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path) -> list[FeedbackItem]:
+def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path, owner: str | None = None) -> list[FeedbackItem]:
     """Write the latest correction of each image, among the consumed items and this run's claimed
     ones, as a folder + CSV dataset; returns the items written. With none, there is no folder.
+    With claimed items, `owner` (the run's id) is written beside them until the run finishes
+    (`finish_export`), so that an export a killed run left behind is recognised.
 
     Consumed feedback stays in the training data of every later run; the export is rebuilt
     from the queue each time, so it is always exactly what the queue says was learned from
@@ -57,7 +64,44 @@ def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_di
         shutil.copyfile(source, target)
         rows.append(f"images/{target.name},{'|'.join(item.labels)},{feedback_split(item.image_sha256)}")
     (export_dir / "labels.csv").write_text("\n".join(rows) + "\n")
+    if owner is not None:
+        write_json(export_dir / OWNER_FILE, {"run": owner})
     return items
+
+
+def finish_export(export_dir: Path) -> None:
+    """The run that wrote the export succeeded: its items are consumed, the export is plain data."""
+    (export_dir / OWNER_FILE).unlink(missing_ok=True)
+
+
+def unfinished_export_owner(export_dir: Path) -> str | None:
+    """The run that wrote this export and did not finish (killed, or still running elsewhere), or
+    None when the export is plain data or belongs to the run in progress in this process."""
+    owner_file = export_dir / OWNER_FILE
+    if not owner_file.exists():
+        return None
+    owner = json.loads(owner_file.read_text())["run"]
+    return None if owner == os.environ.get(RUN_ENV) else owner
+
+
+@contextmanager
+def owning_export(run_id: str) -> Iterator[None]:
+    """Mark this process as retraining run `run_id`: its own unfinished export is valid data."""
+    os.environ[RUN_ENV] = run_id
+    try:
+        yield
+    finally:
+        os.environ.pop(RUN_ENV, None)
+
+
+def drop_unfinished_feedback(params: Params, export_dir: Path, root: Path = Path(".")) -> str | None:
+    """Rebuild the export from consumed items only when a run that did not finish left it (a
+    SIGKILLed nightly cannot clean up after itself); returns that run's id, or None."""
+    owner = unfinished_export_owner(export_dir)
+    if owner is not None:
+        logger.warning("the feedback export was left by retraining run %s, which did not finish: rebuilt without its items", owner)
+        export_feedback(open_queue(params, root), [], export_dir)
+    return owner
 
 
 def latest_per_image(items: list[FeedbackItem]) -> list[FeedbackItem]:
