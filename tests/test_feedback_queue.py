@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -386,3 +387,28 @@ def test_import_dir_needs_its_csv(tmp_path):
     (tmp_path / "other.csv").write_text("name,tags\nx.png,cat\n")
     with pytest.raises(ValueError, match="header"):
         import_dir(queue, tmp_path, tmp_path / "other.csv")
+
+
+def test_a_correction_by_hash_never_names_an_image_the_sweep_deleted_meanwhile(tmp_path):
+    """The retention sweep deletes files inside a write transaction; a by-hash correction that
+    checked the file before waiting for the write lock would then name a deleted image."""
+    queue = make_queue(tmp_path)
+    sha = queue.images.store(fake_png(7))
+    sweep = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
+    sweep.execute("BEGIN IMMEDIATE")  # the sweep holds the write lock ...
+    outcome: list[object] = []
+    correction = threading.Thread(target=lambda: outcome.append(_try(lambda: queue.add_by_sha(sha, ["cat"]))))
+    correction.start()
+    time.sleep(0.5)  # ... while the correction arrives and waits for it
+    queue.images.path(sha).unlink()  # the sweep deletes the expired, unreferenced image
+    sweep.execute("COMMIT")
+    correction.join(timeout=30)
+    assert isinstance(outcome[0], KeyError), outcome
+    assert queue.stats()["total"] == 0
+
+
+def _try(call):
+    try:
+        return call()
+    except Exception as err:
+        return err

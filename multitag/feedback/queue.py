@@ -29,7 +29,7 @@ from typing import Literal, get_args
 from multitag.data.manifest import normalize_labels
 from multitag.errors import MultitagError, UsageError
 from multitag.feedback.database import Database
-from multitag.feedback.store import ImageStore
+from multitag.feedback.store import ImageStore, checked_sha
 
 State = Literal["pending", "claimed", "consumed", "rejected"]
 STATES: tuple[State, ...] = get_args(State)
@@ -105,8 +105,13 @@ class FeedbackQueue:
         return self._enqueue(self.images.store(image_bytes), labels, model_version, note)
 
     def add_by_sha(self, image_sha256: str, labels: Iterable[str], model_version: str | None = None, note: str | None = None) -> AddResult:
-        """Queue labels for an image stored earlier (e.g. by /predict) without sending its bytes again."""
-        return self._enqueue(self.images.path(image_sha256).stem, labels, model_version, note)
+        """Queue labels for an image stored earlier (e.g. by /predict) without sending its bytes again.
+
+        The image must still be stored when the item is written: checked inside the write
+        transaction, which the retention sweep also holds while it deletes, so an item never names
+        an image the sweep has just removed (KeyError instead: send the bytes).
+        """
+        return self._enqueue(checked_sha(image_sha256), labels, model_version, note, require_stored=True)
 
     # -- the retraining run's side --------------------------------------------------------------
 
@@ -278,11 +283,15 @@ class FeedbackQueue:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _enqueue(self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None) -> AddResult:
+    def _enqueue(
+        self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None, require_stored: bool = False
+    ) -> AddResult:
         """Insert an item unless an open one has the same image and label set (checked in the same transaction)."""
         labels_json = json.dumps(normalize_labels(labels))
 
         def work(conn: sqlite3.Connection) -> AddResult:
+            if require_stored:
+                self.images.path(sha)  # KeyError when it is gone; the transaction rolls back
             existing = conn.execute(
                 f"SELECT id FROM feedback WHERE image_sha256 = ? AND labels = ? AND state IN {OPEN_STATES}",
                 (sha, labels_json),
