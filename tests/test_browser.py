@@ -86,6 +86,26 @@ def test_tag_correct_and_send_feedback(tiny_server, tiny_champion, page, tmp_pat
     assert errors == []
 
 
+def test_a_correction_resends_the_photo_when_the_server_no_longer_keeps_it(tiny_server, tiny_champion, page, tmp_path):
+    """The page corrects by hash; when the image has expired on the server (retention) it gets a
+    404 and sends the photo it still holds instead, so the user's correction is not lost."""
+    image = tmp_path / "expired.png"
+    image.write_bytes(encode(solid("browser-expired", (160, 120)), "PNG"))
+    page.goto(tiny_server.url)
+    page.wait_for_selector(f"#model-status[data-version='{tiny_champion.version}']")
+    with page.expect_response("**/predict") as answer:
+        page.set_input_files("#file-input", str(image))
+    (prediction,) = answer.value.json()["predictions"]
+    card = page.locator(".result").first
+    card.wait_for()
+    tiny_server.app.state.services.queue.images.path(prediction["image_sha256"]).unlink()  # what the retention sweep does
+    statuses: list[int] = []
+    page.on("response", lambda response: statuses.append(response.status) if response.url.endswith("/feedback") else None)
+    card.locator(".send").click()
+    page.wait_for_selector(".result .sent:has-text('Queued as')")
+    assert statuses == [404, 202]
+
+
 def test_a_page_on_another_site_cannot_post_feedback(tiny_server, page):
     """The classic cross-site request: another site's page submits a form to this API in the visitor's browser."""
     attack = f"""<form method="post" enctype="multipart/form-data" action="{tiny_server.url}/feedback">

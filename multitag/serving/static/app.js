@@ -18,7 +18,11 @@ function errorText(body, status) {
 async function api(path, options = {}) {
   const response = await fetch(path, options);
   const body = await response.json().catch(() => null);
-  if (!response.ok) throw new Error(errorText(body, response.status));
+  if (!response.ok) {
+    const error = new Error(errorText(body, response.status));
+    error.status = response.status;
+    throw error;
+  }
   return body;
 }
 
@@ -97,7 +101,7 @@ function renderResult(file, prediction) {
   for (const [name, probability] of rows) {
     card.querySelector(".classes").append(classRow(name, probability, thresholds[name], prediction.labels.includes(name)));
   }
-  card.querySelector(".send").addEventListener("click", () => sendCorrection(card, prediction));
+  card.querySelector(".send").addEventListener("click", () => sendCorrection(card, prediction, file));
   $("#results").prepend(card);
 }
 
@@ -118,18 +122,23 @@ function classRow(name, probability, threshold, predicted) {
   return row;
 }
 
-/** Post the ticked labels for this image (by its hash: /predict already stored the bytes). */
-async function sendCorrection(card, prediction) {
+/** Post the ticked labels for this image: by its hash (/predict stored the bytes), or with the
+ * file itself when the server no longer keeps them (404: serve.prediction_retention_hours). */
+async function sendCorrection(card, prediction, file) {
   const button = card.querySelector(".send");
   const status = card.querySelector(".sent");
   const labels = Array.from(card.querySelectorAll(".label-box:checked"), (box) => box.value);
-  const form = new FormData();
-  form.append("image_sha256", prediction.image_sha256);
-  form.append("labels", JSON.stringify(labels));
-  form.append("model_version", prediction.model_version);
+  const post = (image) => {
+    const form = new FormData();
+    if (image) form.append("file", image, image.name);
+    else form.append("image_sha256", prediction.image_sha256);
+    form.append("labels", JSON.stringify(labels));
+    form.append("model_version", prediction.model_version);
+    return api("/feedback", { method: "POST", body: form });
+  };
   button.disabled = true;
   try {
-    const result = await api("/feedback", { method: "POST", body: form });
+    const result = await post(null).catch((error) => (error.status === 404 ? post(file) : Promise.reject(error)));
     status.textContent = result.merged ? `Already queued as #${result.id}` : `Thanks! Queued as #${result.id}`;
     status.classList.remove("error");
     await refreshStats();
