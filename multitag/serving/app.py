@@ -24,12 +24,13 @@ from multitag.config import Params, load_params
 from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.retention import ImageRetention
 from multitag.layout import Layout
+from multitag.periodic import Every
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
 from multitag.serving.routes import STATIC_DIR, Services, router
-from multitag.serving.watcher import ChampionWatcher, Every
+from multitag.serving.watcher import ChampionWatcher
 
 log = logging.getLogger(__name__)
 PARAMS_ENV = "MULTITAG_PARAMS"

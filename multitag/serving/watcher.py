@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
+from multitag.periodic import Every
 
 log = logging.getLogger(__name__)
 
@@ -76,31 +76,6 @@ class ChampionWatcher:
 
     def stop(self) -> None:
         self._poller.stop()
-
-
-class Every:
-    """Calls `action` every `interval_s` seconds in a daemon thread, from `start` until `stop`.
-
-    `action` must not raise (log instead): an exception would end the thread silently.
-    """
-
-    def __init__(self, interval_s: float, action: Callable[[], object], name: str):
-        self.interval_s, self.action, self.name = interval_s, action, name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.action()
 
 
 def warm_up(predictor: Predictor) -> None:
