@@ -67,11 +67,10 @@ class StageCache:
     def key(self, context: Any, parameters: dict) -> str | None:
         """The Prefect cache_key_fn."""
         inputs_key = self.inputs_key(parameters)
-        produced = self._outputs_now(parameters)
         stamp = STAMPS / f"{inputs_key}.json"
         if not stamp.exists():
             return None
-        return inputs_key if json.loads(stamp.read_text()) == produced else None
+        return inputs_key if json.loads(stamp.read_text()) == self._outputs_now(parameters) else None
 
     def record(self, parameters: dict) -> None:
         """Call at the end of the task body: what this run left on disk, under its key."""

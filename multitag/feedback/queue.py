@@ -34,7 +34,6 @@ from multitag.feedback.store import ImageStore, checked_sha
 State = Literal["pending", "claimed", "consumed", "rejected"]
 STATES: tuple[State, ...] = get_args(State)
 RequeueState = Literal["rejected", "consumed"]
-REQUEUE_STATES: tuple[RequeueState, ...] = get_args(RequeueState)
 OPEN_STATES = "('pending', 'claimed')"
 
 _SCHEMA = f"""

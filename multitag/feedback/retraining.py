@@ -13,15 +13,15 @@ import json
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from multitag.config import Params, ValidateParams
 from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
-from multitag.errors import MissingInputError
+from multitag.errors import MissingInputError, Problem
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
+from multitag.periodic import Every
 from multitag.reports import write_json
 
 VAL_PERCENT = 15
@@ -135,7 +135,7 @@ def reject_invalid(queue: FeedbackQueue, run_id: str, classes: list[str], params
     never_fail = params.model_copy(update={"max_invalid_fraction": 1.0})
     quarantine = validate(SourceData(records, classes), never_fail).quarantine
     ids = {f"{FEEDBACK_SOURCE}-{export_name(item)}": item.id for item in claimed}
-    reasons = {ids[row.image_id]: f"{row.reason}: {row.detail}" for row in quarantine.itertuples()}
+    reasons = {ids[row.image_id]: str(Problem(row.reason, row.detail)) for row in quarantine.itertuples()}
     for item_id, reason in reasons.items():
         queue.reject([item_id], reason)
     return reasons
@@ -147,7 +147,7 @@ def _record(queue: FeedbackQueue, item: FeedbackItem) -> Record:
     try:
         record.path = str(queue.images.path(item.image_sha256))
     except KeyError as err:
-        record.problems.append(f"missing_file: {err.args[0]}")
+        record.problems.append(str(Problem("missing_file", err.args[0])))
     return record
 
 
@@ -159,22 +159,19 @@ def leases_renewed(queue: FeedbackQueue, run_id: str) -> Iterator[None]:
     renewing, so its items still come back when the lease ends. A failed renewal is logged and
     tried again at the next tick (ack names any item lost meanwhile).
     """
-    stop = threading.Event()
 
     def renew() -> None:
-        while not stop.wait(queue.lease_seconds / RENEWALS_PER_LEASE):
-            try:
-                queue.renew(run_id)
-            except Exception:
-                logger.exception("could not renew the feedback leases of run %s; trying again", run_id)
+        try:
+            queue.renew(run_id)
+        except Exception:
+            logger.exception("could not renew the feedback leases of run %s; trying again", run_id)
 
-    renewer = threading.Thread(target=renew, name=f"lease-renewal-{run_id}", daemon=True)
+    renewer = Every(queue.lease_seconds / RENEWALS_PER_LEASE, renew, f"lease-renewal-{run_id}")
     renewer.start()
     try:
         yield
     finally:
-        stop.set()
-        renewer.join()
+        renewer.stop()
 
 
 def feedback_records(export_dir: Path) -> list[Record]:
