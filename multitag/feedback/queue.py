@@ -110,7 +110,7 @@ class FeedbackQueue:
         transaction, which the retention sweep also holds while it deletes, so an item never names
         an image the sweep has just removed (KeyError instead: send the bytes).
         """
-        return self._enqueue(checked_sha(image_sha256), labels, model_version, note, require_stored=True)
+        return self._enqueue(checked_sha(image_sha256), labels, model_version, note)
 
     # -- the retraining run's side --------------------------------------------------------------
 
@@ -282,15 +282,13 @@ class FeedbackQueue:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _enqueue(
-        self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None, require_stored: bool = False
-    ) -> AddResult:
-        """Insert an item unless an open one has the same image and label set (checked in the same transaction)."""
+    def _enqueue(self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None) -> AddResult:
+        """Insert an item unless an open one has the same image and label set (checked in the same
+        transaction, as is that the image is still stored: an item never names a swept image)."""
         labels_json = json.dumps(normalize_labels(labels))
 
         def work(conn: sqlite3.Connection) -> AddResult:
-            if require_stored:
-                self.images.path(sha)  # KeyError when it is gone; the transaction rolls back
+            self.images.path(sha)  # KeyError when it is gone; the transaction rolls back
             existing = conn.execute(
                 f"SELECT id FROM feedback WHERE image_sha256 = ? AND labels = ? AND state IN {OPEN_STATES}",
                 (sha, labels_json),
