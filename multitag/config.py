@@ -160,12 +160,28 @@ class ServeParams(_Strict):
     allowed_origins: list[str] = []
     prediction_retention_hours: float = Field(24, ge=0)
     prediction_sweep_interval_s: float = Field(600, gt=0)
+    batch_max_size: int = Field(16, ge=1)  # micro-batching (multitag/serving/batching.py); 1 turns it off
+    batch_max_wait_ms: float = Field(5, ge=0)
+
+
+QUEUE_URL_ENV = "MULTITAG_FEEDBACK_DB_URL"  # overrides feedback.db_url: each host says where the shared queue is
+QUEUE_IMAGES_ENV = "MULTITAG_FEEDBACK_IMAGES_DIR"  # overrides feedback.images_dir: e.g. a volume every replica mounts
 
 
 class FeedbackParams(_Strict):
+    db_url: str | None = None
     db_path: Path = Layout().feedback / "queue.db"
     images_dir: Path = Layout().feedback / "images"
     lease_seconds: float = Field(3600, gt=0)
+
+    def database(self, root: Path = Path(".")) -> str | Path:
+        """Where the queue's items live: $MULTITAG_FEEDBACK_DB_URL, else `db_url` (a SQLAlchemy URL,
+        e.g. postgresql+psycopg://...), else the embedded SQLite file `db_path` under `root`."""
+        return os.environ.get(QUEUE_URL_ENV) or self.db_url or root / self.db_path
+
+    def images(self, root: Path = Path(".")) -> Path:
+        """Where the queue's images live: $MULTITAG_FEEDBACK_IMAGES_DIR, else `images_dir` under `root` (an absolute path stays as it is)."""
+        return root / Path(os.environ.get(QUEUE_IMAGES_ENV) or self.images_dir)
 
 
 class RetrainParams(_Strict):

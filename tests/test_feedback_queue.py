@@ -12,12 +12,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from multitag.feedback.database import SchemaTooNew, sqlite_url
 from multitag.feedback.importer import import_dir
 from multitag.feedback.queue import ClaimLost, FeedbackQueue
 from multitag.feedback.store import image_extension
@@ -30,13 +32,23 @@ def fake_png(number: int) -> bytes:
     return PNG_MAGIC + number.to_bytes(8, "big")
 
 
-def make_queue(tmp_path: Path, lease_seconds: float = 3600) -> FeedbackQueue:
-    return FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", lease_seconds=lease_seconds)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_db(request, tmp_path) -> str:
+    """The same suite on both engines: an embedded SQLite file, and a fresh database on a private PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "queue.db")
+    return request.getfixturevalue("postgres_url")
 
 
-def add_many(db_path: Path, images_dir: Path, numbers: list[int]) -> list[tuple[int, int, bool]]:
+@pytest.fixture
+def new_queue(queue_db: str, tmp_path: Path) -> Callable[..., FeedbackQueue]:
+    """Opens this test's queue (a new handle on the same database and images each call)."""
+    return lambda lease_seconds=3600: FeedbackQueue(queue_db, tmp_path / "images", lease_seconds=lease_seconds)
+
+
+def add_many(db_url: str, images_dir: Path, numbers: list[int]) -> list[tuple[int, int, bool]]:
     """(number, id, merged) per add; module level so that spawned processes can run it."""
-    queue = FeedbackQueue(db_path, images_dir)
+    queue = FeedbackQueue(db_url, images_dir)
     results = [queue.add(fake_png(n), ["cat", f"n{n % 7}"]) for n in numbers]
     return [(n, result.id, result.merged) for n, result in zip(numbers, results)]
 
@@ -62,8 +74,8 @@ def check_none_lost_none_doubled(queue: FeedbackQueue, results: list[tuple[int, 
 # -- adding and merging -------------------------------------------------------------------------
 
 
-def test_add_stores_the_image_content_addressed(tmp_path):
-    queue = make_queue(tmp_path)
+def test_add_stores_the_image_content_addressed(new_queue, tmp_path):
+    queue = new_queue()
     data = fake_png(1)
     result = queue.add(data, ["dog"], model_version="3", note="was cat")
     sha = hashlib.sha256(data).hexdigest()
@@ -89,8 +101,8 @@ def test_add_stores_the_image_content_addressed(tmp_path):
     }
 
 
-def test_same_image_and_label_set_is_merged_while_open(tmp_path):
-    queue = make_queue(tmp_path)
+def test_same_image_and_label_set_is_merged_while_open(new_queue, tmp_path):
+    queue = new_queue()
     first = queue.add(fake_png(1), ["dog", "cat"])
     again = queue.add(fake_png(1), [" cat", "dog", "dog", ""])
     other_labels = queue.add(fake_png(1), ["cat"])
@@ -105,8 +117,8 @@ def test_same_image_and_label_set_is_merged_while_open(tmp_path):
     assert after_consumed.id != first.id and not after_consumed.merged
 
 
-def test_add_by_sha_needs_a_stored_image(tmp_path):
-    queue = make_queue(tmp_path)
+def test_add_by_sha_needs_a_stored_image(new_queue, tmp_path):
+    queue = new_queue()
     with pytest.raises(KeyError, match=r"images\.store"):
         queue.add_by_sha("ab" * 32, ["dog"])
     with pytest.raises(ValueError, match="sha256"):
@@ -117,9 +129,9 @@ def test_add_by_sha_needs_a_stored_image(tmp_path):
     assert result.image_sha256 == sha and queue.pending_count() == 1
 
 
-def test_labels_must_be_a_list_not_a_string(tmp_path):
+def test_labels_must_be_a_list_not_a_string(new_queue, tmp_path):
     with pytest.raises(TypeError, match="list of class names"):
-        make_queue(tmp_path).add(fake_png(1), "dog")
+        new_queue().add(fake_png(1), "dog")
 
 
 @pytest.mark.parametrize(
@@ -141,26 +153,26 @@ def test_extension_comes_from_magic_bytes(data, ext):
 # -- concurrent writers ---------------------------------------------------------------------------
 
 
-def test_concurrent_threads_lose_nothing_and_double_nothing(tmp_path):
-    queue = make_queue(tmp_path)
+def test_concurrent_threads_lose_nothing_and_double_nothing(new_queue, tmp_path):
+    queue = new_queue()
     jobs = concurrent_jobs()
     with ThreadPoolExecutor(8) as pool:
-        chunks = pool.map(lambda part: add_many(queue.db_path, queue.images.root, part), [jobs[i::8] for i in range(8)])
+        chunks = pool.map(lambda part: add_many(queue.url, queue.images.root, part), [jobs[i::8] for i in range(8)])
         results = [row for chunk in chunks for row in chunk]
     check_none_lost_none_doubled(queue, results)
 
 
-def test_concurrent_processes_lose_nothing_and_double_nothing(tmp_path):
-    queue = make_queue(tmp_path)
+def test_concurrent_processes_lose_nothing_and_double_nothing(new_queue, tmp_path):
+    queue = new_queue()
     jobs = concurrent_jobs()
     with multiprocessing.get_context("spawn").Pool(4) as pool:
-        pending = pool.starmap_async(add_many, [(queue.db_path, queue.images.root, jobs[i::4]) for i in range(4)])
+        pending = pool.starmap_async(add_many, [(queue.url, queue.images.root, jobs[i::4]) for i in range(4)])
         results = [row for chunk in pending.get(timeout=60) for row in chunk]
     check_none_lost_none_doubled(queue, results)
 
 
-def test_concurrent_claimers_get_disjoint_sets_covering_all(tmp_path):
-    queue = make_queue(tmp_path)
+def test_concurrent_claimers_get_disjoint_sets_covering_all(new_queue, tmp_path):
+    queue = new_queue()
     ids = {queue.add(fake_png(n), ["cat"]).id for n in range(200)}
     start = threading.Barrier(4)
 
@@ -183,9 +195,9 @@ def test_concurrent_claimers_get_disjoint_sets_covering_all(tmp_path):
 # -- leases, ack, release ---------------------------------------------------------------------------
 
 
-def test_expired_leases_return_to_pending(tmp_path):
-    hasty = make_queue(tmp_path, lease_seconds=0.2)
-    patient = make_queue(tmp_path)  # the same queue, claiming with an hour's lease: no timing race
+def test_expired_leases_return_to_pending(new_queue, tmp_path):
+    hasty = new_queue(lease_seconds=0.2)
+    patient = new_queue()  # the same queue, claiming with an hour's lease: no timing race
     for n in range(5):
         hasty.add(fake_png(n), ["cat"])
     assert [item.id for item in hasty.claim("run-1", limit=3)] == [1, 2, 3]
@@ -203,14 +215,14 @@ def test_expired_leases_return_to_pending(tmp_path):
     assert {item.id for item in patient.claimed("run-3")} == {1, 2, 3}, "a failed ack leaves the new holder's items alone"
 
 
-def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
-    queue = make_queue(tmp_path)
+def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(new_queue, tmp_path):
+    queue = new_queue()
     for n in range(10):
         queue.add(fake_png(n), ["cat"])
     script = textwrap.dedent(f"""
         import sys, time
         from multitag.feedback.queue import FeedbackQueue
-        items = FeedbackQueue({str(queue.db_path)!r}, {str(queue.images.root)!r}, lease_seconds=0.5).claim("doomed")
+        items = FeedbackQueue({queue.url!r}, {str(queue.images.root)!r}, lease_seconds=0.5).claim("doomed")
         print(len(items), flush=True)
         time.sleep(60)
     """)
@@ -229,8 +241,8 @@ def test_killed_claimer_leaves_items_claimed_until_the_lease_ends(tmp_path):
     assert sorted(item.id for item in queue.claim("survivor")) == list(range(1, 11))
 
 
-def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
-    queue = make_queue(tmp_path)
+def test_ack_touches_only_the_runs_own_items_and_release_returns_them(new_queue, tmp_path):
+    queue = new_queue()
     for n in range(6):
         queue.add(fake_png(n), ["cat"])
     mine = [item.id for item in queue.claim("run-a", limit=3)]
@@ -256,8 +268,8 @@ def test_ack_touches_only_the_runs_own_items_and_release_returns_them(tmp_path):
     assert all(item.claimed_by is None for item in queue.list_items("pending"))
 
 
-def test_renew_extends_only_the_runs_own_leases(tmp_path):
-    queue = make_queue(tmp_path, lease_seconds=100)
+def test_renew_extends_only_the_runs_own_leases(new_queue, tmp_path):
+    queue = new_queue(lease_seconds=100)
     for n in range(3):
         queue.add(fake_png(n), ["cat"])
     queue.claim("run-a", limit=2)
@@ -273,8 +285,8 @@ def test_renew_extends_only_the_runs_own_leases(tmp_path):
 # -- curation -------------------------------------------------------------------------------------
 
 
-def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(tmp_path):
-    queue = make_queue(tmp_path)
+def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(new_queue, tmp_path):
+    queue = new_queue()
     leaked = queue.add(fake_png(1), ["cat"])
     leaked_claimed = queue.add(fake_png(2), ["dog"])
     clean = queue.add(fake_png(3), ["cat"])
@@ -289,8 +301,8 @@ def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(tmp_pat
     assert queue.reject_leaked(set()) == []
 
 
-def test_reject_requeue_stats_and_list(tmp_path):
-    queue = make_queue(tmp_path)
+def test_reject_requeue_stats_and_list(new_queue, tmp_path):
+    queue = new_queue()
     ids = [queue.add(fake_png(n), labels).id for n, labels in enumerate([["cat"], ["cat", "dog"], ["dog"], ["cat"]])]
     with pytest.raises(ValueError, match="reason"):
         queue.reject(ids[:1], " ")
@@ -314,8 +326,8 @@ def test_reject_requeue_stats_and_list(tmp_path):
         queue.requeue(state="claimed")
 
 
-def test_requeue_brings_back_only_the_newest_of_twins(tmp_path):
-    queue = make_queue(tmp_path)
+def test_requeue_brings_back_only_the_newest_of_twins(new_queue, tmp_path):
+    queue = new_queue()
     older = queue.add(fake_png(1), ["cat"])
     queue.reject([older.id], "first look")
     newer = queue.add(fake_png(1), ["cat"])
@@ -324,13 +336,13 @@ def test_requeue_brings_back_only_the_newest_of_twins(tmp_path):
     assert [item.id for item in queue.list_items("pending")] == [newer.id]
 
 
-def test_a_forked_child_opens_its_own_connection(tmp_path):
+def test_a_forked_child_opens_its_own_connection(queue_db, new_queue, tmp_path):
     """Forked in a fresh interpreter: a fork of the test process itself could inherit locks held
     by other tests' threads (a Prefect client's), which is not what this checks."""
     script = textwrap.dedent(f"""
         import multiprocessing, sys
         from multitag.feedback.queue import FeedbackQueue
-        queue = FeedbackQueue({str(tmp_path / "queue.db")!r}, {str(tmp_path / "images")!r})
+        queue = FeedbackQueue({queue_db!r}, {str(tmp_path / "images")!r})
         queue.add({fake_png(0)!r}, ["cat"])  # this thread now holds a connection
         child = multiprocessing.get_context("fork").Process(target=queue.add, args=({fake_png(1)!r}, ["dog"]))
         child.start()
@@ -338,13 +350,13 @@ def test_a_forked_child_opens_its_own_connection(tmp_path):
         sys.exit(child.exitcode)
     """)
     assert subprocess.run([sys.executable, "-c", script], timeout=60).returncode == 0
-    assert make_queue(tmp_path).stats()["pending_labels"] == {"cat": 1, "dog": 1}
+    assert new_queue().stats()["pending_labels"] == {"cat": 1, "dog": 1}
 
 
 # -- import ---------------------------------------------------------------------------------------
 
 
-def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
+def test_import_dir_reports_missing_files_and_bad_rows(new_queue, tmp_path):
     folder = tmp_path / "upload"
     folder.mkdir()
     (folder / "a.png").write_bytes(fake_png(1))
@@ -365,7 +377,7 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
         b"b.png, | \n"
     )
     (tmp_path / "outside.png").write_bytes(fake_png(3))
-    queue = make_queue(tmp_path / "queue")
+    queue = new_queue()
     report = import_dir(queue, folder)
     assert [(p.line, p.reason.split(":")[0]) for p in report.errors] == [
         (3, "missing_file"),
@@ -380,8 +392,8 @@ def test_import_dir_reports_missing_files_and_bad_rows(tmp_path):
     assert [item.labels for item in queue.list_items()] == [("bird",), ("cat", "dog")]
 
 
-def test_import_dir_needs_its_csv(tmp_path):
-    queue = make_queue(tmp_path)
+def test_import_dir_needs_its_csv(new_queue, tmp_path):
+    queue = new_queue()
     with pytest.raises(FileNotFoundError, match="filename,labels"):
         import_dir(queue, tmp_path)
     (tmp_path / "other.csv").write_text("name,tags\nx.png,cat\n")
@@ -389,22 +401,64 @@ def test_import_dir_needs_its_csv(tmp_path):
         import_dir(queue, tmp_path, tmp_path / "other.csv")
 
 
-def test_a_correction_by_hash_never_names_an_image_the_sweep_deleted_meanwhile(tmp_path):
-    """The retention sweep deletes files inside a write transaction; a by-hash correction that
-    checked the file before waiting for the write lock would then name a deleted image."""
-    queue = make_queue(tmp_path)
+def test_a_correction_by_hash_never_names_an_image_the_sweep_deleted_meanwhile(new_queue):
+    """The retention sweep deletes files inside a transaction holding the image lock exclusively; a
+    by-hash correction that checked the file before waiting for that lock would then name a deleted image."""
+    queue = new_queue()
     sha = queue.images.store(fake_png(7))
-    sweep = sqlite3.connect(tmp_path / "queue.db", isolation_level=None)
-    sweep.execute("BEGIN IMMEDIATE")  # the sweep holds the write lock ...
-    outcome: list[object] = []
-    correction = threading.Thread(target=lambda: outcome.append(_try(lambda: queue.add_by_sha(sha, ["cat"]))))
-    correction.start()
-    time.sleep(0.5)  # ... while the correction arrives and waits for it
-    queue.images.path(sha).unlink()  # the sweep deletes the expired, unreferenced image
-    sweep.execute("COMMIT")
-    correction.join(timeout=30)
-    assert isinstance(outcome[0], KeyError), outcome
+    sweep_holds_the_lock, deleted = threading.Event(), threading.Event()
+
+    def sweep(conn) -> None:
+        queue.database.lock_images(conn, exclusive=True)
+        sweep_holds_the_lock.set()
+        time.sleep(0.5)  # ... while the correction arrives and waits for it
+        queue.images.path(sha).unlink()  # the sweep deletes the expired, unreferenced image
+        deleted.set()
+
+    sweeper = threading.Thread(target=queue.database.write, args=(sweep,))
+    sweeper.start()
+    assert sweep_holds_the_lock.wait(timeout=30)
+    outcome = _try(lambda: queue.add_by_sha(sha, ["cat"]))
+    sweeper.join(timeout=30)
+    assert deleted.is_set() and isinstance(outcome, KeyError), outcome
     assert queue.stats()["total"] == 0
+
+
+# -- schema versions ------------------------------------------------------------------------------
+
+PRE_VERSIONED_SCHEMA = """
+CREATE TABLE feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, image_sha256 TEXT NOT NULL, labels TEXT NOT NULL, model_version TEXT,
+    note TEXT, received_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'claimed', 'consumed', 'rejected')),
+    claimed_by TEXT, lease_expires_at REAL, consumed_by TEXT, reason TEXT, updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX feedback_open_once ON feedback (image_sha256, labels) WHERE state IN ('pending', 'claimed');
+CREATE INDEX feedback_by_state ON feedback (state, id);
+INSERT INTO feedback (image_sha256, labels, received_at, updated_at) VALUES ('{sha}', '["cat"]', 1.0, 1.0);
+"""
+
+
+def test_a_queue_written_before_schema_versions_opens_with_its_items(tmp_path):
+    """The hand-written sqlite3 queue of earlier multitag releases: same table, no version table."""
+    images = tmp_path / "images"
+    sha = FeedbackQueue(tmp_path / "scratch.db", images).images.store(fake_png(1))
+    with sqlite3.connect(tmp_path / "queue.db") as old:
+        old.executescript(PRE_VERSIONED_SCHEMA.format(sha=sha))
+    queue = FeedbackQueue(tmp_path / "queue.db", images)
+    assert [(item.id, item.image_sha256, item.labels) for item in queue.claim("run-1")] == [(1, sha, ("cat",))]
+    assert queue.add(fake_png(1), ["cat"]).merged, "the old file's unique index still merges"
+    with sqlite3.connect(tmp_path / "queue.db") as conn:
+        assert conn.execute("SELECT version FROM multitag_schema WHERE component = 'feedback'").fetchone() == (1,)
+
+
+def test_a_queue_from_a_newer_multitag_is_refused_not_misread(new_queue, queue_db):
+    queue = new_queue()
+    queue.add(fake_png(1), ["cat"])
+    with queue.database.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE multitag_schema SET version = 99 WHERE component = 'feedback'")
+    with pytest.raises(SchemaTooNew, match="version 99, newer than this multitag knows"):
+        new_queue()
 
 
 def _try(call):

@@ -1,100 +1,167 @@
-"""The queue's SQLite plumbing: one kept connection per thread and process, WAL mode, and write
-transactions taken up front (`BEGIN IMMEDIATE`) and retried while another writer holds the lock,
-so any number of API workers, CLI calls and retraining runs can share one file."""
+"""The queue's database plumbing on SQLAlchemy Core: one implementation for SQLite (the embedded
+default) and PostgreSQL (when several hosts share the queue).
+
+- SQLite runs in WAL mode, and every write is one `BEGIN IMMEDIATE` transaction retried while
+  another writer holds the lock, so any number of API workers, CLI calls and retraining runs can
+  share one file.
+- PostgreSQL runs at READ COMMITTED; callers lock rows where they must (a claim uses
+  `FOR UPDATE SKIP LOCKED`), and `lock_images` takes a transaction-level advisory lock where
+  SQLite's single writer already serialises.
+- The schema is versioned in a table of its own (`multitag_schema`), so a queue written by an
+  older multitag opens safely (its migrations run once, under a lock) and one written by a newer
+  multitag is refused instead of misread.
+"""
 
 from __future__ import annotations
 
 import os
 import random
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-BUSY_TIMEOUT_MS = 10_000
+from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, create_engine, event, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from multitag.errors import MultitagError
+
+BUSY_TIMEOUT_S = 10.0
 WRITE_ATTEMPTS = 5
+_ADVISORY_KEYS = {"schema": 0x6D74_0001, "images": 0x6D74_0002}  # PostgreSQL advisory locks this module takes
 
 T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], T]
+Work = Callable[[Connection], T]
+Migration = Callable[[Connection], None]
+
+_versions = Table(
+    "multitag_schema",
+    MetaData(),
+    Column("component", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+
+class SchemaTooNew(MultitagError, RuntimeError):
+    """The database was written by a newer multitag: reading it with this one could lose data."""
 
 
 class Database:
-    """A SQLite file at `path` whose schema is created (idempotently) on open."""
+    """A SQLAlchemy engine at `url` whose `component` schema is brought to the latest version on open.
 
-    def __init__(self, path: Path, schema: str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._create(schema)
+    `migrations[i]` takes the schema from version i to i + 1; each runs once, in order, in one
+    transaction with the version it reaches.
+    """
+
+    def __init__(self, url: str, component: str, migrations: Sequence[Migration]):
+        self.url = url
+        self.engine = _engine(url)
+        self.dialect = self.engine.dialect.name
+        self._migrate(component, migrations)
 
     def read(self, work: Work[T]) -> T:
-        """Reads share one snapshot (WAL: they never wait for the writer)."""
-        return self._transaction("BEGIN", work)
+        """Run `work` in one read transaction (SQLite WAL: never waits for the writer)."""
+        with self.engine.connect() as conn, conn.begin():
+            return work(conn)
 
     def write(self, work: Work[T]) -> T:
-        """Run `work` in one BEGIN IMMEDIATE transaction, retried as a whole while the database is locked.
+        """Run `work` in one write transaction, retried as a whole while SQLite is locked.
 
-        IMMEDIATE takes the write lock up front, so a read-then-write (merge check, claim) cannot be
-        overtaken by another writer between its read and its write.
+        On SQLite the transaction takes the write lock up front (BEGIN IMMEDIATE), so a
+        read-then-write (merge check, claim) cannot be overtaken by another writer between its
+        read and its write; on PostgreSQL the statements lock the rows they need.
         """
-        return retry_locked(lambda: self._transaction("BEGIN IMMEDIATE", work))
 
-    def update(self, sql: str, args: tuple) -> int:
-        """One write statement; the number of rows it changed."""
-        return self.write(lambda conn: conn.execute(sql, args).rowcount)
+        def attempt() -> T:
+            with self.engine.connect().execution_options(multitag_write=True) as conn, conn.begin():
+                return work(conn)
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection in this process, opened on first use and then kept.
+        return retry_locked(attempt)
 
-        Never shared across threads, and never used after a fork (keyed by pid; the parent's is left
-        alone, closing it in the child could disturb the parent's locks). Kept open because closing
-        the last connection to a WAL database checkpoints and deletes the WAL: ~10 ms per call.
+    def lock_images(self, conn: Connection, exclusive: bool) -> None:
+        """Order this transaction against the image sweep: shared for writers that name an image,
+        exclusive for the sweep that deletes unreferenced ones; held until the transaction ends.
+
+        SQLite needs nothing: its writers are serialised already.
         """
-        by_pid = vars(self._local).setdefault("by_pid", {})
-        if (conn := by_pid.get(os.getpid())) is None:
-            conn = by_pid[os.getpid()] = sqlite3.connect(self.path, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA synchronous = NORMAL")
-        return conn
+        if self.dialect == "postgresql":
+            function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            conn.exec_driver_sql(f"SELECT {function}({_ADVISORY_KEYS['images']})")
 
-    def _create(self, schema: str) -> None:
-        """WAL lets readers run beside the writer; the mode is stored in the file, so setting it once suffices."""
+    def dispose(self) -> None:
+        """Close the pooled connections (tests, and processes that are done with the queue)."""
+        self.engine.dispose()
 
-        def work(conn: sqlite3.Connection) -> None:
-            for statement in schema.split(";"):  # executescript would COMMIT the IMMEDIATE transaction
-                if statement.strip():
-                    conn.execute(statement)
+    def _migrate(self, component: str, migrations: Sequence[Migration]) -> None:
+        """Bring the schema to len(migrations), once, even with several processes opening it at once."""
 
-        retry_locked(lambda: self._connection().execute("PRAGMA journal_mode = WAL"))
+        def work(conn: Connection) -> None:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_ADVISORY_KEYS['schema']})")
+            _versions.create(conn, checkfirst=True)
+            version = conn.scalar(select(_versions.c.version).where(_versions.c.component == component))
+            if version is not None and version > len(migrations):
+                raise SchemaTooNew(
+                    f"the {component} schema at {self.engine.url.render_as_string(hide_password=True)} is version {version}, "
+                    f"newer than this multitag knows ({len(migrations)}): upgrade multitag instead of opening it with this one"
+                )
+            for step in migrations[version or 0 :]:
+                step(conn)
+            if version is None:
+                conn.execute(insert(_versions).values(component=component, version=len(migrations)))
+            elif version < len(migrations):
+                conn.execute(update(_versions).where(_versions.c.component == component).values(version=len(migrations)))
+
         self.write(work)
 
-    def _transaction(self, begin: str, work: Work[T]) -> T:
-        """Run `work` between `begin` and COMMIT; on any error roll back, so the kept connection stays clean."""
-        conn = self._connection()
-        conn.execute(begin)
-        try:
-            result = work(conn)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return result
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file (its folder is created: the embedded default needs no setup)."""
+    path = Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _engine(url: str) -> Engine:
+    """An engine per queue; after a fork the child drops (without closing) the parent's pooled connections."""
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_connected)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    alive = weakref.ref(engine)  # the hook must not keep every engine ever made alive
+    os.register_at_fork(after_in_child=lambda: (child := alive()) and child.dispose(close=False))
+    return engine
+
+
+def _sqlite_connected(dbapi_connection, _record) -> None:
+    """WAL lets readers run beside the writer; the driver's own transaction handling is switched
+    off so that `_sqlite_begin` decides how each transaction begins."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    retry_locked(lambda: cursor.execute("PRAGMA journal_mode = WAL"))
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("multitag_write") else "BEGIN")
 
 
 def retry_locked(call: Callable[[], T]) -> T:
-    """Retry `call` a bounded number of times on 'database is locked' / 'busy', with jittered backoff.
+    """Retry `call` a bounded number of times on SQLite's 'database is locked' / 'busy', with jittered backoff.
 
-    busy_timeout already waits for most locks; this covers the cases where SQLite reports busy
+    The busy timeout already waits for most locks; this covers the cases where SQLite reports busy
     at once (e.g. while another connection recovers or checkpoints the WAL).
     """
     for attempt in range(WRITE_ATTEMPTS - 1):
         try:
             return call()
-        except sqlite3.OperationalError as err:
+        except (DBAPIError, sqlite3.OperationalError) as err:
             if "locked" not in str(err) and "busy" not in str(err):
                 raise
             time.sleep(0.05 * 2**attempt * (1 + random.random()))

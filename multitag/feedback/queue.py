@@ -1,16 +1,16 @@
 """The durable feedback queue: users' corrected labels wait here for the nightly retraining.
 
-This module is the items' state machine. SQLite in WAL mode holds them (database.py: every
-write one `BEGIN IMMEDIATE` transaction, retried while another writer holds the lock) and
-content-addressed files hold the images (store.py), so the queue survives crashes and restarts
-without a server and any number of API workers, CLI calls and retraining runs can share it.
-Folders of corrections are queued by importer.py.
+This module is the items' state machine. A database holds them (database.py: SQLite in WAL mode
+by default, PostgreSQL when several hosts share the queue; the same SQLAlchemy Core statements on
+both) and content-addressed files hold the images (store.py, under a root every host can reach),
+so the queue survives crashes and restarts and any number of API replicas, CLI calls and
+retraining runs can share it. Folders of corrections are queued by importer.py.
 
 An item's life: `pending` -> `claimed` by a retraining run (with a lease, which the living run
 renews) -> `consumed` when that run acks it, or back to `pending` when the run releases it, fails,
 or dies and its lease expires.
 `rejected` items (leakage into the frozen test split, or an admin's decision) never train.
-Item ids are SQLite INTEGER autoincrement ids: never reused, increasing in arrival order.
+Item ids are autoincrement ids: never reused, increasing in arrival order.
 
 Labels are normalised here (stripped, deduplicated, sorted: manifest.normalize_labels); checking them against the class list is the
 caller's job (the API knows the served model's classes).
@@ -19,44 +19,78 @@ caller's job (the API knows the served model's classes).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    exists,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
 from multitag.data.manifest import normalize_labels
 from multitag.errors import MultitagError, UsageError
-from multitag.feedback.database import Database
+from multitag.feedback.database import Database, sqlite_url
 from multitag.feedback.store import ImageStore, checked_sha
 
 State = Literal["pending", "claimed", "consumed", "rejected"]
 STATES: tuple[State, ...] = get_args(State)
 RequeueState = Literal["rejected", "consumed"]
-OPEN_STATES = "('pending', 'claimed')"
+OPEN_STATES: tuple[State, ...] = ("pending", "claimed")
+CHUNK = 500  # ids or hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS feedback (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    image_sha256 TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    model_version TEXT,
-    note TEXT,
-    received_at REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN {tuple(STATES)!r}),
-    claimed_by TEXT,
-    lease_expires_at REAL,
-    consumed_by TEXT,
-    reason TEXT,
-    updated_at REAL NOT NULL
-);
--- At most one open item per (image, label set): the database itself refuses doubles.
-CREATE UNIQUE INDEX IF NOT EXISTS feedback_open_once
-    ON feedback (image_sha256, labels) WHERE state IN {OPEN_STATES};
-CREATE INDEX IF NOT EXISTS feedback_by_state ON feedback (state, id);
-CREATE INDEX IF NOT EXISTS feedback_by_claim ON feedback (claimed_by) WHERE state = 'claimed';
-"""
+metadata = MetaData()
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("image_sha256", String(64), nullable=False),
+    Column("labels", Text, nullable=False),  # a sorted JSON list: equal label sets are equal strings
+    Column("model_version", Text),
+    Column("note", Text),
+    Column("received_at", Float, nullable=False),
+    Column("state", String(16), CheckConstraint(f"state IN {STATES!r}", name="feedback_state"), nullable=False, server_default="pending"),
+    Column("claimed_by", Text),
+    Column("lease_expires_at", Float),
+    Column("consumed_by", Text),
+    Column("reason", Text),
+    Column("updated_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+_is_open = feedback.c.state.in_(OPEN_STATES)
+# At most one open item per (image, label set): the database itself refuses doubles.
+_open_once = Index(
+    "feedback_open_once", feedback.c.image_sha256, feedback.c.labels, unique=True, sqlite_where=_is_open, postgresql_where=_is_open
+)
+Index("feedback_by_state", feedback.c.state, feedback.c.id)
+Index(
+    "feedback_by_claim", feedback.c.claimed_by, sqlite_where=feedback.c.state == "claimed", postgresql_where=feedback.c.state == "claimed"
+)
+
+
+def _create_v1(conn: Connection) -> None:
+    """Version 1: the feedback table and its indexes; a queue from before the version table has them already."""
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS = (_create_v1,)  # a schema change appends a step here (and freezes the earlier steps' DDL)
 
 
 class ClaimLost(MultitagError, RuntimeError):
@@ -87,15 +121,18 @@ class FeedbackItem:
 
 
 class FeedbackQueue:
-    """A feedback queue at `db_path` with its images under `images_dir`; safe to share across processes."""
+    """A feedback queue in the database at `db` with its images under `images_dir`; safe to share across processes and hosts.
 
-    def __init__(self, db_path: Path, images_dir: Path, lease_seconds: float = 3600):
+    `db` is a SQLAlchemy URL (`sqlite:///...`, `postgresql+psycopg://...`) or the path of a SQLite file.
+    """
+
+    def __init__(self, db: str | Path, images_dir: Path, lease_seconds: float = 3600):
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
-        self.db_path = Path(db_path)
         self.lease_seconds = float(lease_seconds)
         self.images = ImageStore(images_dir)
-        self._db = Database(self.db_path, _SCHEMA)
+        self.database = Database(db if "://" in str(db) else sqlite_url(Path(db)), "feedback", MIGRATIONS)
+        self.url = self.database.url
 
     # -- adding ---------------------------------------------------------------------------------
 
@@ -107,8 +144,8 @@ class FeedbackQueue:
         """Queue labels for an image stored earlier (e.g. by /predict) without sending its bytes again.
 
         The image must still be stored when the item is written: checked inside the write
-        transaction, which the retention sweep also holds while it deletes, so an item never names
-        an image the sweep has just removed (KeyError instead: send the bytes).
+        transaction, under the lock the retention sweep takes exclusively while it deletes, so an
+        item never names an image the sweep has just removed (KeyError instead: send the bytes).
         """
         return self._enqueue(checked_sha(image_sha256), labels, model_version, note)
 
@@ -117,24 +154,28 @@ class FeedbackQueue:
     def claim(self, run_id: str, limit: int | None = None) -> list[FeedbackItem]:
         """Lease up to `limit` pending items (oldest first) to `run_id`; expired leases are returned first.
 
-        Claiming happens in one write transaction, so concurrent claimers get disjoint items.
+        Concurrent claimers get disjoint items: on SQLite the write transaction is exclusive, on
+        PostgreSQL the rows are picked `FOR UPDATE SKIP LOCKED`, so claimers never wait for each
+        other's rows nor take them.
         """
         if not run_id:
             raise ValueError("claim needs a non-empty run_id so that ack and release can find its items")
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {limit}")
 
-        def work(conn: sqlite3.Connection) -> list[FeedbackItem]:
+        def work(conn: Connection) -> list[FeedbackItem]:
             now = time.time()
             _return_expired(conn, now)
+            oldest = select(feedback.c.id).where(feedback.c.state == "pending").order_by(feedback.c.id).limit(limit)
             rows = conn.execute(
-                "UPDATE feedback SET state = 'claimed', claimed_by = ?, lease_expires_at = ?, updated_at = ? "
-                "WHERE id IN (SELECT id FROM feedback WHERE state = 'pending' ORDER BY id LIMIT ?) RETURNING *",
-                (run_id, now + self.lease_seconds, now, -1 if limit is None else limit),
-            ).fetchall()
+                update(feedback)
+                .where(feedback.c.id.in_(oldest.with_for_update(skip_locked=True).scalar_subquery()))
+                .values(state="claimed", claimed_by=run_id, lease_expires_at=now + self.lease_seconds, updated_at=now)
+                .returning(*feedback.c)
+            ).all()
             return sorted((_item(row) for row in rows), key=lambda item: item.id)
 
-        return self._db.write(work)
+        return self.database.write(work)
 
     def renew(self, run_id: str) -> int:
         """Extend the lease of every item the run still holds by lease_seconds from now; how many it holds.
@@ -143,10 +184,7 @@ class FeedbackQueue:
         lease keeps its items; a dead run stops renewing and its items come back when the lease ends.
         """
         now = time.time()
-        return self._db.update(
-            "UPDATE feedback SET lease_expires_at = ?2, updated_at = ?3 WHERE state = 'claimed' AND claimed_by = ?1",
-            (run_id, now + self.lease_seconds, now),
-        )
+        return self._update(_held_by(run_id), lease_expires_at=now + self.lease_seconds, updated_at=now)
 
     def ack(self, run_id: str, ids: Iterable[int]) -> int:
         """Mark the run's claimed items consumed; how many of `ids` the run has now consumed.
@@ -158,19 +196,21 @@ class FeedbackQueue:
         """
         wanted = {int(i) for i in ids}
 
-        def work(conn: sqlite3.Connection) -> set[int]:
-            conn.execute(
-                "UPDATE feedback SET state = 'consumed', consumed_by = ?1, lease_expires_at = NULL, updated_at = ?2 "
-                "WHERE state = 'claimed' AND claimed_by = ?1 AND id IN (SELECT value FROM json_each(?3))",
-                (run_id, time.time(), _json_ids(wanted)),
-            )
-            rows = conn.execute(
-                "SELECT id FROM feedback WHERE state = 'consumed' AND consumed_by = ? AND id IN (SELECT value FROM json_each(?))",
-                (run_id, _json_ids(wanted)),
-            ).fetchall()
-            return {row["id"] for row in rows}
+        def work(conn: Connection) -> set[int]:
+            acked: set[int] = set()
+            for chunk in _chunks(sorted(wanted)):
+                conn.execute(
+                    update(feedback)
+                    .where(_held_by(run_id), feedback.c.id.in_(chunk))
+                    .values(state="consumed", consumed_by=run_id, lease_expires_at=None, updated_at=time.time())
+                )
+                consumed = select(feedback.c.id).where(
+                    feedback.c.state == "consumed", feedback.c.consumed_by == run_id, feedback.c.id.in_(chunk)
+                )
+                acked.update(conn.scalars(consumed))
+            return acked
 
-        acked = self._db.write(work)
+        acked = self.database.write(work)
         if lost := sorted(wanted - acked):
             raise ClaimLost(
                 f"run {run_id} no longer holds feedback items {lost} ({len(acked)} others are consumed): their lease ran out "
@@ -181,15 +221,11 @@ class FeedbackQueue:
 
     def release(self, run_id: str) -> int:
         """Give all of the run's claimed items back to pending (the retraining failed or was cancelled)."""
-        return self._db.update(
-            "UPDATE feedback SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, updated_at = ?2 "
-            "WHERE state = 'claimed' AND claimed_by = ?1",
-            (run_id, time.time()),
-        )
+        return self._update(_held_by(run_id), state="pending", claimed_by=None, lease_expires_at=None, updated_at=time.time())
 
     def release_expired(self) -> int:
         """Return items whose lease ran out (their run died or hung) to pending."""
-        return self._db.write(lambda conn: _return_expired(conn, time.time()))
+        return self.database.write(lambda conn: _return_expired(conn, time.time()))
 
     # -- curation -------------------------------------------------------------------------------
 
@@ -197,25 +233,19 @@ class FeedbackQueue:
         """Reject open (pending or claimed) items so they never train; consumed history stays as it is."""
         if not reason or not reason.strip():
             raise ValueError("reject needs a reason, so that whoever requeues the item later knows why")
-        return self._db.update(
-            f"UPDATE feedback SET state = 'rejected', reason = ?1, claimed_by = NULL, lease_expires_at = NULL, "
-            f"updated_at = ?2 WHERE state IN {OPEN_STATES} AND id IN (SELECT value FROM json_each(?3))",
-            (reason.strip(), time.time(), _json_ids(ids)),
-        )
+        return self.database.write(lambda conn: _reject(conn, [int(i) for i in ids], reason.strip()))
 
     def reject_leaked(self, test_hashes: set[str]) -> list[int]:
         """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids."""
+        wanted = {sha.lower() for sha in test_hashes}
 
-        def work(conn: sqlite3.Connection) -> list[int]:
-            rows = conn.execute(
-                "UPDATE feedback SET state = 'rejected', reason = 'leakage', claimed_by = NULL, "
-                f"lease_expires_at = NULL, updated_at = ?1 WHERE state IN {OPEN_STATES} "
-                "AND image_sha256 IN (SELECT value FROM json_each(?2)) RETURNING id",
-                (time.time(), json.dumps(sorted(sha.lower() for sha in test_hashes))),
-            ).fetchall()
-            return sorted(row["id"] for row in rows)
+        def work(conn: Connection) -> list[int]:
+            open_items = conn.execute(select(feedback.c.id, feedback.c.image_sha256).where(_is_open)).all()
+            leaked = sorted(item_id for item_id, sha in open_items if sha in wanted)
+            _reject(conn, leaked, "leakage")
+            return leaked
 
-        return self._db.write(work)
+        return self.database.write(work)
 
     def requeue(self, ids: Iterable[int] | None = None, state: RequeueState = "rejected") -> int:
         """Put items in `state` back to pending: the given ids, or every item in that state when ids is None.
@@ -232,91 +262,124 @@ class FeedbackQueue:
                 f"requeue takes items that are 'rejected' or 'consumed', not {state!r}; "
                 "claimed items go back with release() or release_expired()"
             )
-        return self._db.update(
-            "UPDATE feedback SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, consumed_by = NULL, "
-            "reason = NULL, updated_at = ?2 WHERE id IN ("
-            "  SELECT MAX(id) FROM feedback AS chosen WHERE chosen.state = ?1"
-            "  AND (?3 IS NULL OR chosen.id IN (SELECT value FROM json_each(?3)))"
-            "  GROUP BY chosen.image_sha256, chosen.labels"
-            f") AND NOT EXISTS (SELECT 1 FROM feedback AS open WHERE open.state IN {OPEN_STATES} "
-            "AND open.image_sha256 = feedback.image_sha256 AND open.labels = feedback.labels)",
-            (state, time.time(), None if ids is None else _json_ids(ids)),
+        chosen, already_open = feedback.alias("chosen"), feedback.alias("already_open")
+        newest_of_twins = select(func.max(chosen.c.id)).where(chosen.c.state == state).group_by(chosen.c.image_sha256, chosen.c.labels)
+        if ids is not None:
+            newest_of_twins = newest_of_twins.where(chosen.c.id.in_([int(i) for i in ids]))
+        carried_by_open_item = exists().where(
+            already_open.c.state.in_(OPEN_STATES),
+            already_open.c.image_sha256 == feedback.c.image_sha256,
+            already_open.c.labels == feedback.c.labels,
+        )
+        return self._update(
+            and_(feedback.c.id.in_(newest_of_twins.scalar_subquery()), ~carried_by_open_item),
+            state="pending",
+            claimed_by=None,
+            lease_expires_at=None,
+            consumed_by=None,
+            reason=None,
+            updated_at=time.time(),
         )
 
     # -- reading --------------------------------------------------------------------------------
 
     def claimed(self, run_id: str) -> list[FeedbackItem]:
         """The items `run_id` holds now, oldest first."""
-        rows = self._db.read(
-            lambda conn: conn.execute("SELECT * FROM feedback WHERE state = 'claimed' AND claimed_by = ? ORDER BY id", (run_id,)).fetchall()
-        )
-        return [_item(row) for row in rows]
+        return self._items(select(feedback).where(_held_by(run_id)).order_by(feedback.c.id))
 
     def pending_count(self) -> int:
-        return self._db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM feedback WHERE state = 'pending'").fetchone()[0])
+        return self.database.read(lambda conn: conn.scalar(select(func.count()).where(feedback.c.state == "pending")))
 
     def stats(self) -> dict:
         """Item counts per state and in total, and how often each label occurs among pending items."""
 
-        def work(conn: sqlite3.Connection) -> dict:
+        def work(conn: Connection) -> dict:
             counts = dict.fromkeys(STATES, 0)
-            counts.update(conn.execute("SELECT state, COUNT(*) FROM feedback GROUP BY state").fetchall())
-            labels = conn.execute(
-                "SELECT label.value, COUNT(*) FROM feedback, json_each(feedback.labels) AS label "
-                "WHERE feedback.state = 'pending' GROUP BY label.value ORDER BY label.value"
-            ).fetchall()
-            return {**counts, "total": sum(counts.values()), "pending_labels": dict(labels)}
+            counts.update(
+                (state, count) for state, count in conn.execute(select(feedback.c.state, func.count()).group_by(feedback.c.state))
+            )
+            pending_labels = Counter(
+                label
+                for labels in conn.scalars(select(feedback.c.labels).where(feedback.c.state == "pending"))
+                for label in json.loads(labels)
+            )
+            return {**counts, "total": sum(counts.values()), "pending_labels": dict(sorted(pending_labels.items()))}
 
-        return self._db.read(work)
+        return self.database.read(work)
 
     def list_items(self, state: State | None = None, limit: int = 100) -> list[FeedbackItem]:
         """The newest `limit` items (all states, or one), newest first, as an admin page shows them."""
         if state is not None and state not in STATES:
             raise UsageError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
-        rows = self._db.read(
-            lambda conn: conn.execute(
-                "SELECT * FROM feedback WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2", (state, limit)
-            ).fetchall()
-        )
-        return [_item(row) for row in rows]
+        query = select(feedback).order_by(feedback.c.id.desc()).limit(limit)
+        return self._items(query if state is None else query.where(feedback.c.state == state))
 
     # -- plumbing -------------------------------------------------------------------------------
 
     def _enqueue(self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None) -> AddResult:
-        """Insert an item unless an open one has the same image and label set (checked in the same
-        transaction, as is that the image is still stored: an item never names a swept image)."""
+        """Insert an item unless an open one has the same image and label set, in a transaction that
+        also checks the image is still stored, under the sweep's lock: an item never names a swept image.
+
+        The look comes first so a merge costs no id; the unique index decides when two replicas
+        insert the same feedback at once (PostgreSQL: the later insert waits, then does nothing).
+        """
         labels_json = json.dumps(normalize_labels(labels))
+        dialect_insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
+        open_twin = select(feedback.c.id).where(feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, _is_open)
 
-        def work(conn: sqlite3.Connection) -> AddResult:
+        def work(conn: Connection) -> AddResult:
+            self.database.lock_images(conn, exclusive=False)
             self.images.path(sha)  # KeyError when it is gone; the transaction rolls back
-            existing = conn.execute(
-                f"SELECT id FROM feedback WHERE image_sha256 = ? AND labels = ? AND state IN {OPEN_STATES}",
-                (sha, labels_json),
-            ).fetchone()
-            if existing is not None:
-                return AddResult(existing["id"], sha, merged=True)
+            if (existing := conn.scalar(open_twin)) is not None:
+                return AddResult(existing, sha, merged=True)
             now = time.time()
-            cursor = conn.execute(
-                "INSERT INTO feedback (image_sha256, labels, model_version, note, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (sha, labels_json, model_version, note, now, now),
+            inserted = conn.scalar(
+                dialect_insert(feedback)
+                .values(image_sha256=sha, labels=labels_json, model_version=model_version, note=note, received_at=now, updated_at=now)
+                .on_conflict_do_nothing(index_elements=[feedback.c.image_sha256, feedback.c.labels], index_where=_is_open)
+                .returning(feedback.c.id)
             )
-            return AddResult(cursor.lastrowid, sha, merged=False)
+            if inserted is None:  # PostgreSQL: a concurrent transaction inserted the twin after our look
+                return AddResult(conn.scalar(open_twin), sha, merged=True)
+            return AddResult(inserted, sha, merged=False)
 
-        return self._db.write(work)
+        return self.database.write(work)
+
+    def _update(self, where, **values) -> int:
+        """One UPDATE of the rows matching `where`; the number of rows it changed."""
+        return self.database.write(lambda conn: conn.execute(update(feedback).where(where).values(**values)).rowcount)
+
+    def _items(self, query) -> list[FeedbackItem]:
+        return [_item(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
 
 
-def _return_expired(conn: sqlite3.Connection, now: float) -> int:
+def _held_by(run_id: str):
+    return and_(feedback.c.state == "claimed", feedback.c.claimed_by == run_id)
+
+
+def _return_expired(conn: Connection, now: float) -> int:
+    expired = and_(feedback.c.state == "claimed", feedback.c.lease_expires_at <= now)
     return conn.execute(
-        "UPDATE feedback SET state = 'pending', claimed_by = NULL, lease_expires_at = NULL, updated_at = ?1 "
-        "WHERE state = 'claimed' AND lease_expires_at <= ?1",
-        (now,),
+        update(feedback).where(expired).values(state="pending", claimed_by=None, lease_expires_at=None, updated_at=now)
     ).rowcount
 
 
-def _json_ids(ids: Iterable[int]) -> str:
-    """Ids as one JSON parameter for json_each, so any number of ids fits in one statement."""
-    return json.dumps([int(i) for i in ids])
+def _reject(conn: Connection, ids: list[int], reason: str) -> int:
+    rejected = 0
+    for chunk in _chunks(ids):
+        rejected += conn.execute(
+            update(feedback)
+            .where(_is_open, feedback.c.id.in_(chunk))
+            .values(state="rejected", reason=reason, claimed_by=None, lease_expires_at=None, updated_at=time.time())
+        ).rowcount
+    return rejected
 
 
-def _item(row: sqlite3.Row) -> FeedbackItem:
-    return FeedbackItem(**{**dict(row), "labels": tuple(json.loads(row["labels"]))})
+def _chunks(values: list) -> Iterator[list]:
+    """`values` in slices of CHUNK, so that any number of them fits in IN (...) lists."""
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+def _item(row) -> FeedbackItem:
+    return FeedbackItem(**{**row._asdict(), "labels": tuple(json.loads(row.labels))})

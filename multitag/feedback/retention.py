@@ -7,15 +7,14 @@ and requeued items need it. An image's age is its file's mtime, which storing it
 
 from __future__ import annotations
 
-import json
 import logging
-import sqlite3
 import time
 from itertools import islice
 from pathlib import Path
 
-from multitag.feedback.database import Database
-from multitag.feedback.queue import FeedbackQueue
+from sqlalchemy import Connection, select
+
+from multitag.feedback.queue import FeedbackQueue, feedback
 
 log = logging.getLogger(__name__)
 GRACE_S = 60  # an image younger than this may be on its way into the queue: never swept, even with retention 0
@@ -26,21 +25,20 @@ class ImageRetention:
     """Deletes the queue's stored images that are older than `max_age_s` and that no feedback item names."""
 
     def __init__(self, queue: FeedbackQueue, max_age_s: float):
-        self.images, self.max_age_s = queue.images, max_age_s
-        self._db = Database(queue.db_path, "")  # the queue's file (and schema); a handle of our own for the sweep's transactions
+        self.images, self.max_age_s, self.database = queue.images, max_age_s, queue.database
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Delete the expired unreferenced images; returns their sha256s.
 
-        References are read and files deleted inside one write transaction on the queue, so no item
-        can be added between the check and the deletion. Each file's age is checked again there: an
+        References are read and files deleted inside one write transaction on the queue that holds
+        the image lock exclusively, so no item can name an image between the check and the deletion. Each file's age is checked again there: an
         image stored again meanwhile is kept.
         """
         cutoff = (time.time() if now is None else now) - max(self.max_age_s, GRACE_S)
         candidates = ((sha, path) for sha, path in self.images.stored() if _modified_at(path) <= cutoff)
         deleted: list[str] = []
         while batch := list(islice(candidates, BATCH)):
-            deleted += self._db.write(lambda conn, batch=batch: _delete_unreferenced(conn, batch, cutoff))
+            deleted += self.database.write(lambda conn, batch=batch: self._delete_unreferenced(conn, batch, cutoff))
         if deleted:
             log.info("deleted %d stored image(s) older than %g h that no feedback names", len(deleted), self.max_age_s / 3600)
         return deleted
@@ -52,21 +50,16 @@ class ImageRetention:
         except Exception:
             log.exception("sweeping expired images under %s failed", self.images.root)
 
-
-def _delete_unreferenced(conn: sqlite3.Connection, batch: list[tuple[str, Path]], cutoff: float) -> list[str]:
-    referenced = {
-        row[0]
-        for row in conn.execute(
-            "SELECT DISTINCT image_sha256 FROM feedback WHERE image_sha256 IN (SELECT value FROM json_each(?))",
-            (json.dumps([sha for sha, _ in batch]),),
-        )
-    }
-    deleted = []
-    for sha, path in batch:
-        if sha not in referenced and _modified_at(path) <= cutoff:
-            path.unlink(missing_ok=True)
-            deleted.append(sha)
-    return deleted
+    def _delete_unreferenced(self, conn: Connection, batch: list[tuple[str, Path]], cutoff: float) -> list[str]:
+        self.database.lock_images(conn, exclusive=True)
+        named = select(feedback.c.image_sha256).distinct().where(feedback.c.image_sha256.in_([sha for sha, _ in batch]))
+        referenced = set(conn.scalars(named))
+        deleted = []
+        for sha, path in batch:
+            if sha not in referenced and _modified_at(path) <= cutoff:
+                path.unlink(missing_ok=True)
+                deleted.append(sha)
+        return deleted
 
 
 def _modified_at(path: Path) -> float:

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 
 def open_queue(params: Params, root: Path = Path(".")) -> FeedbackQueue:
-    return FeedbackQueue(root / params.feedback.db_path, root / params.feedback.images_dir, params.feedback.lease_seconds)
+    """The project's queue, wherever its settings (or the environment) put it."""
+    return FeedbackQueue(params.feedback.database(root), params.feedback.images(root), params.feedback.lease_seconds)
 
 
 def feedback_split(sha: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,12 +18,14 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 
 from multitag.config import Params, load_params
-from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.retention import ImageRetention
+from multitag.feedback.retraining import open_queue
 from multitag.layout import Layout
 from multitag.periodic import Every
+from multitag.serving.batching import batcher_for
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
@@ -53,25 +54,30 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        queue = FeedbackQueue(params.feedback.db_path, params.feedback.images_dir, params.feedback.lease_seconds)
+        queue = open_queue(params)
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s)
         retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600)
         sweeper = Every(params.serve.prediction_sweep_interval_s, retention.sweep_logged, "image-retention")
         trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)
-        app.state.services = Services(params, watcher, queue, trigger)
+        batcher = batcher_for(params.serve)  # None when serve.batch_max_size is 1
+        app.state.services = Services(params, watcher, queue, trigger, batcher)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
+        if batcher is not None:
+            batcher.start()
         watcher.start()
         sweeper.start()
         try:
             yield
         finally:
+            if batcher is not None:
+                batcher.close()  # answers anything still queued, then stops its worker
             sweeper.stop()
             watcher.stop()
 
     app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
     app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)  # added last: runs first
-    for error in (OSError, sqlite3.Error):  # a full disk is a 507 that says so; any other such error stays a 500
+    for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500
         app.add_exception_handler(error, insufficient_storage)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)

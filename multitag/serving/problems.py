@@ -10,8 +10,11 @@ from dataclasses import asdict
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from multitag.data import images
+
+POSTGRES_DISK_FULL = "53100"
 
 
 def problem(reason: str, message: str, **extra: object) -> dict:
@@ -42,10 +45,15 @@ def bad_images(problems: list[dict]) -> HTTPException:
 
 
 def disk_full(err: BaseException) -> bool:
-    """Whether `err` says the disk (or the user's quota) is full: a file write's or SQLite's."""
+    """Whether `err` says the disk (or the user's quota) is full: a file write's, SQLite's or PostgreSQL's
+    (SQLSTATE 53100 disk_full), as raised by the driver or wrapped by SQLAlchemy."""
+    if isinstance(err, DBAPIError):
+        err = err.orig
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, sqlite3.Error) and getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    if isinstance(err, sqlite3.Error):
+        return getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return getattr(err, "sqlstate", None) == POSTGRES_DISK_FULL
 
 
 async def insufficient_storage(request: Request, err: Exception) -> JSONResponse:
@@ -54,6 +62,6 @@ async def insufficient_storage(request: Request, err: Exception) -> JSONResponse
         raise err
     message = (
         "the server's disk is full, so nothing was saved: send it again later. Operators: free space on the disk "
-        "of feedback.images_dir and feedback.db_path, or lower serve.prediction_retention_hours"
+        "of the feedback images and queue database, or lower serve.prediction_retention_hours"
     )
     return JSONResponse({"detail": problem("insufficient_storage", message)}, status_code=507)
