@@ -41,6 +41,7 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -75,9 +76,16 @@ feedback = Table(
     sqlite_autoincrement=True,
 )
 _is_open = feedback.c.state.in_(OPEN_STATES)
+# Literal SQL, not parameters: PostgreSQL matches an ON CONFLICT target to a partial index only by its written predicate.
+_OPEN_PREDICATE = text(f"state IN {OPEN_STATES!r}")
 # At most one open item per (image, label set): the database itself refuses doubles.
-_open_once = Index(
-    "feedback_open_once", feedback.c.image_sha256, feedback.c.labels, unique=True, sqlite_where=_is_open, postgresql_where=_is_open
+Index(
+    "feedback_open_once",
+    feedback.c.image_sha256,
+    feedback.c.labels,
+    unique=True,
+    sqlite_where=_OPEN_PREDICATE,
+    postgresql_where=_OPEN_PREDICATE,
 )
 Index("feedback_by_state", feedback.c.state, feedback.c.id)
 Index(
@@ -336,7 +344,7 @@ class FeedbackQueue:
             inserted = conn.scalar(
                 dialect_insert(feedback)
                 .values(image_sha256=sha, labels=labels_json, model_version=model_version, note=note, received_at=now, updated_at=now)
-                .on_conflict_do_nothing(index_elements=[feedback.c.image_sha256, feedback.c.labels], index_where=_is_open)
+                .on_conflict_do_nothing(index_elements=[feedback.c.image_sha256, feedback.c.labels], index_where=_OPEN_PREDICATE)
                 .returning(feedback.c.id)
             )
             if inserted is None:  # PostgreSQL: a concurrent transaction inserted the twin after our look
