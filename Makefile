@@ -35,7 +35,7 @@ demo: install weights
 	$(BIN)/multitag pipeline --source synthetic
 
 test: install weights
-	bash scripts/install_test_browser.sh
+	bash scripts/install_test_deps.sh
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

@@ -5,12 +5,18 @@ throwaway MLflow registry, built in seconds: behaviour tests need a model, not a
 `registry_env` (points this test's registry calls at it), `fresh_model_name` (a registered model
 of its own for tests that move aliases), `serve_params` and `live_server` (the API on a free
 loopback port, in a thread of the test process, stopped in teardown).
+
+Engine fixtures (tests/engines.py): `postgres` (a private PostgreSQL cluster for the session),
+`postgres_url` (a fresh database on it per test) and `mlflow_server` (an MLflow tracking server
+on its own database of that cluster, per module).
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from engines import MlflowServer, PostgresCluster, postgres_bindir
 
 TINY_CLASSES = ["cat", "dog", "person"]
 TINY_THRESHOLDS = [0.3, 0.5, 0.7]
@@ -189,3 +196,49 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for the session, in a folder of its own under the system's
+    temporary folder (one the `postgres` user can reach, unlike pytest's mode-700 tmp_path),
+    stopped and removed after. Skips with the reason when PostgreSQL is not installed; under
+    CI=true that skip is a failure (pytest_runtest_makereport above)."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl missing: run `bash scripts/install_test_deps.sh` as root (Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="multitag-postgres-"))
+    try:
+        cluster = PostgresCluster.start(root)
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresCluster) -> Iterator[str]:
+    """A fresh, empty database for this test: its SQLAlchemy URL (postgresql+psycopg://...); dropped after."""
+    name = f"test_{next(_databases)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """An MLflow tracking server for the module: backend store on a database of its own in
+    `postgres`, artefacts and log under a tmp folder. Point a process at it with
+    MLFLOW_TRACKING_URI=mlflow_server.uri."""
+    name = f"mlflow_{next(_databases)}"
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    server = MlflowServer.start(postgres.create_database(name), folder / "artifacts", folder / "mlflow-server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+        postgres.drop_database(name)

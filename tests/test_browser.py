@@ -1,7 +1,7 @@
 """The web UI in a real Chromium: pick an image, see labels and bars, correct them, send feedback;
 and another site's page that tries to post feedback is refused.
 
-Needs Debian's Chromium at /usr/bin/chromium (`bash scripts/install_test_browser.sh`, run by
+Needs Debian's Chromium at /usr/bin/chromium (`bash scripts/install_test_deps.sh`, run by
 `make test`); skips with that instruction when it is absent, which fails under CI=true
 (conftest.py). Saves a screenshot of the page as browser-ui.png under the test's tmp folder.
 """
@@ -27,7 +27,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: run `bash scripts/install_test_browser.sh` as root")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: run `bash scripts/install_test_deps.sh` as root")
 
 
 @pytest.fixture

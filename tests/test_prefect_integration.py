@@ -12,11 +12,8 @@ a grace period, SIGKILL.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from engines import free_port, log_tail, start_process, stop_process
 from project import make_project, project_env, run, stored_aliases
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -36,7 +34,6 @@ RUN_PARAMETERS = {"epochs": 1, "architectures": ["small_cnn"]}
 SERVER_START_S = 120
 WORKER_READY_S = 90
 FLOW_RUN_S = 480
-STOP_GRACE_S = 10
 PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
@@ -50,36 +47,12 @@ class Stack:
     processes: dict[str, subprocess.Popen]
 
     def log_tail(self, name: str, lines: int = 40) -> str:
-        text = (self.root / ".prefect" / f"{name}.log").read_text(errors="replace")
-        return f"--- last lines of {name}.log ---\n" + "\n".join(text.splitlines()[-lines:])
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return log_tail(self.root / ".prefect" / f"{name}.log", lines)
 
 
 def start(name: str, command: list[str], root: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start `command` in its own session (so its children can be stopped with it), logging to .prefect/<name>.log."""
-    with open(root / ".prefect" / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
-        return subprocess.Popen(
-            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the process group this test created, wait, then SIGKILL whatever is left in it."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)  # start_new_session: the group id is the PID we started
-    except ProcessLookupError:
-        return
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=STOP_GRACE_S)
-    with contextlib.suppress(ProcessLookupError):  # a leader still shutting down, or children it left in its group
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    return start_process(command, root / ".prefect" / f"{name}.log", root, env)
 
 
 def wait_until(check, what: str, timeout_s: float, stack: Stack, name: str) -> None:
@@ -158,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for name in ("worker", "server"):
             if name in stack.processes:
-                stop(stack.processes[name])
+                stop_process(stack.processes[name])
 
 
 def test_deployed_training_pipeline_runs_on_a_worker_and_registers_a_champion(stack: Stack):
