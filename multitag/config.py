@@ -150,7 +150,11 @@ def task_model_name(data: DataParams) -> str:
     return name
 
 
+Runtime = Literal["auto", "keras"]  # auto: a version's parity-checked TFLite export when it has one
+
+
 class ServeParams(_Strict):
+    runtime: Runtime = "auto"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     reload_interval_s: float = Field(10, gt=0)

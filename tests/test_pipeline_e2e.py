@@ -56,6 +56,7 @@ def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
     lock = (root / "dvc.lock").read_text()
     assert champion.tags["data_hash"] in lock, "the champion's data hash is the DVC hash of data/processed"
     assert champion.tags["gate_verdict"] == "passed" and champion.tags["architecture"] == "small_cnn"
+    assert champion.tags["export_parity"] == "passed", "the flow's gate logged the TFLite export with the champion"
     for artefact in ("models/small_cnn/model.keras", "metrics/dvclive/metrics.json", "reports/gate.md", "reports/registration.json"):
         assert (root / artefact).exists(), artefact
     import mlflow

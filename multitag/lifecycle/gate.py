@@ -1,6 +1,8 @@
 """The evaluation gate: a candidate reaches users only if it proves itself, now, on the frozen
 test split, against the champion scored in the same run. This module measures (test scores,
-the champion on the shared classes, the fresh-process smoke test); policy.py decides.
+the champion on the shared classes, the candidate's TFLite export against its own Keras scores,
+the fresh-process smoke test); policy.py decides. Both models are scored through Keras, the
+reference graph; the export's parity bounds how far serving may differ from it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from multitag.config import GateParams
 from multitag.layout import Layout
 from multitag.lifecycle import policy
+from multitag.lifecycle.export import Parity, export_for_serving
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
 from multitag.modeling import metrics
@@ -37,6 +40,7 @@ class Verdict:
     smoke: dict = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     task: str = "first model"
+    export: Parity | None = None  # the TFLite export's parity check; it never decides the verdict
 
     def tags(self) -> dict[str, str]:
         """Flat version tags: the verdict and every number behind it."""
@@ -48,21 +52,30 @@ class Verdict:
         out["gate_task"] = self.task
         if self.smoke.get("latency_ms_max") is not None:
             out["gate_smoke_latency_ms"] = f"{self.smoke['latency_ms_max']:.1f}"
+        out.update(self.export.tags() if self.export else {})
         return out
+
+
+def test_split(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, uint8 images) of the frozen test split at the model's own input size: the processed
+    arrays (memory-mapped) when their size matches, else the test photos decoded now."""
+    from multitag.data.manifest import label_matrix, read
+    from multitag.data.preprocess import load_split
+
+    x_test, y_test = load_split(layout.processed, "test")
+    if x_test.shape[1] == predictor.input_size:
+        return np.asarray(y_test), x_test
+    test = read(layout.processed / "manifest.parquet").query("split == 'test'")
+    images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
+    return label_matrix(test["labels"], predictor.classes), images
 
 
 def test_scores(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(y_true, scores) on the frozen test split, decoded at the model's own input size."""
-    from multitag.data.manifest import label_matrix, read
-    from multitag.data.preprocess import load_split
     from multitag.modeling.evaluate import predict
 
-    x_test, y_test = load_split(layout.processed, "test")
-    if x_test.shape[1] == predictor.input_size:
-        return np.asarray(y_test), predict(predictor.model, x_test)
-    test = read(layout.processed / "manifest.parquet").query("split == 'test'")
-    images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
-    return label_matrix(test["labels"], predictor.classes), predictor.predict_arrays(images)
+    y_true, images = test_split(predictor, layout)
+    return y_true, predict(predictor.model, images)
 
 
 def summary_metrics(y_true: np.ndarray, scores: np.ndarray, predictor: Predictor) -> tuple[dict, np.ndarray]:
@@ -86,11 +99,19 @@ def judge(
     A champion with another class list is compared on the classes both know (a class-list
     migration, named in the verdict); with no class in common there is nothing to compare,
     which the verdict says instead of blocking in silence.
+
+    The candidate's TFLite export is checked against its Keras scores on the same test images
+    and logged inside its model folder only when parity holds (export.py), before the smoke test,
+    so the fresh process answers through the runtime the API will serve.
     """
-    candidate = Predictor.from_uri(candidate_uri)
-    y_true, scores = test_scores(candidate, layout)
+    from multitag.modeling.evaluate import predict
+
+    candidate = Predictor.from_uri(candidate_uri, runtime="keras")
+    y_true, images = test_split(candidate, layout)
+    scores = predict(candidate.model, images)
     cand_metrics, _ = summary_metrics(y_true, scores, candidate)
     comparison = compare_with_champion(candidate, y_true, scores, champion_uri, champion_version, layout) if champion_uri else None
+    parity = export_for_serving(candidate.model, candidate_uri, images, y_true, scores, candidate.classes)
     smoke = smoke_test(candidate_uri, layout)
     decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
     return Verdict(
@@ -106,6 +127,7 @@ def judge(
         smoke,
         decision.baseline_scores,
         comparison.task if comparison else "first model",
+        parity,
     )
 
 
@@ -113,7 +135,7 @@ def compare_with_champion(
     candidate: Predictor, y_true: np.ndarray, scores: np.ndarray, champion_uri: str, champion_version: str | None, layout: Layout
 ) -> policy.ChampionScores:
     """Candidate and champion on the classes both know, each at its own thresholds."""
-    champion = Predictor.from_uri(champion_uri)
+    champion = Predictor.from_uri(champion_uri, runtime="keras")
     same = champion.classes == candidate.classes
     task = "same classes as the champion" if same else policy.class_list_change(champion.classes, candidate.classes)
     shared = [c for c in candidate.classes if c in champion.classes]
@@ -161,6 +183,7 @@ def verdict_markdown(verdict: Verdict) -> str:
         "",
         *_baseline_lines(verdict.baselines),
         "Reasons: " + ("; ".join(verdict.reasons) or "all checks passed"),
+        *(["", verdict.export.summary()] if verdict.export else []),
     ]
     return "\n".join(lines) + "\n"
 

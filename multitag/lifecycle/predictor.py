@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from multitag.config import ResizeMode
+from multitag.config import ResizeMode, Runtime
 from multitag.data.images import DEFAULT_MAX_PIXELS, decode, resize_mode
 from multitag.errors import UsageError
+from multitag.lifecycle.tflite import TFLiteModel
 
 
 @dataclass
@@ -34,29 +35,39 @@ class Predictor:
     info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_uri(cls, model_uri: str) -> Predictor:
-        """Load any MLflow model URI logged by multitag; the URI alone is enough."""
-        from multitag.lifecycle.tracking import configure, load_model
+    def from_uri(cls, model_uri: str, runtime: Runtime = "auto") -> Predictor:
+        """Load any MLflow model URI logged by multitag; the URI alone is enough.
 
-        configure()
-        model, meta = load_model(model_uri)
+        `auto` serves through the model's TFLite export when the gate logged one (only after the
+        export matched the Keras model on the frozen test split; export.py), else through Keras;
+        `keras` always loads the Keras model (the gate's reference). `info["runtime"]` says which.
+        """
+        from multitag.lifecycle import export, tracking
+
+        tracking.configure()
+        folder = tracking.download_model(model_uri)
+        meta = tracking.logged_metadata(folder)
         if "classes" not in meta:
             raise UsageError(f"{model_uri} has no multitag metadata (classes, thresholds): was it logged by multitag?")
+        exported = export.served_export(folder) if runtime == "auto" else None
         return cls(
-            model=model,
+            model=TFLiteModel(exported) if exported else tracking.load_keras(folder),
             classes=list(meta["classes"]),
             thresholds=np.asarray(meta["thresholds"], dtype="float64"),
             input_size=int(meta["input_size"]),
             resize=resize_mode(meta.get("preprocessing", {}).get("resize", "stretch")),
             uri=model_uri,
-            info=meta,
+            info={**meta, "runtime": export.RUNTIME if exported else "keras"},
         )
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         return decode(data, self.input_size, self.resize, max_pixels)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 -> (N, C) probabilities, one model call for the whole batch."""
+        """(N, S, S, 3) uint8 -> (N, C) float64 probabilities, one model call for the whole batch.
+
+        Several threads may call it at once: Keras' traced function allows that, and the TFLite
+        runtime serialises its interpreter itself (tflite.py)."""
         return np.asarray(self.model.predict_on_batch(images.astype("float32")), dtype="float64")
 
     def predict_bytes(self, payloads: list[bytes]) -> list[Prediction]:

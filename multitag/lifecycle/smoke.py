@@ -1,5 +1,6 @@
 """Serving smoke test, run in a fresh process: load a model from its URI alone and answer a
-few canned images. Prints one JSON line; exit code 0 only if every answer is well-formed.
+few canned images, through the runtime the API would use (`runtime` in the result). Prints one
+JSON line; exit code 0 only if every answer is well-formed.
 
     python -m multitag.lifecycle.smoke MODEL_URI IMAGE [IMAGE ...]
 """
@@ -46,6 +47,7 @@ def main(model_uri: str, images: list[str]) -> dict:
             return {"ok": False, "error": f"malformed probabilities for {path}"}
     return {
         "ok": True,
+        "runtime": predictor.info["runtime"],
         "load_seconds": load_s,
         "latency_ms_max": max(latencies),
         "latency_ms_p50": float(np.median(latencies)),

@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
+from multitag.errors import UsageError
 from multitag.modeling import metrics, plots
 from multitag.modeling.evaluate import Evaluation
 
@@ -151,13 +152,37 @@ def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example:
         mlflow.log_artifacts(str(folder), "plots")
 
 
-def load_model(model_uri: str):
-    """A served model and its metadata from any MLflow model URI (runs:/, models:/, m-...)."""
+def download_model(model_uri: str) -> Path:
+    """The logged model's folder on this machine, from any MLflow model URI (runs:/, models:/, m-...):
+    the folder itself for a local artefact store, a downloaded copy otherwise. One download serves
+    the metadata, the Keras model and any export beside it."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+
+
+def logged_metadata(folder: Path) -> dict:
+    """The multitag metadata (classes, thresholds, input size, preprocessing) of a downloaded model."""
+    return mlflow.models.Model.load(str(folder)).metadata or {}
+
+
+def load_keras(folder: Path):
+    """The Keras model of a downloaded model folder."""
     import multitag.modeling.models  # noqa: F401  registers custom layers before deserialising
 
-    model = mlflow.keras.load_model(model_uri)
-    meta = mlflow.models.get_model_info(model_uri).metadata or {}
-    return model, meta
+    return mlflow.keras.load_model(str(folder))
+
+
+def log_model_files(model_uri: str, files: list[Path], folder: str) -> None:
+    """Add `files` under `folder` inside a logged model, so that its URI alone, and every registry
+    version made from it (their source is the same folder), carries them. `model_uri` is a
+    `runs:/<run_id>/<path>` URI, as `log_candidate` returns."""
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    if not RunsArtifactRepository.is_runs_uri(model_uri):
+        raise UsageError(f"{model_uri} is not a runs:/ URI: files can only be added to a model logged under a run")
+    run_id, path = RunsArtifactRepository.parse_runs_uri(model_uri)
+    client = mlflow.MlflowClient()
+    for file in files:
+        client.log_artifact(run_id, str(file), f"{path}/{folder}")
 
 
 def log_dvc_metrics(directory: Path, histories: dict[str, dict[str, list[float]]], results: dict[str, dict]) -> Path:

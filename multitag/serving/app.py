@@ -55,7 +55,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = open_queue(params)
-        watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s)
+        watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s, runtime=params.serve.runtime)
         retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600)
         sweeper = Every(params.serve.prediction_sweep_interval_s, retention.sweep_logged, "image-retention")
         trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)

@@ -1,17 +1,20 @@
 """The endpoints. Each reads the shared `Services` through a dependency and answers with a
-response model from schemas.py; heavy work (decoding, the batched model call, queue writes)
-runs in the threadpool, so the event loop keeps accepting requests."""
+response model from schemas.py; heavy work (decoding, queue writes) runs in the threadpool and
+model calls in the micro-batcher's worker (batching.py), so the event loop keeps accepting requests."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -21,7 +24,9 @@ from multitag.data import images
 from multitag.data.manifest import normalize_labels
 from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.store import ImageStore
+from multitag.lifecycle.predictor import Predictor
 from multitag.serving import schemas
+from multitag.serving.batching import MicroBatcher, score
 from multitag.serving.limits import read_uploads
 from multitag.serving.problems import bad_images, disk_full, http_problem, image_problem
 from multitag.serving.retrain_trigger import RetrainTrigger
@@ -44,6 +49,7 @@ class Services:
     watcher: ChampionWatcher
     queue: FeedbackQueue
     retrain: RetrainTrigger
+    batcher: MicroBatcher | None = None  # None: batching off (serve.batch_max_size 1)
 
 
 def _services(request: Request) -> Services:
@@ -98,22 +104,26 @@ def parse_labels(raw: str, classes: list[str], min_labels: int = ValidateParams(
     return labels
 
 
-def predict_uploads(served: ServedModel, uploads: list[tuple[str, bytes]], store: ImageStore | None) -> list[schemas.Prediction]:
-    """Decode every file and run ONE batched model call; store each image (unless `store` is None) so /feedback can name it by hash.
-
-    Only when the batch fails are the files checked one by one, to tell the user which are bad.
-    """
-    predictor = served.predictor
+def decode_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+    """Every file decoded for the model, (N, S, S, 3) uint8; 415/422 listing each unusable file when one is."""
     try:
-        predictions = predictor.predict_bytes([data for _, data in uploads])
+        return np.stack([predictor.decode(data) for _, data in uploads])
     except Exception:
         problems = [p for name, data in uploads if (p := image_problem(predictor.decode, name, data))]
         if problems:
             raise bad_images(problems) from None
         raise
+
+
+def answer_uploads(
+    served: ServedModel, uploads: list[tuple[str, bytes]], scores: np.ndarray, store: ImageStore | None
+) -> list[schemas.Prediction]:
+    """Each file's answer from its row of `scores`, naming the version that scored it; store each image
+    (unless `store` is None) so /feedback can name it by hash."""
     if store is not None:
         for name, data in uploads:
             keep_for_feedback(store, name, data)
+    predictions = [served.predictor._prediction(row, hashlib.sha256(data).hexdigest()) for (_, data), row in zip(uploads, scores)]
     return [
         schemas.Prediction(
             filename=name,
@@ -197,6 +207,7 @@ def model(services: ServicesDep) -> schemas.ModelInfo:
         classes=predictor.classes,
         thresholds=dict(zip(predictor.classes, predictor.thresholds.tolist())),
         input_size=predictor.input_size,
+        runtime=predictor.info["runtime"],
         metrics={key: float(tags[key]) for key in METRIC_TAGS if key in tags},
         gate_verdict=tags.get("gate_verdict"),
         run_id=served.version.run_id,
@@ -208,11 +219,13 @@ def model(services: ServicesDep) -> schemas.ModelInfo:
 async def predict(
     files: Annotated[list[UploadFile], File(description="One or more images.")], services: ServicesDep
 ) -> schemas.Predictions:
-    """Labels above each class threshold and every class probability, per file, from one batched call."""
-    served = served_model(services)
+    """Labels above each class threshold and every class probability, per file. A request's files are
+    scored in one model call, which requests arriving at the same moment share (micro-batching)."""
+    served = served_model(services)  # read once: this version scores every file and is the one reported
     uploads = await read_uploads(files, services.params.serve)
     store = services.queue.images if services.params.serve.prediction_retention_hours > 0 else None
-    return schemas.Predictions(predictions=await run_in_threadpool(predict_uploads, served, uploads, store))
+    scores = await score(services.batcher, served.predictor, partial(decode_uploads, served.predictor, uploads))
+    return schemas.Predictions(predictions=await run_in_threadpool(answer_uploads, served, uploads, scores, store))
 
 
 @router.post("/feedback", status_code=202)

@@ -30,6 +30,7 @@ class ModelInfo(BaseModel):
     classes: list[str]
     thresholds: dict[str, float] = Field(description="Per class: a probability at or above it is a label.")
     input_size: int
+    runtime: str = Field(description="What answers /predict: 'tflite' (the version's parity-checked export) or 'keras'.")
     metrics: dict[str, float] = Field(description="The metrics the version was registered with.")
     gate_verdict: str | None
     run_id: str | None

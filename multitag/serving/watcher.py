@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from multitag.config import Runtime
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
 from multitag.periodic import Every
@@ -35,8 +36,8 @@ class ServedModel:
 class ChampionWatcher:
     """Keeps `current` on the version the alias points to, checking every `interval_s` seconds."""
 
-    def __init__(self, name: str, interval_s: float, alias: str = registry.CHAMPION):
-        self.name, self.alias, self.interval_s = name, alias, interval_s
+    def __init__(self, name: str, interval_s: float, alias: str = registry.CHAMPION, runtime: Runtime = "auto"):
+        self.name, self.alias, self.interval_s, self.runtime = name, alias, interval_s, runtime
         self.current: ServedModel | None = None
         self.last_checked_at: float | None = None
         self.last_error: str | None = None
@@ -54,10 +55,10 @@ class ChampionWatcher:
             self.last_checked_at = time.time()
             if target is None or (self.current is not None and self.current.version.version == target.version):
                 return False
-            predictor = Predictor.from_uri(f"models:/{self.name}/{target.version}")
+            predictor = Predictor.from_uri(f"models:/{self.name}/{target.version}", self.runtime)
             warm_up(predictor)
             self.current = ServedModel(predictor, self.name, self.alias, target, time.time())  # the one atomic swap
-            log.info("serving %s version %s (%s)", self.name, target.version, self.alias)
+            log.info("serving %s version %s (%s) through %s", self.name, target.version, self.alias, predictor.info["runtime"])
             return True
 
     def refresh_logged(self) -> bool:

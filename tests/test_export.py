@@ -1,0 +1,251 @@
+"""The TFLite export: it covers the whole served graph of every architecture, the gate logs it with
+the candidate only when it answers like the Keras model on the frozen test split, and a version
+carrying it is served through it (by the Predictor, the smoke test and the API) from any thread."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from multitag.lifecycle import export
+from multitag.modeling.models import ARCHITECTURES
+
+CLASSES = ["cat", "dog", "person"]
+SIZE = 32  # the smallest input every architecture accepts
+PROBE_SIZE = 48  # the probe reads the images larger, resized inside the graph, as the photo recipe does
+TEST_IMAGES = 24
+
+
+def served_model(architecture: str, seed: int):
+    """The graph the project serves, untrained: flip averaging, plus the frozen-feature probe branch
+    that resizes inside the graph, in front of the sigmoid (models.with_sigmoid)."""
+    import keras
+
+    from multitag.modeling import models
+
+    keras.utils.set_random_seed(seed)
+    extractor = models.build_feature_extractor(architecture, SIZE, None)
+    network = models.assemble(extractor, models.build_head(int(extractor.output_shape[-1]), len(CLASSES), [], 0.0))
+    features = models.probe_features(models.build_feature_extractor(architecture, PROBE_SIZE, None), SIZE)
+    rng = np.random.default_rng(seed)
+    kernel = rng.normal(0, 0.05, (int(features.output_shape[-1]), len(CLASSES))).astype("float32")
+    probe = models.probe_branch(features, kernel, rng.normal(0, 0.1, len(CLASSES)).astype("float32"))
+    return models.with_sigmoid(network, flip_average=True, probe=probe, network_weight=0.5)
+
+
+def labelled_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, multi-hot labels with every class both present and absent)."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(count)[:, None] + np.arange(len(CLASSES))) % 2
+    return rng.integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8), labels.astype(np.uint8)
+
+
+def log_model(model) -> str:
+    """Log `model` the project's way (tracking._log_keras_model) in the current registry: its runs:/ URI."""
+    import mlflow
+
+    from multitag.lifecycle import tracking
+
+    metadata = {
+        "architecture": "small_cnn",
+        "classes": CLASSES,
+        "thresholds": [0.5] * len(CLASSES),
+        "input_size": SIZE,
+        "preprocessing": {"resize": "stretch"},
+    }
+    tracking.configure()
+    with mlflow.start_run(run_name="export-test") as run:
+        return tracking._log_keras_model(model, np.zeros((1, SIZE, SIZE, 3), "float32"), metadata).format(run_id=run.info.run_id)
+
+
+def export_folder(model_uri: str) -> Path:
+    from multitag.lifecycle import tracking
+
+    return tracking.download_model(model_uri) / export.EXPORT_DIR
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_the_export_of_each_architectures_served_graph_answers_like_keras(architecture, tmp_path):
+    """Every architecture the project trains, with ImageNet weights or not (`weights: null` here)."""
+    from multitag.lifecycle.tflite import TFLiteModel
+
+    model = served_model(architecture, seed=0)
+    images, labels = labelled_images(6, seed=1)
+    reference = model.predict_on_batch(images.astype("float32"))
+    exported = TFLiteModel(export.to_tflite(model, tmp_path / "model.tflite")).predict_on_batch(images)
+    parity = export.check_parity(labels, reference, exported, CLASSES)
+    assert parity.passed, parity
+    assert parity.max_score_difference <= export.MAX_SCORE_DIFFERENCE and exported.shape == (6, len(CLASSES))
+
+
+def test_parity_holds_within_the_tolerances_and_fails_beyond_them_or_on_nan():
+    _, labels = labelled_images(TEST_IMAGES, seed=2)
+    reference = np.random.default_rng(3).uniform(0.01, 0.99, labels.shape)
+    close = export.check_parity(labels, reference, reference + export.MAX_SCORE_DIFFERENCE / 2, CLASSES)
+    assert close.passed and close.max_score_difference == pytest.approx(export.MAX_SCORE_DIFFERENCE / 2)
+    assert not export.check_parity(labels, reference, reference + 2 * export.MAX_SCORE_DIFFERENCE, CLASSES).passed
+    reference[:, 1] = 0.5 * labels[:, 1] + 0.4 * reference[:, 1]  # ranks "dog" perfectly: AP 1
+    reranked = reference.copy()
+    reranked[:, 1] = 1 - reference[:, 1]  # the same scores upside down: dog's AP falls
+    moved = export.check_parity(labels, reference, reranked, CLASSES, max_score_difference=1.0)
+    assert not moved.passed and moved.worst_class == "dog" and moved.max_ap_difference > export.MAX_AP_DIFFERENCE
+    broken = export.check_parity(labels, reference, np.full_like(reference, np.nan), CLASSES)
+    assert not broken.passed and "NaN" in broken.error
+
+
+def test_the_export_of_another_model_fails_parity(tmp_path):
+    """The check itself, on a real export that does not match: another initialisation of the same graph."""
+    from multitag.lifecycle.tflite import TFLiteModel
+
+    images, labels = labelled_images(TEST_IMAGES, seed=4)
+    reference = served_model("small_cnn", seed=0).predict_on_batch(images.astype("float32"))
+    other = TFLiteModel(export.to_tflite(served_model("small_cnn", seed=1), tmp_path / "model.tflite")).predict_on_batch(images)
+    parity = export.check_parity(labels, reference, other, CLASSES)
+    assert not parity.passed and parity.max_score_difference > export.MAX_SCORE_DIFFERENCE
+
+
+@dataclass(frozen=True)
+class Gated:
+    """A tiny candidate judged by the real gate and registered with the verdict's tags."""
+
+    name: str
+    version: str
+    verdict: object
+    images: np.ndarray
+
+
+def write_test_split(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """The frozen test split as preprocessing leaves it: uint8 arrays plus the manifest's test photos
+    (the smoke test reads a few files)."""
+    import pandas as pd
+    from PIL import Image
+
+    processed = root / "data" / "processed"
+    processed.mkdir(parents=True)
+    np.save(processed / "test_x.npy", images)
+    np.save(processed / "test_y.npy", labels)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(str(root / f"test-{index}.png"))
+        Image.fromarray(image).save(paths[-1])
+    names = [[c for c, on in zip(CLASSES, row) if on] for row in labels]
+    pd.DataFrame({"path": paths, "labels": names, "split": "test"}).to_parquet(processed / "manifest.parquet")
+
+
+@pytest.fixture(scope="module")
+def gated(tiny_champion, tmp_path_factory) -> Gated:
+    from multitag.config import GateParams
+    from multitag.layout import Layout
+    from multitag.lifecycle import gate, registry
+
+    root = tmp_path_factory.mktemp("export-gate")
+    images, labels = labelled_images(TEST_IMAGES, seed=5)
+    write_test_split(root, images, labels)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in tiny_champion.env.items():
+            patch.setenv(key, value)
+        model_uri = log_model(served_model("small_cnn", seed=0))
+        verdict = gate.judge(model_uri, None, None, GateParams(), "mAP", Layout(root))
+        name = f"export-{time.time_ns()}"
+        version = registry.register(model_uri, name, verdict.tags())
+        registry.promote(name, version)
+    return Gated(name, version, verdict, images)
+
+
+def test_the_gate_logs_a_matching_export_and_the_registered_version_serves_through_it(gated, registry_env):
+    from multitag.lifecycle import registry
+    from multitag.lifecycle.predictor import Predictor
+
+    parity = gated.verdict.export
+    assert parity.passed and parity.images == TEST_IMAGES and parity.max_score_difference <= export.MAX_SCORE_DIFFERENCE
+    assert gated.verdict.smoke["ok"] and gated.verdict.smoke["runtime"] == export.RUNTIME, "the fresh process served the export"
+    (version,) = [v for v in registry.list_versions(gated.name) if v.version == gated.version]
+    assert version.tags["export_parity"] == "passed" and float(version.tags["export_max_score_difference"]) <= export.MAX_SCORE_DIFFERENCE
+    folder = export_folder(f"models:/{gated.name}/{gated.version}")
+    assert (folder / export.EXPORT_FILE).exists() and json.loads((folder / export.RECORD_FILE).read_text())["passed"] is True
+
+    served = Predictor.from_uri(f"models:/{gated.name}/{gated.version}")
+    keras_served = Predictor.from_uri(f"models:/{gated.name}/{gated.version}", runtime="keras")
+    assert served.info["runtime"] == export.RUNTIME and keras_served.info["runtime"] == "keras"
+    scores = served.predict_arrays(gated.images)
+    assert scores.dtype == np.float64 and scores.shape == (TEST_IMAGES, len(CLASSES))
+    np.testing.assert_allclose(scores, keras_served.predict_arrays(gated.images), atol=export.MAX_SCORE_DIFFERENCE, rtol=0)
+    assert "parity held" in gated.verdict.export.summary()
+
+
+def test_a_candidate_whose_export_fails_parity_is_registered_without_it_and_keras_serves(registry_env, monkeypatch):
+    """An honest failure: the converter is handed another initialisation of the same graph, so the
+    file is a real, working export that answers differently from the candidate."""
+    from multitag.lifecycle import registry
+    from multitag.lifecycle.predictor import Predictor
+
+    real_to_tflite, impostor = export.to_tflite, served_model("small_cnn", seed=1)
+    monkeypatch.setattr(export, "to_tflite", lambda model, path: real_to_tflite(impostor, path))
+    model = served_model("small_cnn", seed=0)
+    model_uri = log_model(model)
+    images, labels = labelled_images(TEST_IMAGES, seed=6)
+    parity = export.export_for_serving(model, model_uri, images, labels, model.predict_on_batch(images.astype("float32")), CLASSES)
+    assert not parity.passed and parity.max_score_difference > export.MAX_SCORE_DIFFERENCE and "FAILED" in parity.summary()
+
+    name = f"export-failed-{time.time_ns()}"
+    version = registry.register(model_uri, name, parity.tags())
+    assert registry.list_versions(name)[0].tags["export_parity"] == "failed"
+    folder = export_folder(f"models:/{name}/{version}")
+    assert not (folder / export.EXPORT_FILE).exists(), "no export without parity"
+    assert json.loads((folder / export.RECORD_FILE).read_text())["passed"] is False, "the numbers are recorded either way"
+    assert Predictor.from_uri(f"models:/{name}/{version}").info["runtime"] == "keras"
+
+
+def test_a_later_failed_check_of_the_same_model_stops_its_earlier_export_from_serving(registry_env, monkeypatch):
+    from multitag.lifecycle.predictor import Predictor
+
+    model = served_model("small_cnn", seed=0)
+    model_uri = log_model(model)
+    images, labels = labelled_images(TEST_IMAGES, seed=7)
+    reference = model.predict_on_batch(images.astype("float32"))
+    assert export.export_for_serving(model, model_uri, images, labels, reference, CLASSES).passed
+    assert Predictor.from_uri(model_uri).info["runtime"] == export.RUNTIME
+
+    def crash(model, path: Path) -> Path:
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(export, "to_tflite", crash)
+    failed = export.export_for_serving(model, model_uri, images, labels, reference, CLASSES)
+    assert not failed.passed and "converter crashed" in failed.error
+    assert (export_folder(model_uri) / export.EXPORT_FILE).exists(), "the earlier file is still there ..."
+    assert Predictor.from_uri(model_uri).info["runtime"] == "keras", "... but the record says it no longer serves"
+
+
+def test_concurrent_callers_with_different_batch_sizes_each_get_their_own_rows(gated, registry_env):
+    from multitag.lifecycle.predictor import Predictor
+
+    predictor = Predictor.from_uri(f"models:/{gated.name}/{gated.version}")
+    assert predictor.info["runtime"] == export.RUNTIME
+    expected = np.concatenate([predictor.predict_arrays(gated.images[i : i + 1]) for i in range(TEST_IMAGES)])
+    requests = [(start, size) for size in (1, 2, 3, 5, 8) for start in range(0, TEST_IMAGES - size, 3)]
+
+    def answer(request: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+        start, size = request
+        return start, size, predictor.predict_arrays(gated.images[start : start + size])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(answer, requests * 3))
+    for start, size, scores in results:
+        np.testing.assert_array_equal(scores, expected[start : start + size])
+
+
+def test_the_api_reports_the_runtime_that_serves_and_serve_runtime_keras_forces_keras(gated, registry_env, serve_params, live_server):
+    import httpx
+
+    for setting, runtime in (("auto", export.RUNTIME), ("keras", "keras")):
+        server = live_server(serve_params(gated.name, runtime=setting))
+        deadline = time.monotonic() + 60
+        while (answer := httpx.get(f"{server.url}/model", timeout=30)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert answer.status_code == 200 and answer.json()["runtime"] == runtime, (setting, answer.text)
