@@ -93,7 +93,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         model = wait_for_model(url)
-        print(f"served: {model.get('name')} version {model.get('version')} ({model.get('architecture')})")
+        print(f"served: {model.get('name')} version {model.get('version')} ({model.get('architecture')}, through {model.get('runtime')})")
         photos = held_out_photos(args.photos)
         answers = send(url, photos)
         predicted, true = Counter(), Counter()
