@@ -74,9 +74,11 @@ class Predictor:
         """Decode and predict a batch of encoded images (ImageError for an unusable one)."""
         batch = np.stack([self.decode(data) for data in payloads])
         scores = self.predict_arrays(batch)
-        return [self._prediction(row, hashlib.sha256(data).hexdigest()) for row, data in zip(scores, payloads)]
+        return [self.labelled(row, hashlib.sha256(data).hexdigest()) for row, data in zip(scores, payloads)]
 
-    def _prediction(self, scores: np.ndarray, sha: str) -> Prediction:
+    def labelled(self, scores: np.ndarray, sha: str) -> Prediction:
+        """One image's scores as served: the classes at or above their thresholds, and every score
+        (public because the API scores batches that the micro-batcher assembled, then labels each row)."""
         chosen = [c for c, s, t in zip(self.classes, scores, self.thresholds) if s >= t]
         return Prediction(chosen, {c: float(s) for c, s in zip(self.classes, scores)}, sha)
 

@@ -123,7 +123,7 @@ def answer_uploads(
     if store is not None:
         for name, data in uploads:
             keep_for_feedback(store, name, data)
-    predictions = [served.predictor._prediction(row, hashlib.sha256(data).hexdigest()) for (_, data), row in zip(uploads, scores)]
+    predictions = [served.predictor.labelled(row, hashlib.sha256(data).hexdigest()) for (_, data), row in zip(uploads, scores)]
     return [
         schemas.Prediction(
             filename=name,
