@@ -69,7 +69,7 @@ INPUT_SIZE = 224
 TARGET_P50_MS = 40.0
 TARGET_RATIO = 2.0
 SEQUENTIAL_VARIANTS = ("project", "naive")
-LOAD_VARIANTS = ("project", "unbatched", "naive")
+LOAD_VARIANTS = ("project", "batched-keras", "unbatched", "naive")  # project: micro-batching + the TFLite export, as served
 LOAD_PHOTOS = 64  # distinct photos the load clients cycle through
 LOAD_TARGET_SPEEDUP = 2.0  # at 8 clients: project req/s over unbatched req/s, at least
 LOAD_TARGET_P95_FACTOR = 2.0  # at 8 clients: project p95 over the unbatched single-client p95, at most
@@ -91,12 +91,15 @@ def build_model():
     return models.with_sigmoid(models.assemble(features, models.build_head(features.output_shape[-1], len(VOC_CLASSES), [128], 0.2)))
 
 
-def register_champion(scratch: Path, model) -> str:
-    """Log `model` the project's way, register it, promote it to champion."""
+def register_champion(scratch: Path, model, photos: list[bytes]) -> str:
+    """Log `model` the project's way, export it behind the gate's parity check (on `photos`, with
+    seeded labels: parity compares two runtimes on the same labels), register it, promote it."""
     import mlflow
     import mlflow.keras.save
 
+    from multitag.data.images import decode
     from multitag.lifecycle import registry, tracking
+    from multitag.lifecycle.export import export_for_serving
 
     # Requirements inference imports TensorFlow again in a subprocess (~30 s); a bench model
     # never leaves this machine, so MLflow's default requirements are enough.
@@ -112,7 +115,13 @@ def register_champion(scratch: Path, model) -> str:
     tracking.configure()
     with mlflow.start_run(run_name="bench-serve") as run:
         uri = tracking._log_keras_model(model, np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), "float32"), metadata)
-    version = registry.register(uri.format(run_id=run.info.run_id), MODEL_NAME, {"architecture": "mobilenetv2"})
+    uri = uri.format(run_id=run.info.run_id)
+    images = np.stack([decode(photo, INPUT_SIZE, "stretch") for photo in photos])
+    reference = np.asarray(model.predict_on_batch(images.astype("float32")), dtype="float64")
+    y_true = np.random.default_rng(0).random(reference.shape) < 0.3
+    parity = export_for_serving(model, uri, images, y_true, reference, VOC_CLASSES)
+    print(parity.summary(), flush=True)
+    version = registry.register(uri, MODEL_NAME, {"architecture": "mobilenetv2"})
     registry.promote(MODEL_NAME, version)
     return f"models:/{MODEL_NAME}/{version}"
 
@@ -227,8 +236,9 @@ def interleaved(rounds: int, cases: list, measure_one: Callable[[object], dict])
 
 
 def server_commands(scratch: Path, model_uri: str, max_files: int) -> dict[str, tuple[list[str], dict[str, str]]]:
-    """Each variant's server: its command and extra environment. The two project servers differ only
-    in `serve.batch_max_size`, and each has its own feedback store."""
+    """Each variant's server: its command and extra environment. The project servers differ only in
+    `serve.batch_max_size` and `serve.runtime`; `unbatched` is the path before micro-batching and the
+    export (one Keras call per request). Each has its own feedback store."""
     from multitag.serving.app import PARAMS_ENV
 
     project = [
@@ -244,7 +254,8 @@ def server_commands(scratch: Path, model_uri: str, max_files: int) -> dict[str, 
     ]
     return {
         "project": (project, {PARAMS_ENV: str(write_params(scratch, "project", max_files))}),
-        "unbatched": (project, {PARAMS_ENV: str(write_params(scratch, "unbatched", max_files, batch_max_size=1))}),
+        "batched-keras": (project, {PARAMS_ENV: str(write_params(scratch, "batched-keras", max_files, runtime="keras"))}),
+        "unbatched": (project, {PARAMS_ENV: str(write_params(scratch, "unbatched", max_files, batch_max_size=1, runtime="keras"))}),
         "naive": ([sys.executable, str(Path(__file__).resolve()), "--naive-server", model_uri], {}),
     }
 
@@ -503,10 +514,10 @@ def main() -> None:
         print(f"results written to {RUNTIME_RESULTS_PATH}")
         shutil.rmtree(scratch, ignore_errors=True)
         return
-    model_uri = register_champion(scratch, model)
+    photos = sorted(JPEG_DIR.glob("*.jpg"))
+    model_uri = register_champion(scratch, model, [p.read_bytes() for p in photos[:LOAD_PHOTOS]])
     alone = model_alone(model)
 
-    photos = sorted(JPEG_DIR.glob("*.jpg"))
     single, batch = photos[0].read_bytes(), [p.read_bytes() for p in photos[: args.batch_size]]
     load_photos = [p.read_bytes() for p in photos[:LOAD_PHOTOS]]
     with contextlib.ExitStack() as servers:
