@@ -255,7 +255,22 @@ class PostgresCluster:
 
 
 @dataclass
-class MlflowServer:
+class StartedServer:
+    """A server process a test started: its pid, and stopping exactly it (with its process group)."""
+
+    process: subprocess.Popen
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Stop the process and its children (the process group it was started in), by pid."""
+        stop_process(self.process)
+
+
+@dataclass
+class MlflowServer(StartedServer):
     """`mlflow server` on a free loopback port with a SQL backend store and proxied artefacts, so
     tests run the pipeline, the registry and the API against a tracking server the way a team
     does (`MLFLOW_TRACKING_URI=http://...`), not only against the embedded SQLite file.
@@ -268,11 +283,6 @@ class MlflowServer:
     backend_store_uri: str
     artifacts: Path
     log: Path
-    process: subprocess.Popen
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     @classmethod
     def start(cls, backend_store_uri: str, artifacts: Path, log: Path, timeout_s: float = 180) -> MlflowServer:
@@ -288,26 +298,17 @@ class MlflowServer:
             ]
 
         uri, process = start_http_server(command, "MLflow server", log, artifacts.parent, env, timeout_s)
-        return cls(uri, backend_store_uri, artifacts, log, process)
-
-    def stop(self) -> None:
-        """Stop the server and its uvicorn worker (the process group it was started in)."""
-        stop_process(self.process)
+        return cls(process=process, uri=uri, backend_store_uri=backend_store_uri, artifacts=artifacts, log=log)
 
 
 @dataclass
-class ApiServer:
+class ApiServer(StartedServer):
     """The API as users run it, `multitag serve` in a process of its own (unlike conftest's
     in-thread LiveServer): its own environment (tracking URI, queue), so replicas and hot
     reload are tested across processes the way they are deployed."""
 
     url: str
     log: Path
-    process: subprocess.Popen
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
 
     @classmethod
     def start(cls, project: Path, env: dict[str, str], log: Path, timeout_s: float = 180) -> ApiServer:
@@ -317,12 +318,9 @@ class ApiServer:
             return [sys.executable, "-m", "multitag.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
         url, process = start_http_server(command, "multitag serve", log, project, env, timeout_s)
-        return cls(url, log, process)
+        return cls(process=process, url=url, log=log)
 
     def health(self) -> dict:
         import httpx
 
         return httpx.get(f"{self.url}/health", timeout=10).raise_for_status().json()
-
-    def stop(self) -> None:
-        stop_process(self.process)
