@@ -164,6 +164,7 @@ class ServeParams(_Strict):
     allowed_origins: list[str] = []
     prediction_retention_hours: float = Field(24, ge=0)
     prediction_sweep_interval_s: float = Field(600, gt=0)
+    prediction_log_hours: float = Field(720, ge=0)
     batch_max_size: int = Field(16, ge=1)  # micro-batching (multitag/serving/batching.py); 1 turns it off
     batch_max_wait_ms: float = Field(5, ge=0)
 

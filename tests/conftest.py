@@ -242,3 +242,14 @@ def mlflow_server(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFa
     finally:
         server.stop()
         postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The feedback database on both engines (tests using it run twice): an embedded SQLite file,
+    and a fresh database on the private PostgreSQL cluster."""
+    from multitag.feedback.database import sqlite_url
+
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "queue.db")
+    return request.getfixturevalue("postgres_url")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from multitag.feedback.database import SchemaTooNew, sqlite_url
+from multitag.feedback.database import SchemaTooNew
 from multitag.feedback.importer import import_dir
 from multitag.feedback.queue import ClaimLost, FeedbackQueue
 from multitag.feedback.store import image_extension
@@ -30,14 +30,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def fake_png(number: int) -> bytes:
     """Distinct bytes per number that the queue stores as png (the queue never decodes pixels)."""
     return PNG_MAGIC + number.to_bytes(8, "big")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def queue_db(request, tmp_path) -> str:
-    """The same suite on both engines: an embedded SQLite file, and a fresh database on a private PostgreSQL cluster."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path / "queue.db")
-    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

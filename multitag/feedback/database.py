@@ -60,7 +60,7 @@ class Database:
         self.url = url
         self.engine = _engine(url)
         self.dialect = self.engine.dialect.name
-        self._migrate(component, migrations)
+        self.migrate(component, migrations)
 
     def read(self, work: Work[T]) -> T:
         """Run `work` in one read transaction (SQLite WAL: never waits for the writer)."""
@@ -95,8 +95,9 @@ class Database:
         """Close the pooled connections (tests, and processes that are done with the queue)."""
         self.engine.dispose()
 
-    def _migrate(self, component: str, migrations: Sequence[Migration]) -> None:
-        """Bring the schema to len(migrations), once, even with several processes opening it at once."""
+    def migrate(self, component: str, migrations: Sequence[Migration]) -> None:
+        """Bring `component`'s schema to len(migrations), once, even with several processes opening it
+        at once; components (the queue, the prediction log) share the database and version separately."""
 
         def work(conn: Connection) -> None:
             if self.dialect == "postgresql":

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -20,7 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
-from multitag.config import Params, load_params
+from multitag.config import Params, ServeParams, load_params
+from multitag.feedback.predictions import PredictionLog
+from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.retention import ImageRetention
 from multitag.feedback.retraining import open_queue
 from multitag.layout import Layout
@@ -57,10 +60,11 @@ def create_app(
         queue = open_queue(params)
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s, runtime=params.serve.runtime)
         retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600)
-        sweeper = Every(params.serve.prediction_sweep_interval_s, retention.sweep_logged, "image-retention")
+        prediction_log = prediction_log_for(queue, params.serve)  # None when serve.prediction_log_hours is 0
+        sweeper = Every(params.serve.prediction_sweep_interval_s, partial(sweep, retention, prediction_log), "retention")
         trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)
         batcher = batcher_for(params.serve)  # None when serve.batch_max_size is 1
-        app.state.services = Services(params, watcher, queue, trigger, batcher)
+        app.state.services = Services(params, watcher, queue, trigger, batcher, prediction_log)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         if batcher is not None:
             batcher.start()
@@ -82,6 +86,18 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
     return app
+
+
+def prediction_log_for(queue: FeedbackQueue, serve: ServeParams) -> PredictionLog | None:
+    """The log of /predict answers in the queue's database, or None when serve.prediction_log_hours is 0."""
+    return PredictionLog(queue.database, serve.prediction_log_hours * 3600) if serve.prediction_log_hours > 0 else None
+
+
+def sweep(retention: ImageRetention, prediction_log: PredictionLog | None) -> None:
+    """The server's periodic clean-up: expired prediction images, then expired logged predictions."""
+    retention.sweep_logged()
+    if prediction_log is not None:
+        prediction_log.expire_logged()
 
 
 def serve(host: str | None = None, port: int | None = None, params_path: Path | str = "params.yaml") -> None:

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse
 from multitag.config import Params, ValidateParams
 from multitag.data import images
 from multitag.data.manifest import normalize_labels
+from multitag.feedback.predictions import Answer, PredictionLog
 from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.store import ImageStore
 from multitag.lifecycle.predictor import Predictor
@@ -50,6 +51,7 @@ class Services:
     queue: FeedbackQueue
     retrain: RetrainTrigger
     batcher: MicroBatcher | None = None  # None: batching off (serve.batch_max_size 1)
+    prediction_log: PredictionLog | None = None  # None: no log (serve.prediction_log_hours 0)
 
 
 def _services(request: Request) -> Services:
@@ -116,14 +118,22 @@ def decode_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]]) -> np
 
 
 def answer_uploads(
-    served: ServedModel, uploads: list[tuple[str, bytes]], scores: np.ndarray, store: ImageStore | None
+    served: ServedModel,
+    uploads: list[tuple[str, bytes]],
+    scores: np.ndarray,
+    store: ImageStore | None,
+    prediction_log: PredictionLog | None = None,
 ) -> list[schemas.Prediction]:
     """Each file's answer from its row of `scores`, naming the version that scored it; store each image
-    (unless `store` is None) so /feedback can name it by hash."""
+    (unless `store` is None) so /feedback can name it by hash, and log the answers (unless
+    `prediction_log` is None; a failed write costs the log entry, not the answer)."""
     if store is not None:
         for name, data in uploads:
             keep_for_feedback(store, name, data)
     predictions = [served.predictor.labelled(row, hashlib.sha256(data).hexdigest()) for (_, data), row in zip(uploads, scores)]
+    if prediction_log is not None:
+        answers = [Answer(p.image_sha256, p.labels, p.probabilities) for p in predictions]
+        prediction_log.record_logged(served.name, served.version.version, answers)
     return [
         schemas.Prediction(
             filename=name,
@@ -225,7 +235,7 @@ async def predict(
     uploads = await read_uploads(files, services.params.serve)
     store = services.queue.images if services.params.serve.prediction_retention_hours > 0 else None
     scores = await score(services.batcher, served.predictor, partial(decode_uploads, served.predictor, uploads))
-    return schemas.Predictions(predictions=await run_in_threadpool(answer_uploads, served, uploads, scores, store))
+    return schemas.Predictions(predictions=await run_in_threadpool(answer_uploads, served, uploads, scores, store, services.prediction_log))
 
 
 @router.post("/feedback", status_code=202)

@@ -1,0 +1,123 @@
+"""The prediction log: every /predict answer (image hash, model version, labels, every score, time),
+kept in the feedback queue's database for `serve.prediction_log_hours`.
+
+It is what the learning loop reads (issue 13): which logged images are worth a human look, how a
+challenger would have answered, and whether the served predictions drift. Recording an answer
+never fails or delays a prediction beyond one insert: a failed write is logged and the answer
+goes out anyway (routes.answer_uploads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, insert, select
+
+from multitag.feedback.database import Database
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("image_sha256", String(64), nullable=False),
+    Column("model_name", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
+    Column("labels", Text, nullable=False),  # JSON list: the classes at or above their thresholds
+    Column("scores", Text, nullable=False),  # JSON object: every class's probability
+    Column("predicted_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+Index("predictions_by_time", predictions.c.predicted_at)
+Index("predictions_by_image", predictions.c.image_sha256)
+
+
+def _create_v1(conn: Connection) -> None:
+    """Version 1: the predictions table and its indexes."""
+    metadata.create_all(conn, checkfirst=True)
+
+
+MIGRATIONS = (_create_v1,)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One image's answer as the API gave it."""
+
+    image_sha256: str
+    labels: list[str]
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    id: int
+    image_sha256: str
+    model_name: str
+    model_version: str
+    labels: tuple[str, ...]
+    scores: dict[str, float]
+    predicted_at: float
+
+
+class PredictionLog:
+    """Answers recorded in `database` (the queue's), each kept for `max_age_s` seconds."""
+
+    def __init__(self, database: Database, max_age_s: float):
+        if max_age_s <= 0:
+            raise ValueError(f"max_age_s must be positive (a log that keeps nothing is no log), got {max_age_s}")
+        self.database, self.max_age_s = database, float(max_age_s)
+        database.migrate("predictions", MIGRATIONS)
+
+    def record(self, model_name: str, model_version: str, answers: Iterable[Answer], now: float | None = None) -> int:
+        """Record one request's answers in one insert; how many rows it wrote."""
+        at = time.time() if now is None else now
+        rows = [
+            {
+                "image_sha256": answer.image_sha256,
+                "model_name": model_name,
+                "model_version": str(model_version),
+                "labels": json.dumps(list(answer.labels)),
+                "scores": json.dumps(answer.scores),
+                "predicted_at": at,
+            }
+            for answer in answers
+        ]
+        if rows:
+            self.database.write(lambda conn: conn.execute(insert(predictions), rows))
+        return len(rows)
+
+    def record_logged(self, model_name: str, model_version: str, answers: Iterable[Answer]) -> None:
+        """`record`, with a failure logged instead of raised: the user's prediction matters more than its log."""
+        try:
+            self.record(model_name, model_version, answers)
+        except Exception:
+            log.exception("recording a prediction of %s version %s failed; the answer was sent anyway", model_name, model_version)
+
+    def recent(self, limit: int = 100) -> list[LoggedPrediction]:
+        """The newest `limit` logged answers, newest first."""
+        query = select(predictions).order_by(predictions.c.id.desc()).limit(limit)
+        return [_logged(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
+
+    def expire(self, now: float | None = None) -> int:
+        """Delete the answers older than max_age_s; how many."""
+        cutoff = (time.time() if now is None else now) - self.max_age_s
+        return self.database.write(lambda conn: conn.execute(delete(predictions).where(predictions.c.predicted_at < cutoff)).rowcount)
+
+    def expire_logged(self) -> None:
+        """`expire`, with a failure logged instead of raised: the next sweep tries again."""
+        try:
+            if deleted := self.expire():
+                log.info("deleted %d logged prediction(s) older than %g h", deleted, self.max_age_s / 3600)
+        except Exception:
+            log.exception("expiring logged predictions failed")
+
+
+def _logged(row) -> LoggedPrediction:
+    return LoggedPrediction(**{**row._asdict(), "labels": tuple(json.loads(row.labels)), "scores": json.loads(row.scores)})
