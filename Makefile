@@ -55,6 +55,7 @@ bench: install weights
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/serve.py --runtime
 
 clean:
 	rm -rf $(VENV) .pytest_cache
