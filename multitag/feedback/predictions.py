@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, insert, select
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, insert, inspect, select, text
 
 from multitag.feedback.database import Database
 
 log = logging.getLogger(__name__)
+CHAMPION, CHALLENGER = "champion", "challenger"  # the `role` of a logged answer
 
 metadata = MetaData()
 predictions = Table(
@@ -32,6 +33,9 @@ predictions = Table(
     Column("labels", Text, nullable=False),  # JSON list: the classes at or above their thresholds
     Column("scores", Text, nullable=False),  # JSON object: every class's probability
     Column("predicted_at", Float, nullable=False),
+    # Which alias answered: the champion (what the user got) or the challenger scoring the same
+    # image in shadow mode, off the response path.
+    Column("role", String(16), nullable=False, server_default=CHAMPION),
     sqlite_autoincrement=True,
 )
 Index("predictions_by_time", predictions.c.predicted_at)
@@ -39,11 +43,18 @@ Index("predictions_by_image", predictions.c.image_sha256)
 
 
 def _create_v1(conn: Connection) -> None:
-    """Version 1: the predictions table and its indexes."""
+    """Version 1: the predictions table and its indexes (today's shape: a fresh log gets `role` here)."""
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS = (_create_v1,)
+def _add_role_v2(conn: Connection) -> None:
+    """Version 2: `role`, so shadow answers of the challenger sit beside the champion's. A log
+    created by version 1 gets the column (every row it holds was a champion's answer)."""
+    if "role" not in {column["name"] for column in inspect(conn).get_columns("predictions")}:
+        conn.execute(text(f"ALTER TABLE predictions ADD COLUMN role VARCHAR(16) NOT NULL DEFAULT '{CHAMPION}'"))
+
+
+MIGRATIONS = (_create_v1, _add_role_v2)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class LoggedPrediction:
     labels: tuple[str, ...]
     scores: dict[str, float]
     predicted_at: float
+    role: str = CHAMPION
 
 
 class PredictionLog:
@@ -75,7 +87,7 @@ class PredictionLog:
         self.database, self.max_age_s = database, float(max_age_s)
         database.migrate("predictions", MIGRATIONS)
 
-    def record(self, model_name: str, model_version: str, answers: Iterable[Answer], now: float | None = None) -> int:
+    def record(self, model_name: str, model_version: str, answers: Iterable[Answer], now: float | None = None, role: str = CHAMPION) -> int:
         """Record one request's answers in one insert; how many rows it wrote."""
         at = time.time() if now is None else now
         rows = [
@@ -86,6 +98,7 @@ class PredictionLog:
                 "labels": json.dumps(list(answer.labels)),
                 "scores": json.dumps(answer.scores),
                 "predicted_at": at,
+                "role": role,
             }
             for answer in answers
         ]
@@ -93,16 +106,18 @@ class PredictionLog:
             self.database.write(lambda conn: conn.execute(insert(predictions), rows))
         return len(rows)
 
-    def record_logged(self, model_name: str, model_version: str, answers: Iterable[Answer]) -> None:
+    def record_logged(self, model_name: str, model_version: str, answers: Iterable[Answer], role: str = CHAMPION) -> None:
         """`record`, with a failure logged instead of raised: the user's prediction matters more than its log."""
         try:
-            self.record(model_name, model_version, answers)
+            self.record(model_name, model_version, answers, role=role)
         except Exception:
             log.exception("recording a prediction of %s version %s failed; the answer was sent anyway", model_name, model_version)
 
-    def recent(self, limit: int = 100) -> list[LoggedPrediction]:
-        """The newest `limit` logged answers, newest first."""
+    def recent(self, limit: int = 100, role: str | None = CHAMPION) -> list[LoggedPrediction]:
+        """The newest `limit` logged answers of `role` (None: every role), newest first."""
         query = select(predictions).order_by(predictions.c.id.desc()).limit(limit)
+        if role is not None:
+            query = query.where(predictions.c.role == role)
         return [_logged(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
 
     def expire(self, now: float | None = None) -> int:
