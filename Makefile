@@ -56,6 +56,7 @@ bench: install weights
 	$(BIN)/python bench/orchestration.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/serve.py --runtime
+	$(BIN)/python bench/feedback_screen.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,10 +1,11 @@
 """nightly_retraining: turn users' corrections into a better model, or change nothing.
 
-With enough pending feedback: claim it (renewing the claim while the run lives), reject the
-items validation would quarantine, add the rest to the training data (train/val only), retrain
-warm-started from the champion, evaluate on the frozen test split, gate, register, and only then
-mark the feedback consumed. Any failure puts the claimed items back to pending and takes them out
-of the feedback export again.
+First the screen holds suspicious pending corrections for review (likely label errors, a flooding
+client, contradictions; multitag/feedback/screen.py). With enough pending feedback left: claim it
+(renewing the claim while the run lives), reject the items validation would quarantine, add the
+rest to the training data (train/val only), retrain warm-started from the champion, evaluate on
+the frozen test split, gate, register, and only then mark the feedback consumed. Any failure puts
+the claimed items back to pending and takes them out of the feedback export again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prefect.runtime import flow_run
 
 from multitag.config import load_params
 from multitag.feedback.retraining import owning_export
+from multitag.feedback.screen import summary as held_summary
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
@@ -27,10 +29,13 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
     logger = get_run_logger()
     needed = min_feedback if min_feedback is not None else load_params(params_path).retrain.min_feedback
     leaked = fb.reject_leaked(params_path)
+    held = fb.screen(params_path)
+    if held:
+        logger.info("held %d feedback items for review (%s): see `multitag feedback list --state held`", len(held), held_summary(held))
     pending = fb.pending_count(params_path)
     if pending < needed:
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
-        return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked}
+        return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked, "held": held}
     run_id = flow_run.get_id() or "local"
     with exclusive_run("nightly-retraining flow"), owning_export(run_id):
         fb.claim(params_path, run_id)
@@ -59,7 +64,14 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
         registration["verdict"],
         registration["champion_version"],
     )
-    return {"status": "retrained", "feedback_ids": used, "rejected_leakage": leaked, "rejected_invalid": invalid, **registration}
+    return {
+        "status": "retrained",
+        "feedback_ids": used,
+        "rejected_leakage": leaked,
+        "held": held,
+        "rejected_invalid": invalid,
+        **registration,
+    }
 
 
 if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH]

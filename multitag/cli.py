@@ -247,13 +247,70 @@ def registry_list(params_path: Path = ParamsOption) -> None:
 
 
 @registry_app.command("promote")
-def registry_promote(version: str, params_path: Path = ParamsOption) -> None:
-    """Make VERSION the champion (the former one becomes previous-champion)."""
+def registry_promote(
+    version: str,
+    ignore_shadow: bool = typer.Option(
+        False, "--ignore-shadow", help="Promote the challenger even if its shadow record fails gate.shadow_*."
+    ),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Make VERSION the champion (the former one becomes previous-champion). Promoting the challenger
+    first checks its shadow record against gate.shadow_min_agreement / shadow_require_feedback_win."""
+    from multitag.feedback.shadow import guard_promotion
     from multitag.lifecycle import registry
 
-    name = load_params(params_path).registry.model_name
+    params = load_params(params_path)
+    name = params.registry.model_name
+    if not ignore_shadow:
+        guard_promotion(params, _queue(params_path), version)
     former = registry.promote(name, version)
     console.print(f"[green]champion is now version {version}[/green]" + (f" (previous-champion: {former.version})" if former else ""))
+
+
+@registry_app.command("shadow-report")
+def registry_shadow_report(
+    limit: int = typer.Option(10_000, help="Read the newest LIMIT images the challenger scored."), params_path: Path = ParamsOption
+) -> None:
+    """How the challenger, scoring live traffic in shadow mode, answered compared with the champion, per class."""
+    from multitag.feedback.shadow import challenger_report, refusals, requires_shadow
+
+    params = load_params(params_path)
+    report = challenger_report(params, _queue(params_path), limit)
+    table = Table(
+        title=f"{report.model_name}: challenger {report.challenger_version} vs champion {report.champion_version or '(any)'}, "
+        f"{report.images} image(s), agreement {rate(report.agreement)}, exact {rate(report.exact_agreement)}"
+    )
+    for column in ("class", "images", "agreement", "champion tags", "challenger tags", "feedback", "champion right", "challenger right"):
+        table.add_column(column)
+    for c in report.classes:
+        table.add_row(
+            c.name,
+            str(c.images),
+            rate(c.agreement),
+            rate(c.champion_tag_rate),
+            rate(c.challenger_tag_rate),
+            str(c.feedback_images),
+            str(c.champion_correct),
+            str(c.challenger_correct),
+        )
+    out.print(table)
+    for side, names in (("champion", report.champion_only_classes), ("challenger", report.challenger_only_classes)):
+        if names:
+            console.print(f"only the {side} knows (not compared): {', '.join(names)}")
+    console.print(
+        f"on {report.feedback_images} corrected image(s): champion right {report.champion_correct}, challenger {report.challenger_correct}"
+    )
+    if not requires_shadow(params.gate):
+        console.print("the gate has no shadow settings (gate.shadow_min_agreement, gate.shadow_require_feedback_win)")
+    elif reasons := refusals(report, params.gate):
+        console.print(f"[yellow]the gate would refuse to promote it: {'; '.join(reasons)}[/yellow]")
+    else:
+        console.print("[green]the gate's shadow settings allow promoting it[/green]")
+
+
+def rate(value: float | None) -> str:
+    """A share for a table: three decimals, or '-' when there was nothing to count."""
+    return "-" if value is None else f"{value:.3f}"
 
 
 @registry_app.command("rollback")
@@ -285,10 +342,48 @@ def feedback_list(
 ) -> None:
     """The newest items (optionally of one state)."""
     table = Table()
-    for column in ("id", "state", "labels", "image", "model", "reason"):
+    for column in ("id", "state", "labels", "absent", "image", "model", "origin", "reason"):
         table.add_column(column)
     for item in _queue(params_path).list_items(state, limit):
-        table.add_row(str(item.id), item.state, "|".join(item.labels), item.image_sha256[:12], item.model_version or "", item.reason or "")
+        absent = "(all others)" if item.absent is None else "|".join(item.absent) or "(none: the others unknown)"
+        row = (item.image_sha256[:12], item.model_version or "", item.origin, item.reason or "")
+        table.add_row(str(item.id), item.state, "|".join(item.labels), absent, *row)
+    out.print(table)
+
+
+@feedback_app.command("suggest")
+def feedback_suggest(
+    n: int = typer.Option(20, "--n", min=1, help="How many images to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """The logged images most worth a human look, as GET /review lists them: champion and challenger
+    disagree, or a score sits near its threshold; none labelled already, no near-duplicates."""
+    from multitag.feedback import review
+    from multitag.feedback.predictions import PredictionLog
+    from multitag.lifecycle import registry, tracking
+
+    params = load_params(params_path)
+    if params.serve.prediction_log_hours <= 0:
+        raise UsageError("serve.prediction_log_hours is 0, so no predictions are logged to choose from: set it above 0 and serve")
+    name = params.registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    if champion is None:
+        raise MissingInputError(f"no champion of {name} to rank the answers of: run `make demo` or `multitag pipeline` first")
+    meta = tracking.logged_metadata(tracking.download_model(f"models:/{name}/{champion.version}"))
+    queue = _queue(params_path)
+    log = PredictionLog(queue.database, params.serve.prediction_log_hours * 3600)
+    max_age_s = params.serve.prediction_retention_hours * 3600  # older images are no longer stored
+    items = review.suggest(log, queue, name, champion.version, dict(zip(meta["classes"], meta["thresholds"])), n, max_age_s)
+    if as_json:
+        out.print_json(data=list(review.as_rows(items)))
+        return
+    table = Table(title=f"{len(items)} image(s) to review, answers of {name} v{champion.version}")
+    for column in ("#", "image", "labels", "challenger", "margin", "reason"):
+        table.add_column(column)
+    for rank, item in enumerate(items, 1):
+        challenger = "|".join(item.challenger_labels) if item.challenger_labels is not None else ""
+        table.add_row(str(rank), item.image_sha256[:12], "|".join(item.labels), challenger, f"{item.margin:.2f}", item.reason)
     out.print(table)
 
 
@@ -310,9 +405,54 @@ def feedback_requeue(
     state: RequeueState = typer.Option("rejected", help="Which items to put back."),
     params_path: Path = ParamsOption,
 ) -> None:
-    """Put rejected (or consumed) items back to pending."""
+    """Put rejected, held (released after review: the screen lets them through) or consumed items back to pending."""
     count = _queue(params_path).requeue(ids or None, state)
     console.print(f"{count} items back to pending")
+
+
+@feedback_app.command("reject")
+def feedback_reject(
+    ids: list[int] = typer.Argument(..., help="Item ids (pending, claimed or held)."),
+    reason: str = typer.Option(..., "--reason", help="Why: `feedback list` shows it."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Reject open items (e.g. held ones a reviewer found wrong) so they never train."""
+    count = _queue(params_path).reject(ids, reason)
+    console.print(f"{count} items rejected")
+
+
+@feedback_app.command("drift")
+def feedback_drift(
+    as_json: bool = typer.Option(False, "--json", help="Print GET /drift's JSON body instead of a table."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """The champion's last serve.drift_window logged answers against its per-class rates on the test split (GET /drift)."""
+    from multitag.feedback.predictions import PredictionLog
+    from multitag.lifecycle import registry, tracking
+    from multitag.lifecycle.drift import Reference
+    from multitag.serving.drift_watch import as_response, version_drift
+
+    params = load_params(params_path)
+    name, serve = params.registry.model_name, params.serve
+    champion = registry.alias_version(name, registry.CHAMPION)
+    if champion is None:
+        raise MissingInputError(f"no champion of {name}: run `multitag pipeline` (or `make demo`) to register one")
+    if serve.prediction_log_hours <= 0:
+        raise UsageError("serve.prediction_log_hours is 0: no answers are logged, so there is nothing to judge drift on")
+    meta = tracking.logged_metadata(tracking.download_model(f"models:/{name}/{champion.version}"))
+    log = PredictionLog(_queue(params_path).database, serve.prediction_log_hours * 3600)
+    result = as_response(version_drift(log, name, champion.version, Reference.from_metadata(meta), meta["classes"], serve), serve)
+    if as_json:
+        out.print_json(data=result.model_dump())
+        return
+    table = Table(title=f"{name} v{result.model_version}: last {result.predictions} answers vs {result.reference_rows or 0} test images")
+    for column in ("class", "live rate", "test rate", "adjusted p", "drifted"):
+        table.add_column(column)
+    for c in result.classes:
+        table.add_row(c.name, rate(c.live_rate), rate(c.reference_rate), f"{c.adjusted_p_value:.2g}", "DRIFT" if c.drifted else "")
+    out.print(table)
+    style = {"drift": "red", "no_drift": "green"}.get(result.status, "yellow")
+    console.print(f"[{style}]{result.status}: {result.message}[/]")
 
 
 @app.command("retrain")

@@ -128,6 +128,8 @@ class GateParams(_Strict):
     max_class_regression: float = Field(0.1, ge=0)
     smoke_latency_ms: float = Field(2000, gt=0)
     register_failed_as_challenger: bool = True
+    shadow_min_agreement: float | None = Field(None, ge=0, le=1)  # promoting the challenger needs this shadow agreement; null: no check
+    shadow_require_feedback_win: bool = False  # promoting the challenger needs more right answers than the champion on corrected images
 
 
 class RegistryParams(_Strict):
@@ -167,6 +169,19 @@ class ServeParams(_Strict):
     prediction_log_hours: float = Field(720, ge=0)
     batch_max_size: int = Field(16, ge=1)  # micro-batching (multitag/serving/batching.py); 1 turns it off
     batch_max_wait_ms: float = Field(5, ge=0)
+    shadow: bool = True  # score each /predict image with the challenger too, off the response path (serving/shadow.py)
+    shadow_queue_size: int = Field(8, ge=1)  # requests waiting for shadow scoring; more are dropped (counted), never waited for
+    drift_window: int = Field(500, ge=1)  # drift (GET /drift): the served version's last N logged answers
+    drift_min_predictions: int = Field(50, ge=1)  # fewer logged answers: "not enough data", no verdict
+    drift_alpha: float = Field(0.01, gt=0, lt=1)  # family-wise false-alarm rate across classes (Holm)
+
+    @model_validator(mode="after")
+    def _drift_window_holds_the_minimum(self) -> ServeParams:
+        if self.drift_min_predictions > self.drift_window:
+            raise ValueError(
+                f"drift_min_predictions ({self.drift_min_predictions}) must not exceed drift_window ({self.drift_window}): no verdict could ever be reached"
+            )
+        return self
 
 
 QUEUE_URL_ENV = "MULTITAG_FEEDBACK_DB_URL"  # overrides feedback.db_url: each host says where the shared queue is
@@ -193,6 +208,19 @@ class RetrainParams(_Strict):
     min_feedback: int = Field(10, ge=1)
     timezone: str = "UTC"
     all_architectures: bool = False
+    on_drift: bool = False  # the server's sweep starts the retraining early when its predictions drift
+    drift_cooldown_hours: float = Field(24, gt=0)  # at most one such early start per this many hours
+    # The screen before each claim (multitag/feedback/screen.py): suspicious pending items are held for review.
+    screen: bool = True
+    screen_confidence: float = Field(0.9, gt=0.5, lt=1)  # the model is "confident" at this score (or 1 minus it)
+    screen_min_batch: int = Field(50, ge=2)  # fewer scored items: the fixed confident-disagreement rule instead of cleanlab
+    screen_noise_fraction: float = Field(0.3, gt=0, le=1)  # hold this fraction of the label issues cleanlab estimates, the likeliest first
+    screen_small_batch_confidence: float = Field(
+        0.99, gt=0.5, lt=1
+    )  # below screen_min_batch: hold a label the model contradicts this surely
+    flood_max_items: int = Field(50, ge=1)  # a client with more pending items than this ...
+    flood_max_share: float = Field(0.1, gt=0, le=1)  # ... and more than this share of the users' items is flooding
+    near_duplicate_bits: int = Field(6, ge=0, le=64)  # difference hashes this close are the same photo
 
 
 class Params(_Strict):

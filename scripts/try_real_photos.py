@@ -1,5 +1,7 @@
 """Try the served champion as a user would: start `multitag serve`, send it held-out photos,
 compare its labels with the true ones, and drop one photo on the web page in headless Chromium.
+Then the learning loop on those answers: the review list (GET /review, and the page's Review view
+in Chromium), the shadow report when a challenger exists (GET /shadow) and drift (GET /drift).
 
 Run from a project where the pipeline has registered a champion (the photos come from that
 project's frozen test split, which no model trained on):
@@ -61,7 +63,8 @@ def send(url: str, photos: pd.DataFrame) -> list[dict]:
     return answers
 
 
-def screenshot(url: str, photo: str, target: Path) -> None:
+def screenshot(url: str, photo: str, target: Path, review_target: Path) -> None:
+    """The page with `photo` dropped on it, then its Review view."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -74,7 +77,31 @@ def screenshot(url: str, photo: str, target: Path) -> None:
         page.wait_for_timeout(500)
         target.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(target), full_page=True)
+        page.goto(f"{url}/#review")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(review_target), full_page=False)
         browser.close()
+
+
+def learning_loop(url: str) -> None:
+    """What the loop sees of the answers just sent: the review list, the shadow report, drift."""
+    review = httpx.get(f"{url}/review", params={"n": 8}, timeout=60).json()
+    print(f"\nreview list ({len(review['items'])} of n=8):")
+    for item in review["items"]:
+        print(f"  {item['image_sha256'][:10]}  {item['reason']}")
+    shadow = httpx.get(f"{url}/shadow", timeout=60).json()
+    report = shadow.get("report")
+    if not shadow["enabled"] or shadow["challenger_version"] is None:
+        print("shadow: no challenger, nothing shadowed")
+    elif report:
+        print(
+            f"shadow: challenger v{shadow['challenger_version']} on {report['images']} images, agreement {report['agreement']}, "
+            f"exact label sets {report['exact_agreement']}; scoring {shadow['scoring']}"
+        )
+    drift = httpx.get(f"{url}/drift", timeout=60).json()
+    print(
+        f"drift: {drift['status']} over {drift['predictions']} answers: {drift['message']} (drifted: {', '.join(drift['drifted_classes']) or 'none'})"
+    )
 
 
 def main() -> None:
@@ -105,9 +132,12 @@ def main() -> None:
         n = len(answers)
         print(f"\n{n} held-out photos: {sum(predicted.values()) / n:.2f} labels per photo served, {sum(true.values()) / n:.2f} true")
         print("per class (served/true): " + ", ".join(f"{c} {predicted[c]}/{true[c]}" for c in sorted(set(predicted) | set(true))))
+        time.sleep(3)  # the shadow worker scores the last requests off the response path
+        learning_loop(url)
         if CHROMIUM.exists():
-            screenshot(url, str(photos["path"].iloc[0]), args.screenshot)
-            print(f"page with {photos['image_id'].iloc[0]} dropped on it: {args.screenshot}")
+            review_shot = args.screenshot.with_name(f"{args.screenshot.stem}-review{args.screenshot.suffix}")
+            screenshot(url, str(photos["path"].iloc[0]), args.screenshot, review_shot)
+            print(f"page with {photos['image_id'].iloc[0]} dropped on it: {args.screenshot}; its Review view: {review_shot}")
     finally:
         server.terminate()
         server.wait(timeout=30)

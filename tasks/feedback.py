@@ -1,5 +1,5 @@
-"""Prefect tasks of the feedback loop: guard against leakage, claim, set bad items aside, prepare,
-ack or release."""
+"""Prefect tasks of the feedback loop: guard against leakage, hold suspicious corrections, claim,
+set bad items aside, prepare, ack or release."""
 
 from __future__ import annotations
 
@@ -23,6 +23,24 @@ def reject_leaked(params_path: str) -> list[int]:
     """Feedback images whose content is in the frozen test split never train."""
     frozen = read_frozen_test(Layout().frozen_test) or set()
     return retraining.open_queue(load_params(params_path)).reject_leaked(frozen)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def screen(params_path: str) -> dict[int, str]:
+    """Hold suspicious pending corrections for review instead of training on them (retrain.screen;
+    multitag/feedback/screen.py); {id: reason} of those held now."""
+    from multitag.data.sources import read_source
+    from multitag.feedback import screen as screening
+    from multitag.feedback.predictions import PredictionLog
+
+    params = load_params(params_path)
+    if not params.retrain.screen:
+        return {}
+    queue = retraining.open_queue(params)
+    hours = params.serve.prediction_log_hours
+    log = PredictionLog(queue.database, hours * 3600) if hours > 0 else None
+    name, classes = params.registry.model_name, read_source(params.data).classes
+    return screening.screen_queue(queue, classes, params.retrain, log, name, screening.champion_scorer(name))
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -65,16 +65,24 @@ def test_tag_correct_and_send_feedback(tiny_server, tiny_champion, page, tmp_pat
         assert row.locator(".probability").inner_text() == f"{round(probability * 1000) / 10:.1f}%"
         assert bar_share(row, ".fill") == pytest.approx(probability, abs=0.01), name
         assert bar_share(row, ".threshold", edge="left") == pytest.approx(thresholds[name], abs=0.01), name
-        assert row.locator(".label-box").is_checked() == (name in prediction["labels"]), name
+        assert ("above" in row.get_attribute("class")) == (name in prediction["labels"]), "the guess shows on the bar"
+        assert row.get_attribute("data-mark") == "unknown" and not row.locator(".label-box").is_checked(), "nothing is pre-ticked"
+        assert row.locator(".label-box").evaluate("box => box.indeterminate"), name
 
-    expected = ["person"] if prediction["labels"] != ["person"] else ["cat"]  # a correction that differs from the prediction
-    flips = [name for name in tiny_champion.classes if (name in prediction["labels"]) != (name in expected)]
-    for name in [*flips, "dog", "dog"]:  # each click flips a label; twice leaves it as it was
-        card.locator(f".class-row[data-class='{name}'] .label-box").click()
+    card.locator(".send").click()  # nothing marked yet: nothing is sent
+    card.locator(".sent:has-text('Mark at least one class')").wait_for()
+    expected = ["person"]
+    clicks = {"person": 1, "cat": 2, "dog": 3}  # present; absent; present, absent, back to unknown
+    for name, times in clicks.items():
+        for _ in range(times):
+            card.locator(f".class-row[data-class='{name}'] .label-box").click()
+    assert [card.locator(f".class-row[data-class='{n}']").get_attribute("data-mark") for n in clicks] == ["present", "absent", "unknown"]
+    assert card.locator(".class-row[data-class='cat'] .label-box").get_attribute("aria-label") == "cat: absent"
     with page.expect_response("**/feedback") as sent:
         card.locator(".send").click()
     assert sent.value.status == 202, sent.value.text()
     assert json.loads(form_field(sent.value.request.post_data_buffer, "labels")) == expected
+    assert json.loads(form_field(sent.value.request.post_data_buffer, "absent")) == ["cat"], "dog stays unknown"
     page.wait_for_selector(".result .sent:has-text('Queued as')")
     page.wait_for_selector(f"#feedback-stats[data-total='{before['total'] + 1}']")
     page.screenshot(path=str(tmp_path / "browser-ui.png"), full_page=True)
@@ -101,6 +109,7 @@ def test_a_correction_resends_the_photo_when_the_server_no_longer_keeps_it(tiny_
     tiny_server.app.state.services.queue.images.path(prediction["image_sha256"]).unlink()  # what the retention sweep does
     statuses: list[int] = []
     page.on("response", lambda response: statuses.append(response.status) if response.url.endswith("/feedback") else None)
+    card.locator(".class-row[data-class='cat'] .label-box").click()
     card.locator(".send").click()
     page.wait_for_selector(".result .sent:has-text('Queued as')")
     assert statuses == [404, 202]

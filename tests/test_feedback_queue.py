@@ -21,7 +21,7 @@ import pytest
 
 from multitag.feedback.database import SchemaTooNew
 from multitag.feedback.importer import import_dir
-from multitag.feedback.queue import ClaimLost, FeedbackQueue
+from multitag.feedback.queue import MIGRATIONS, ClaimLost, FeedbackQueue
 from multitag.feedback.store import image_extension
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,6 +90,9 @@ def test_add_stores_the_image_content_addressed(new_queue, tmp_path):
         "consumed_by": None,
         "reason": None,
         "updated_at": 0,
+        "origin": "upload",
+        "client": None,
+        "absent": None,
     }
 
 
@@ -250,6 +253,7 @@ def test_ack_touches_only_the_runs_own_items_and_release_returns_them(new_queue,
         "claimed": 3,
         "consumed": 2,
         "rejected": 0,
+        "held": 0,
         "total": 6,
         "pending_labels": None,
     }
@@ -300,7 +304,15 @@ def test_reject_requeue_stats_and_list(new_queue, tmp_path):
         queue.reject(ids[:1], " ")
     assert queue.reject(ids[:2], "blurry") == 2
     assert queue.reject(ids[:2], "again") == 0, "only open items are rejected"
-    assert queue.stats() == {"pending": 2, "claimed": 0, "consumed": 0, "rejected": 2, "total": 4, "pending_labels": {"cat": 1, "dog": 1}}
+    assert queue.stats() == {
+        "pending": 2,
+        "claimed": 0,
+        "consumed": 0,
+        "rejected": 2,
+        "held": 0,
+        "total": 4,
+        "pending_labels": {"cat": 1, "dog": 1},
+    }
     assert [item.id for item in queue.list_items()] == ids[::-1]
     assert [item.reason for item in queue.list_items("rejected", limit=1)] == ["blurry"]
     with pytest.raises(ValueError, match="unknown state"):
@@ -441,7 +453,7 @@ def test_a_queue_written_before_schema_versions_opens_with_its_items(tmp_path):
     assert [(item.id, item.image_sha256, item.labels) for item in queue.claim("run-1")] == [(1, sha, ("cat",))]
     assert queue.add(fake_png(1), ["cat"]).merged, "the old file's unique index still merges"
     with sqlite3.connect(tmp_path / "queue.db") as conn:
-        assert conn.execute("SELECT version FROM multitag_schema WHERE component = 'feedback'").fetchone() == (1,)
+        assert conn.execute("SELECT version FROM multitag_schema WHERE component = 'feedback'").fetchone() == (len(MIGRATIONS),)
 
 
 def test_a_queue_from_a_newer_multitag_is_refused_not_misread(new_queue, queue_db):

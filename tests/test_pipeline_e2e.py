@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """One tiny project on which the training pipeline has run once under Prefect."""
-    root = make_project(tmp_path_factory.mktemp("e2e") / "project")
+    # These tests send arbitrary labels as corrections, which the screen would rightly hold where the
+    # champion confidently disagrees; the screen has its own tests (test_feedback_screen.py).
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project", {"retrain.screen": False})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for key, value in project_env(root).items():

@@ -1,8 +1,10 @@
 """The manifest: one table that every stage after ingestion reads.
 
 Columns (DESIGN.md): image_id, path, sha256, width, height, labels (list of class names),
-split, source. Readers fill what the annotations say (id, path, labels, split, source);
-the validation stage opens each file once and fills sha256, width and height.
+split, source, and unknown (the classes whose presence nobody confirmed: partial labels, train
+only; empty for a fully labelled image). Readers fill what the annotations say (id, path, labels,
+split, source, absent); the validation stage opens each file once and fills sha256, width and
+height, and turns `absent` into `unknown` with the final class list.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import pandas as pd
 from multitag.errors import MissingInputError, UsageError
 from multitag.reports import write_json
 
-COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source"]
+COLUMNS = ["image_id", "path", "sha256", "width", "height", "labels", "split", "source", "unknown"]
+UNKNOWN = 255  # the label-matrix entry of a class whose presence is unknown (train only): the loss masks it
 SPLITS = ("train", "val", "test")
 FEEDBACK_SOURCE = "feedback"  # the `source` of rows that are users' corrections (multitag.feedback.retraining)
 UNSPLIT = ""  # the source gave no split for this image: preprocessing assigns one
@@ -36,6 +39,7 @@ class Record:
     width: int = 0
     height: int = 0
     problems: list[str] = field(default_factory=list)  # reader-level problems, e.g. unknown class
+    absent: list[str] | None = None  # None: every class not in labels is absent; a list: only these, the others unknown
 
 
 @dataclass
@@ -53,9 +57,18 @@ def normalize_labels(labels: Iterable[str]) -> list[str]:
     return sorted({label.strip() for label in labels if label.strip()})
 
 
-def to_frame(records: Iterable[Record]) -> pd.DataFrame:
-    """Records to a manifest DataFrame with the contract's columns, in order."""
-    rows = [{k: v for k, v in asdict(r).items() if k != "problems"} for r in records]
+def unknown_classes(record: Record, classes: list[str]) -> list[str]:
+    """The classes of `classes` that `record` neither labels present nor confirms absent (none when
+    it is labelled in full), in class-list order."""
+    if record.absent is None:
+        return []
+    return [name for name in classes if name not in record.labels and name not in record.absent]
+
+
+def to_frame(records: Iterable[Record], classes: list[str]) -> pd.DataFrame:
+    """Records to a manifest DataFrame with the contract's columns, in order; `unknown` follows `classes`
+    (the final class list: a partial record's unknown classes are those it neither labels nor rules out)."""
+    rows = [{**{k: v for k, v in asdict(r).items() if k in COLUMNS}, "unknown": unknown_classes(r, classes)} for r in records]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     return frame.astype({"width": "int64", "height": "int64"})
 
@@ -72,7 +85,10 @@ def read(path: Path) -> pd.DataFrame:
     if not Path(path).exists():
         raise MissingInputError(f"manifest {path} not found: run `multitag data validate` first")
     frame = pd.read_parquet(path)
-    frame["labels"] = frame["labels"].map(lambda xs: [str(x) for x in xs])
+    if "unknown" not in frame:  # a manifest from before partial labels: everything labelled in full
+        frame["unknown"] = [[] for _ in range(len(frame))]
+    for column in ("labels", "unknown"):
+        frame[column] = frame[column].map(lambda xs: [str(x) for x in xs])
     return frame
 
 
@@ -108,8 +124,9 @@ def read_classes(path: Path) -> list[str]:
     return json.loads(Path(path).read_text())
 
 
-def label_matrix(labels: Iterable[list[str]], classes: list[str]):
-    """Multi-hot uint8 matrix (N, C) in `classes` order; labels outside `classes` are ignored."""
+def label_matrix(labels: Iterable[list[str]], classes: list[str], unknown: Iterable[list[str]] | None = None):
+    """Multi-hot uint8 matrix (N, C) in `classes` order; labels outside `classes` are ignored.
+    With `unknown` (one list per row), those entries are UNKNOWN instead of 0."""
     import numpy as np
 
     index = {name: i for i, name in enumerate(classes)}
@@ -119,4 +136,8 @@ def label_matrix(labels: Iterable[list[str]], classes: list[str]):
         for name in names:
             if name in index:
                 matrix[row, index[name]] = 1
+    for row, names in enumerate(unknown if unknown is not None else ()):
+        for name in names:
+            if name in index:
+                matrix[row, index[name]] = UNKNOWN
     return matrix

@@ -50,6 +50,7 @@ def preprocess(
     elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
     frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits)
     splits.require_nonempty(frame, dataset, params.split_ratios, len(frozen) if frozen is not None else None)
+    refuse_partial_outside_train(frame)
     splits.write_frozen_test(frame, frozen_test_path, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": dataset, "image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
@@ -70,7 +71,20 @@ def write_split(rows: pd.DataFrame, classes: list[str], out_dir: Path, split: st
     np.lib.format.open_memmap(x_path, mode="w+", dtype=np.uint8, shape=shape).flush()
     jobs = [_Job(str(x_path), batch, params.image_size, params.resize) for batch in chunks(list(enumerate(rows["path"])), ROWS_PER_TASK)]
     run_chunks(_fill_rows, jobs, len(rows), min(params.workers, os.cpu_count() or 1), f"Preprocessing {split}")
-    np.save(out_dir / f"{split}_y.npy", manifest.label_matrix(rows["labels"], classes))
+    unknown = rows["unknown"] if split == "train" else None  # refuse_partial_outside_train: elsewhere there is none
+    np.save(out_dir / f"{split}_y.npy", manifest.label_matrix(rows["labels"], classes, unknown))
+
+
+def refuse_partial_outside_train(frame: pd.DataFrame) -> None:
+    """Validation keeps partial labels in train and splitting pins them there; only an image frozen
+    in a test split can still take one elsewhere, and a test set must not guess its unknown classes."""
+    outside = frame[(frame["unknown"].map(len) > 0) & (frame["split"] != "train")]
+    if len(outside):
+        names = ", ".join(f"{row.image_id} ({row.split})" for row in outside.head(5).itertuples())
+        raise MultitagError(
+            f"{len(outside)} image(s) with unknown classes (partial labels) would be in val or test: {names}. Their content is "
+            "frozen in a test split, so they cannot train either: label them in full (an `absent` of `*`) or drop them from the source."
+        )
 
 
 def _fill_rows(job: _Job) -> int:

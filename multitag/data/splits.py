@@ -55,13 +55,17 @@ def assign_splits(
        becomes test.
     2. Rows with a source split keep it, unless `keep_source_splits` is off: then the source's
        train/val rows are re-stratified by `ratios` (feedback keeps the split its export fixed).
+       Rows with unknown classes (partial labels) train, whatever else 2. would say: validation
+       and test need every class's answer.
     """
     split = frame["split"].fillna("").copy()
     if not keep_source_splits:
         split[split.isin(["train", "val"]) & (frame["source"] != FEEDBACK)] = ""
+    partial = frame["unknown"].map(len).to_numpy() > 0 if "unknown" in frame else np.zeros(len(frame), dtype=bool)
+    split[partial] = "train"
     split[frame["sha256"].isin(set(frozen_test or ()) | set(frozen_elsewhere))] = "test"
     if frozen_test is None and not (split == "test").any() and ratios.test > 0:
-        own = np.flatnonzero((frame["source"] != FEEDBACK).to_numpy())
+        own = np.flatnonzero((frame["source"] != FEEDBACK).to_numpy() & ~partial)
         picked = stratified_pick(label_matrix(frame["labels"].iloc[own], classes), ratios.test, seed)
         split.iloc[own[picked]] = "test"
     unsplit = np.flatnonzero(split.to_numpy() == "")

@@ -64,7 +64,7 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
             reasons[index] = Problem.parse(record.problems[0])
         elif problem:
             reasons[index] = problem
-    frame = manifest.to_frame(data.records)
+    frame = manifest.to_frame(data.records, data.classes)
     suite_results = _run_suite(frame, data.classes, params, reasons)
     _flag_duplicates(data.records, reasons)
     clean, quarantine = _split_off_quarantine(frame, reasons)
@@ -117,6 +117,7 @@ def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, 
         row=range(len(frame)),
         n_labels=frame["labels"].map(len),
         unknown_labels=frame["labels"].map(lambda xs: "|".join(x for x in xs if x not in known)),
+        partial_split=frame["split"].where(frame["unknown"].map(len) > 0, "train"),  # partial labels train only
     )
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -152,6 +153,11 @@ def manifest_suite(gx, params: ValidateParams):
     suite.add_expectation(
         expectations.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, ""], meta={"reason": "unknown_split"})
     )
+    suite.add_expectation(  # val and test stay fully labelled: thresholds and metrics need every class's answer
+        expectations.ExpectColumnValuesToBeInSet(
+            column="partial_split", value_set=["train", ""], meta={"reason": "partial_labels_outside_train"}
+        )
+    )
     suite.add_expectation(
         expectations.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", meta={"reason": "not_inspected"})
     )
@@ -165,6 +171,8 @@ def _detail(reason: str, row: pd.Series, params: ValidateParams) -> str:
         return f"{row['n_labels']} labels, at least {params.min_labels} required"
     if reason == "unknown_split":
         return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
+    if reason == "partial_labels_outside_train":
+        return f"unknown classes ({', '.join(row['unknown'])}) in the {row['split']} split: partial labels can only train"
     return reason
 
 

@@ -12,7 +12,10 @@ from multitag.errors import MissingInputError
 from multitag.feedback.queue import AddResult, FeedbackQueue
 from multitag.feedback.store import image_extension
 
-IMPORT_CSV_LAYOUT = "a header 'filename,labels', then one row per image, labels separated by '|'"
+IMPORT_CSV_LAYOUT = (
+    "a header 'filename,labels', then one row per image, labels separated by '|' "
+    "(an optional fourth column, absent, makes a row partial: the classes confirmed absent, the others unknown)"
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def import_dir(
         except ValueError as err:
             report.errors.append(ImportProblem(row.line, row.filename, str(err)))
             continue
-        result = queue.add(image_bytes, row.labels, note=f"imported from {csv_path.name}:{row.line}")
+        result = queue.add(image_bytes, row.labels, note=f"imported from {csv_path.name}:{row.line}", origin="import", absent=row.absent)
         (report.merged if result.merged else report.added).append(result)
     return report
 

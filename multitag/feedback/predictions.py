@@ -21,6 +21,7 @@ from multitag.feedback.database import Database
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"  # the `role` of a logged answer
+IN_LIST_SIZE = 500  # hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 metadata = MetaData()
 predictions = Table(
@@ -119,6 +120,69 @@ class PredictionLog:
         if role is not None:
             query = query.where(predictions.c.role == role)
         return [_logged(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
+
+    def shadow_pairs(
+        self, model_name: str, challenger_version: str, champion_version: str | None = None, limit: int = 10_000
+    ) -> list[tuple[LoggedPrediction, LoggedPrediction]]:
+        """(champion, challenger) answers for the same image, one pair per image (an image sent often
+        weighs once): for each of the newest `limit` images the challenger version scored in shadow
+        mode, its newest answer and the newest answer of the champion (of `champion_version`; None:
+        any version) logged before it, i.e. what the user was answered for that request."""
+        of_model = predictions.c.model_name == model_name
+        shadow = select(predictions).where(
+            of_model, predictions.c.role == CHALLENGER, predictions.c.model_version == str(challenger_version)
+        )
+        served = select(predictions).where(of_model, predictions.c.role == CHAMPION)
+        if champion_version is not None:
+            served = served.where(predictions.c.model_version == str(champion_version))
+
+        def work(conn: Connection) -> list[tuple[LoggedPrediction, LoggedPrediction]]:
+            newest: dict[str, object] = {}
+            for row in conn.execute(shadow.order_by(predictions.c.id.desc())):
+                newest.setdefault(row.image_sha256, row)
+                if len(newest) >= limit:
+                    break
+            hashes, answered = list(newest), {}
+            for start in range(0, len(hashes), IN_LIST_SIZE):
+                chunk = served.where(predictions.c.image_sha256.in_(hashes[start : start + IN_LIST_SIZE])).order_by(predictions.c.id)
+                for row in conn.execute(chunk):
+                    if row.id < newest[row.image_sha256].id:  # ascending ids: the last one kept is the newest before
+                        answered[row.image_sha256] = row
+            return [(_logged(answered[sha]), _logged(newest[sha])) for sha in hashes if sha in answered]
+
+        return self.database.read(work)
+
+    def answered_since(self, model_name: str, model_version: str, since: float, limit: int) -> list[LoggedPrediction]:
+        """The newest `limit` champion answers of one model version given at or after `since`, newest first:
+        what the review list ranks (thresholds belong to a version; images older than their retention are gone)."""
+        query = (
+            select(predictions)
+            .where(
+                predictions.c.role == CHAMPION,
+                predictions.c.model_name == model_name,
+                predictions.c.model_version == str(model_version),
+                predictions.c.predicted_at >= since,
+            )
+            .order_by(predictions.c.id.desc())
+            .limit(limit)
+        )
+        return [_logged(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
+
+    def latest_by_image(self, model_name: str, hashes: Iterable[str], role: str = CHALLENGER) -> dict[str, LoggedPrediction]:
+        """The newest answer of `role` for each of `hashes` that has one (how the challenger saw those images)."""
+        wanted = sorted(set(hashes))
+
+        def work(conn: Connection) -> dict[str, LoggedPrediction]:
+            latest: dict[str, LoggedPrediction] = {}
+            for start in range(0, len(wanted), IN_LIST_SIZE):
+                chunk = wanted[start : start + IN_LIST_SIZE]
+                query = select(predictions).where(
+                    predictions.c.model_name == model_name, predictions.c.role == role, predictions.c.image_sha256.in_(chunk)
+                )
+                latest.update((row.image_sha256, _logged(row)) for row in conn.execute(query.order_by(predictions.c.id)))
+            return latest
+
+        return self.database.read(work)
 
     def expire(self, now: float | None = None) -> int:
         """Delete the answers older than max_age_s; how many."""

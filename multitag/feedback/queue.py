@@ -10,10 +10,15 @@ An item's life: `pending` -> `claimed` by a retraining run (with a lease, which 
 renews) -> `consumed` when that run acks it, or back to `pending` when the run releases it, fails,
 or dies and its lease expires.
 `rejected` items (leakage into the frozen test split, or an admin's decision) never train.
+`held` items are pending ones the screen before each claim found suspicious (screen.py: a likely
+label error, a flooding client, a contradiction); they wait, with the reason, for an admin to
+release them (requeue) or reject them, and never train meanwhile.
 Item ids are autoincrement ids: never reused, increasing in arrival order.
 
 Labels are normalised here (stripped, deduplicated, sorted: manifest.normalize_labels); checking them against the class list is the
 caller's job (the API knows the served model's classes).
+A correction is full (`absent` None: every class not in its labels is absent) or partial (`absent`
+lists the classes confirmed absent; the others not in its labels are unknown and train no loss).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -40,21 +45,26 @@ from sqlalchemy import (
     and_,
     exists,
     func,
+    inspect,
     select,
     text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.schema import CreateTable
 
 from multitag.data.manifest import normalize_labels
 from multitag.errors import MultitagError, UsageError
 from multitag.feedback.database import Database, sqlite_url
 from multitag.feedback.store import ImageStore, checked_sha
 
-State = Literal["pending", "claimed", "consumed", "rejected"]
+State = Literal["pending", "claimed", "consumed", "rejected", "held"]
 STATES: tuple[State, ...] = get_args(State)
-RequeueState = Literal["rejected", "consumed"]
-OPEN_STATES: tuple[State, ...] = ("pending", "claimed")
+RequeueState = Literal["rejected", "consumed", "held"]
+Origin = Literal["upload", "review", "import"]  # where a correction came from: a user's upload, the review list, a folder import
+ORIGINS: tuple[Origin, ...] = get_args(Origin)
+OPEN_STATES: tuple[State, ...] = ("pending", "claimed", "held")  # not decided yet: a held item awaits an admin
+RELEASED = "released after review"  # the reason a held item returns to pending with: the screen does not hold it again
 CHUNK = 500  # ids or hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 metadata = MetaData()
@@ -73,16 +83,23 @@ feedback = Table(
     Column("consumed_by", Text),
     Column("reason", Text),
     Column("updated_at", Float, nullable=False),
+    Column("origin", String(16), nullable=False, server_default="upload"),
+    Column("client", String(32)),  # a keyed hash of the sender's address (serving/routes.py): the screen's flood rule counts per client
+    # Partial labels: JSON `null` (every class not in labels is absent) or a sorted JSON list of the
+    # classes confirmed absent (every other class not in labels is unknown). Text, not SQL NULL, so
+    # that the unique index below can compare it: NULLs never collide in a unique index.
+    Column("absent", Text, nullable=False, server_default="null"),
     sqlite_autoincrement=True,
 )
 _is_open = feedback.c.state.in_(OPEN_STATES)
 # Literal SQL, not parameters: PostgreSQL matches an ON CONFLICT target to a partial index only by its written predicate.
 _OPEN_PREDICATE = text(f"state IN {OPEN_STATES!r}")
-# At most one open item per (image, label set): the database itself refuses doubles.
-Index(
+# At most one open item per (image, label set, absent set): the database itself refuses doubles.
+_OPEN_ONCE = Index(
     "feedback_open_once",
     feedback.c.image_sha256,
     feedback.c.labels,
+    feedback.c.absent,
     unique=True,
     sqlite_where=_OPEN_PREDICATE,
     postgresql_where=_OPEN_PREDICATE,
@@ -98,7 +115,65 @@ def _create_v1(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
-MIGRATIONS = (_create_v1,)  # a schema change appends a step here (and freezes the earlier steps' DDL)
+def _add_origin_v2(conn: Connection) -> None:
+    """Version 2: `origin`, so corrections asked for by the review list can be told from the others.
+    A queue created by version 1 gets the column; its rows came from uploads, except those the
+    importer wrote (its notes say `imported from ...`)."""
+    if "origin" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
+        conn.execute(text("ALTER TABLE feedback ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'upload'"))
+        conn.execute(update(feedback).where(feedback.c.note.like("imported from %")).values(origin="import"))
+
+
+def _add_held_and_client_v3(conn: Connection) -> None:
+    """Version 3: the `held` state (the CHECK constraint `feedback_state` allows it, and a held item
+    counts as open in `feedback_open_once`) and `client`, which the screen's flood rule counts.
+
+    PostgreSQL drops and re-adds the named constraint and the index; SQLite cannot alter a CHECK
+    constraint, so the table is rebuilt: a copy in today's shape takes every row (ids kept), replaces
+    the old table, gets the indexes back, and the AUTOINCREMENT counter keeps its value so that no
+    id is ever reused. Idempotent: a queue already in this shape (a fresh one) is left alone.
+    """
+    columns = {column["name"] for column in inspect(conn).get_columns("feedback")}
+    checks = [check["sqltext"] for check in inspect(conn).get_check_constraints("feedback")]
+    if "client" in columns and any("'held'" in check for check in checks):
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS client VARCHAR(32)"))
+        conn.execute(text("ALTER TABLE feedback DROP CONSTRAINT IF EXISTS feedback_state"))
+        conn.execute(text(f"ALTER TABLE feedback ADD CONSTRAINT feedback_state CHECK (state IN {STATES!r})"))
+        conn.execute(text("DROP INDEX IF EXISTS feedback_open_once"))
+        conn.execute(text(f"CREATE UNIQUE INDEX feedback_open_once ON feedback (image_sha256, labels) WHERE {_OPEN_PREDICATE}"))
+        return
+    counter = conn.scalar(text("SELECT max(seq) FROM sqlite_sequence WHERE name = 'feedback'")) or 0
+    for index in feedback.indexes:
+        conn.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
+    conn.execute(CreateTable(feedback.to_metadata(MetaData(), name="feedback_rebuilt")))
+    kept = ", ".join(column.name for column in feedback.c if column.name in columns)
+    conn.execute(text(f"INSERT INTO feedback_rebuilt ({kept}) SELECT {kept} FROM feedback"))
+    conn.execute(text("DROP TABLE feedback"))
+    conn.execute(text("ALTER TABLE feedback_rebuilt RENAME TO feedback"))
+    counter = max(counter, conn.scalar(text("SELECT coalesce(max(id), 0) FROM feedback")))
+    conn.execute(text("DELETE FROM sqlite_sequence WHERE name = 'feedback'"))
+    conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('feedback', :counter)"), {"counter": counter})
+    for index in feedback.indexes:
+        index.create(conn)
+
+
+def _add_absent(conn: Connection) -> None:
+    """Partial labels: `absent` (JSON `null` on every existing row: it was labelled in full, every
+    class not in its labels absent), and `feedback_open_once` with it, so that the same present
+    labels with another absent set is another correction. Idempotent: SQLite's rebuild in version 3
+    creates today's shape already."""
+    if "absent" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
+        conn.execute(text("ALTER TABLE feedback ADD COLUMN absent TEXT NOT NULL DEFAULT 'null'"))
+    indexes = {index["name"]: index["column_names"] for index in inspect(conn).get_indexes("feedback")}
+    if "absent" not in indexes.get(_OPEN_ONCE.name, []):
+        conn.execute(text(f"DROP INDEX IF EXISTS {_OPEN_ONCE.name}"))
+        _OPEN_ONCE.create(conn)
+
+
+# A schema change appends a step here (and freezes the earlier steps' DDL).
+MIGRATIONS = (_create_v1, _add_origin_v2, _add_held_and_client_v3, _add_absent)
 
 
 class ClaimLost(MultitagError, RuntimeError):
@@ -126,6 +201,9 @@ class FeedbackItem:
     consumed_by: str | None
     reason: str | None
     updated_at: float
+    origin: Origin = "upload"
+    client: str | None = None
+    absent: tuple[str, ...] | None = None  # None: every class not in labels is absent; a tuple: only these, the others unknown
 
 
 class FeedbackQueue:
@@ -144,18 +222,38 @@ class FeedbackQueue:
 
     # -- adding ---------------------------------------------------------------------------------
 
-    def add(self, image_bytes: bytes, labels: Iterable[str], model_version: str | None = None, note: str | None = None) -> AddResult:
-        """Store the image and queue its corrected labels; an open identical item is merged, not doubled."""
-        return self._enqueue(self.images.store(image_bytes), labels, model_version, note)
+    def add(
+        self,
+        image_bytes: bytes,
+        labels: Iterable[str],
+        model_version: str | None = None,
+        note: str | None = None,
+        origin: Origin = "upload",
+        client: str | None = None,
+        absent: Iterable[str] | None = None,
+    ) -> AddResult:
+        """Store the image and queue its corrected labels; an open identical item is merged, not doubled.
+        `client` names the sender (a keyed hash, never an address); None: the operator (CLI, import).
+        `absent` None: every class not in `labels` is absent; a list: only those, the others are unknown."""
+        return self._enqueue(self.images.store(image_bytes), labels, model_version, note, origin, client, absent)
 
-    def add_by_sha(self, image_sha256: str, labels: Iterable[str], model_version: str | None = None, note: str | None = None) -> AddResult:
+    def add_by_sha(
+        self,
+        image_sha256: str,
+        labels: Iterable[str],
+        model_version: str | None = None,
+        note: str | None = None,
+        origin: Origin = "upload",
+        client: str | None = None,
+        absent: Iterable[str] | None = None,
+    ) -> AddResult:
         """Queue labels for an image stored earlier (e.g. by /predict) without sending its bytes again.
 
         The image must still be stored when the item is written: checked inside the write
         transaction, under the lock the retention sweep takes exclusively while it deletes, so an
         item never names an image the sweep has just removed (KeyError instead: send the bytes).
         """
-        return self._enqueue(checked_sha(image_sha256), labels, model_version, note)
+        return self._enqueue(checked_sha(image_sha256), labels, model_version, note, origin, client, absent)
 
     # -- the retraining run's side --------------------------------------------------------------
 
@@ -238,7 +336,7 @@ class FeedbackQueue:
     # -- curation -------------------------------------------------------------------------------
 
     def reject(self, ids: Iterable[int], reason: str) -> int:
-        """Reject open (pending or claimed) items so they never train; consumed history stays as it is."""
+        """Reject open (pending, claimed or held) items so they never train; consumed history stays as it is."""
         if not reason or not reason.strip():
             raise ValueError("reject needs a reason, so that whoever requeues the item later knows why")
         return self.database.write(lambda conn: _reject(conn, [int(i) for i in ids], reason.strip()))
@@ -255,29 +353,50 @@ class FeedbackQueue:
 
         return self.database.write(work)
 
+    def hold(self, reasons: Mapping[int, str]) -> int:
+        """Set pending items aside for review, each with its reason ({id: reason}); how many were held.
+
+        Only items still pending move: one a run claimed or an admin rejected meanwhile keeps its state.
+        """
+
+        def work(conn: Connection) -> int:
+            now = time.time()
+            held = update(feedback).where(feedback.c.state == "pending")
+            return sum(
+                conn.execute(held.where(feedback.c.id == int(item_id)).values(state="held", reason=reason, updated_at=now)).rowcount
+                for item_id, reason in reasons.items()
+            )
+
+        return self.database.write(work)
+
     def requeue(self, ids: Iterable[int] | None = None, state: RequeueState = "rejected") -> int:
         """Put items in `state` back to pending: the given ids, or every item in that state when ids is None.
 
-        Use it to undo a rejection, or to train again on consumed feedback (a run whose model was
+        Use it to undo a rejection, to release held items an admin has checked (the screen does not
+        hold them again: see screen.py), or to train again on consumed feedback (a run whose model was
         thrown away). The item keeps its id and received_at; claim, consumer and reason are cleared.
         One open item per image and label set still holds: among chosen twins only the newest comes
         back, and none does when an open item already carries that feedback. Items not in `state`
         are left alone. Leakage is not re-checked here: the retraining flow runs reject_leaked
         before every claim.
         """
-        if state not in ("rejected", "consumed"):
+        if state not in get_args(RequeueState):
             raise UsageError(
-                f"requeue takes items that are 'rejected' or 'consumed', not {state!r}; "
+                f"requeue takes items that are 'rejected', 'consumed' or 'held', not {state!r}; "
                 "claimed items go back with release() or release_expired()"
             )
         chosen, already_open = feedback.alias("chosen"), feedback.alias("already_open")
-        newest_of_twins = select(func.max(chosen.c.id)).where(chosen.c.state == state).group_by(chosen.c.image_sha256, chosen.c.labels)
+        newest_of_twins = (
+            select(func.max(chosen.c.id)).where(chosen.c.state == state).group_by(chosen.c.image_sha256, chosen.c.labels, chosen.c.absent)
+        )
         if ids is not None:
             newest_of_twins = newest_of_twins.where(chosen.c.id.in_([int(i) for i in ids]))
         carried_by_open_item = exists().where(
+            already_open.c.id != feedback.c.id,  # a held item is open itself
             already_open.c.state.in_(OPEN_STATES),
             already_open.c.image_sha256 == feedback.c.image_sha256,
             already_open.c.labels == feedback.c.labels,
+            already_open.c.absent == feedback.c.absent,
         )
         return self._update(
             and_(feedback.c.id.in_(newest_of_twins.scalar_subquery()), ~carried_by_open_item),
@@ -285,7 +404,7 @@ class FeedbackQueue:
             claimed_by=None,
             lease_expires_at=None,
             consumed_by=None,
-            reason=None,
+            reason=RELEASED if state == "held" else None,  # the screen lets a released item through
             updated_at=time.time(),
         )
 
@@ -294,6 +413,30 @@ class FeedbackQueue:
     def claimed(self, run_id: str) -> list[FeedbackItem]:
         """The items `run_id` holds now, oldest first."""
         return self._items(select(feedback).where(_held_by(run_id)).order_by(feedback.c.id))
+
+    def named_images(self, hashes: Iterable[str]) -> set[str]:
+        """Which of `hashes` a feedback item names, in any state: someone has labelled those images already."""
+        wanted = sorted({sha.lower() for sha in hashes})
+
+        def work(conn: Connection) -> set[str]:
+            named = feedback.c.image_sha256
+            return {sha for chunk in _chunks(wanted) for sha in conn.scalars(select(named).distinct().where(named.in_(chunk)))}
+
+        return self.database.read(work)
+
+    def corrections(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The labels of the newest correction of each of `hashes` that has one (a rejected item is no
+        correction, nor is a held one until an admin releases it): the truth a shadow report scores
+        both models' answers against."""
+        wanted = sorted({sha.lower() for sha in hashes})
+        trusted = feedback.c.state.not_in(("rejected", "held"))
+        query = select(feedback.c.image_sha256, feedback.c.labels).where(trusted).order_by(feedback.c.id)
+
+        def work(conn: Connection) -> dict[str, tuple[str, ...]]:
+            rows = (row for chunk in _chunks(wanted) for row in conn.execute(query.where(feedback.c.image_sha256.in_(chunk))))
+            return {sha: tuple(json.loads(labels)) for sha, labels in rows}  # ascending ids: the newest wins
+
+        return self.database.read(work)
 
     def pending_count(self) -> int:
         return self.database.read(lambda conn: conn.scalar(select(func.count()).where(feedback.c.state == "pending")))
@@ -324,16 +467,29 @@ class FeedbackQueue:
 
     # -- plumbing -------------------------------------------------------------------------------
 
-    def _enqueue(self, sha: str, labels: Iterable[str], model_version: str | None, note: str | None) -> AddResult:
+    def _enqueue(
+        self,
+        sha: str,
+        labels: Iterable[str],
+        model_version: str | None,
+        note: str | None,
+        origin: Origin,
+        client: str | None,
+        absent: Iterable[str] | None = None,
+    ) -> AddResult:
         """Insert an item unless an open one has the same image and label set, in a transaction that
         also checks the image is still stored, under the sweep's lock: an item never names a swept image.
 
         The look comes first so a merge costs no id; the unique index decides when two replicas
         insert the same feedback at once (PostgreSQL: the later insert waits, then does nothing).
         """
-        labels_json = json.dumps(normalize_labels(labels))
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin {origin!r}; use one of {', '.join(ORIGINS)}")
+        labels_json, absent_json = json.dumps(normalize_labels(labels)), absent_to_json(labels, absent)
         dialect_insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
-        open_twin = select(feedback.c.id).where(feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, _is_open)
+        open_twin = select(feedback.c.id).where(
+            feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, feedback.c.absent == absent_json, _is_open
+        )
 
         def work(conn: Connection) -> AddResult:
             self.database.lock_images(conn, exclusive=False)
@@ -343,8 +499,18 @@ class FeedbackQueue:
             now = time.time()
             inserted = conn.scalar(
                 dialect_insert(feedback)
-                .values(image_sha256=sha, labels=labels_json, model_version=model_version, note=note, received_at=now, updated_at=now)
-                .on_conflict_do_nothing(index_elements=[feedback.c.image_sha256, feedback.c.labels], index_where=_OPEN_PREDICATE)
+                .values(
+                    image_sha256=sha,
+                    labels=labels_json,
+                    model_version=model_version,
+                    note=note,
+                    received_at=now,
+                    updated_at=now,
+                    origin=origin,
+                    client=client,
+                    absent=absent_json,
+                )
+                .on_conflict_do_nothing(index_elements=list(_OPEN_ONCE.columns), index_where=_OPEN_PREDICATE)
                 .returning(feedback.c.id)
             )
             if inserted is None:  # PostgreSQL: a concurrent transaction inserted the twin after our look
@@ -389,5 +555,17 @@ def _chunks(values: list) -> Iterator[list]:
         yield values[start : start + CHUNK]
 
 
+def absent_to_json(labels: Iterable[str], absent: Iterable[str] | None) -> str:
+    """The stored form of `absent`: `null` (labelled in full) or a sorted JSON list; a class both
+    present and absent is a ValueError, since the correction contradicts itself."""
+    if absent is None:
+        return "null"
+    absent = normalize_labels(absent)
+    if both := sorted(set(absent) & set(normalize_labels(labels))):
+        raise ValueError(f"{', '.join(both)} cannot be both present and absent")
+    return json.dumps(absent)
+
+
 def _item(row) -> FeedbackItem:
-    return FeedbackItem(**{**row._asdict(), "labels": tuple(json.loads(row.labels))})
+    absent = json.loads(row.absent)
+    return FeedbackItem(**{**row._asdict(), "labels": tuple(json.loads(row.labels)), "absent": None if absent is None else tuple(absent)})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from multitag.config import Params, ValidateParams
 from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
+from multitag.data.sources.csv_folder import FULL
 from multitag.errors import MissingInputError, Problem
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 from multitag.periodic import Every
@@ -42,6 +43,18 @@ def feedback_split(sha: str) -> str:
     return "val" if int(sha[:8], 16) % 100 < VAL_PERCENT else "train"
 
 
+def item_split(item: FeedbackItem) -> str:
+    """Where an item trains: a partial correction (some classes unknown) always in train, since
+    validation needs every class's answer to tune thresholds and score honestly; a full one by
+    feedback_split."""
+    return "train" if item.absent is not None else feedback_split(item.image_sha256)
+
+
+def absent_cell(item: FeedbackItem) -> str:
+    """The export's `absent` column: `*` for a full labelling, else the confirmed-absent classes."""
+    return FULL if item.absent is None else "|".join(item.absent)
+
+
 def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path, owner: str | None = None) -> list[FeedbackItem]:
     """Write the latest correction of each image, among the consumed items and this run's claimed
     ones, as a folder + CSV dataset; returns the items written. With none, there is no folder.
@@ -58,12 +71,12 @@ def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_di
     if not items:
         return []
     (export_dir / "images").mkdir(parents=True)
-    rows = ["filename,labels,split"]
+    rows = ["filename,labels,split,absent"]
     for item in items:
         source = queue.images.path(item.image_sha256)
         target = export_dir / "images" / f"{export_name(item)}{source.suffix}"
         shutil.copyfile(source, target)
-        rows.append(f"images/{target.name},{'|'.join(item.labels)},{feedback_split(item.image_sha256)}")
+        rows.append(f"images/{target.name},{'|'.join(item.labels)},{item_split(item)},{absent_cell(item)}")
     (export_dir / "labels.csv").write_text("\n".join(rows) + "\n")
     if owner is not None:
         write_json(export_dir / OWNER_FILE, {"run": owner})
@@ -144,7 +157,8 @@ def reject_invalid(queue: FeedbackQueue, run_id: str, classes: list[str], params
 
 def _record(queue: FeedbackQueue, item: FeedbackItem) -> Record:
     """The manifest record the export will give this item, or one that says its image is gone."""
-    record = Record(f"{FEEDBACK_SOURCE}-{export_name(item)}", "", list(item.labels), feedback_split(item.image_sha256), FEEDBACK_SOURCE)
+    absent = None if item.absent is None else list(item.absent)
+    record = Record(f"{FEEDBACK_SOURCE}-{export_name(item)}", "", list(item.labels), item_split(item), FEEDBACK_SOURCE, absent=absent)
     try:
         record.path = str(queue.images.path(item.image_sha256))
     except KeyError as err:

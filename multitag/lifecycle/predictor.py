@@ -14,6 +14,7 @@ import numpy as np
 from multitag.config import ResizeMode, Runtime
 from multitag.data.images import DEFAULT_MAX_PIXELS, decode, resize_mode
 from multitag.errors import UsageError
+from multitag.lifecycle.drift import Reference
 from multitag.lifecycle.tflite import TFLiteModel
 
 
@@ -33,6 +34,7 @@ class Predictor:
     resize: ResizeMode = "stretch"
     uri: str = ""
     info: dict = field(default_factory=dict)
+    drift_reference: Reference | None = None  # None: logged before models carried one (drift.py)
 
     @classmethod
     def from_uri(cls, model_uri: str, runtime: Runtime = "auto") -> Predictor:
@@ -58,6 +60,7 @@ class Predictor:
             resize=resize_mode(meta.get("preprocessing", {}).get("resize", "stretch")),
             uri=model_uri,
             info={**meta, "runtime": export.RUNTIME if exported else "keras"},
+            drift_reference=Reference.from_metadata(meta),
         )
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

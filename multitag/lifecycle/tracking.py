@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 
 from multitag.errors import UsageError
+from multitag.lifecycle import drift
 from multitag.modeling import metrics, plots
 from multitag.modeling.evaluate import Evaluation
 
@@ -52,13 +53,16 @@ def pipeline_run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
 
 
 def model_metadata(evaluation: Evaluation, input_size: int, resize: str) -> dict:
-    """What a server needs besides the weights: classes, thresholds, input contract."""
+    """What a server needs besides the weights: classes, thresholds, input contract, and the
+    reference its predictions are compared with for drift (per-class positive rates on test)."""
+    reference = drift.reference_from_scores(evaluation.scores_test, evaluation.thresholds, evaluation.classes)
     return {
         "architecture": evaluation.architecture,
         "classes": evaluation.classes,
         "thresholds": evaluation.thresholds,
         "default_threshold_classes": evaluation.default_threshold_classes,
         "input_size": input_size,
+        drift.METADATA_KEY: reference.as_metadata(),
         "preprocessing": {
             "input": "RGB pixels 0-255 as float32, shape (N, input_size, input_size, 3)",
             "resize": resize,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multitag.data.manifest import UNKNOWN
 from multitag.modeling.metrics import average_precision_per_class
 
 PROBE_CS = (0.03, 0.1, 0.3, 1.0)
@@ -30,21 +31,35 @@ class Baseline:
 
 
 def mean_ap(y_true: np.ndarray, scores: np.ndarray) -> float:
-    return float(np.nanmean(average_precision_per_class(y_true, scores)))
+    """mAP; a class's AP counts only the rows that know it (partial labels in train: manifest.UNKNOWN)."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores)
+    known = y_true != UNKNOWN
+    if known.all():
+        return float(np.nanmean(average_precision_per_class(y_true, scores)))
+    per_class = [
+        average_precision_per_class(y_true[rows, k : k + 1], scores[rows, k : k + 1])[0] if rows.any() else np.nan
+        for k, rows in enumerate(known.T)
+    ]
+    return float(np.nanmean(per_class))
 
 
 def class_prior_scores(y_fit: np.ndarray, rows: int) -> np.ndarray:
-    """Every row scored with the fitting set's prevalence of each class."""
-    return np.tile(np.asarray(y_fit, dtype="float64").mean(axis=0), (rows, 1))
+    """Every row scored with the fitting set's prevalence of each class, among the rows that know it."""
+    prevalence = np.ma.masked_equal(np.asarray(y_fit, dtype="float64"), UNKNOWN).mean(axis=0)
+    return np.tile(np.ma.filled(prevalence, 0.0), (rows, 1))
 
 
 def fit_probe(features: np.ndarray, y: np.ndarray, c: float) -> list:
-    """One logistic regression per class; None where the fitting set has one label only."""
+    """One logistic regression per class on the rows that know the class; None where those rows
+    have one label only."""
     from sklearn.linear_model import LogisticRegression
 
-    return [
-        LogisticRegression(C=c, max_iter=2000).fit(features, y[:, k]) if 0 < y[:, k].sum() < len(y) else None for k in range(y.shape[1])
-    ]
+    probes = []
+    for k in range(y.shape[1]):
+        rows = y[:, k] != UNKNOWN
+        labels = y[rows, k]
+        probes.append(LogisticRegression(C=c, max_iter=2000).fit(features[rows], labels) if 0 < labels.sum() < len(labels) else None)
+    return probes
 
 
 def probe_scores(probes: list, features: np.ndarray) -> np.ndarray:

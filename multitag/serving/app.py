@@ -29,11 +29,13 @@ from multitag.feedback.retraining import open_queue
 from multitag.layout import Layout
 from multitag.periodic import Every
 from multitag.serving.batching import batcher_for
+from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
 from multitag.serving.routes import STATIC_DIR, Services, router
+from multitag.serving.shadow import shadow_scorer_for
 from multitag.serving.watcher import ChampionWatcher
 
 log = logging.getLogger(__name__)
@@ -61,20 +63,27 @@ def create_app(
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s, runtime=params.serve.runtime)
         retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600)
         prediction_log = prediction_log_for(queue, params.serve)  # None when serve.prediction_log_hours is 0
-        sweeper = Every(params.serve.prediction_sweep_interval_s, partial(sweep, retention, prediction_log), "retention")
         trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)
+        early_retrain = drift_retrain_for(params, watcher, queue, prediction_log, trigger)  # None unless retrain.on_drift
+        sweeper = Every(params.serve.prediction_sweep_interval_s, partial(sweep, retention, prediction_log, early_retrain), "retention")
         batcher = batcher_for(params.serve)  # None when serve.batch_max_size is 1
-        app.state.services = Services(params, watcher, queue, trigger, batcher, prediction_log)
+        # None when serve.shadow is off or nothing logs; else it follows the challenger alias on its own
+        shadow = shadow_scorer_for(params.registry.model_name, params.serve, prediction_log, params.validate_.max_pixels)
+        app.state.services = Services(params, watcher, queue, trigger, batcher, prediction_log, shadow)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         if batcher is not None:
             batcher.start()
         watcher.start()
         sweeper.start()
+        if shadow is not None:
+            shadow.start()  # loads the challenger in the background: startup never waits for it
         try:
             yield
         finally:
             if batcher is not None:
                 batcher.close()  # answers anything still queued, then stops its worker
+            if shadow is not None:
+                shadow.close()
             sweeper.stop()
             watcher.stop()
 
@@ -93,11 +102,14 @@ def prediction_log_for(queue: FeedbackQueue, serve: ServeParams) -> PredictionLo
     return PredictionLog(queue.database, serve.prediction_log_hours * 3600) if serve.prediction_log_hours > 0 else None
 
 
-def sweep(retention: ImageRetention, prediction_log: PredictionLog | None) -> None:
-    """The server's periodic clean-up: expired prediction images, then expired logged predictions."""
+def sweep(retention: ImageRetention, prediction_log: PredictionLog | None, early_retrain: DriftRetrain | None = None) -> None:
+    """The server's periodic clean-up: expired prediction images, then expired logged predictions;
+    then, with retrain.on_drift, the drift check that may start the retraining early."""
     retention.sweep_logged()
     if prediction_log is not None:
         prediction_log.expire_logged()
+    if early_retrain is not None:
+        early_retrain.run_logged()
 
 
 def serve(host: str | None = None, port: int | None = None, params_path: Path | str = "params.yaml") -> None:

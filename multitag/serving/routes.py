@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import mimetypes
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -15,22 +16,27 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from multitag.config import Params, ValidateParams
 from multitag.data import images
 from multitag.data.manifest import normalize_labels
+from multitag.feedback import review
 from multitag.feedback.predictions import Answer, PredictionLog
-from multitag.feedback.queue import FeedbackQueue
-from multitag.feedback.store import ImageStore
+from multitag.feedback.queue import FeedbackQueue, Origin
+from multitag.feedback.screen import client_hash
+from multitag.feedback.shadow import report_from_log
+from multitag.feedback.store import ImageStore, checked_sha
 from multitag.lifecycle.predictor import Predictor
 from multitag.serving import schemas
 from multitag.serving.batching import MicroBatcher, score
+from multitag.serving.drift_watch import as_response, served_drift
 from multitag.serving.limits import read_uploads
 from multitag.serving.problems import bad_images, disk_full, http_problem, image_problem
 from multitag.serving.retrain_trigger import RetrainTrigger
+from multitag.serving.shadow import ShadowScorer
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,7 @@ class Services:
     retrain: RetrainTrigger
     batcher: MicroBatcher | None = None  # None: batching off (serve.batch_max_size 1)
     prediction_log: PredictionLog | None = None  # None: no log (serve.prediction_log_hours 0)
+    shadow: ShadowScorer | None = None  # None: no shadow scoring (serve.shadow off, or no log)
 
 
 def _services(request: Request) -> Services:
@@ -165,16 +172,20 @@ def queue_feedback(
     model_version: str | None,
     note: str | None,
     max_pixels: int,
+    origin: Origin = "upload",
+    client: str | None = None,
+    absent: list[str] | None = None,
 ) -> schemas.FeedbackAccepted:
-    """Queue one correction, by image bytes or by the hash of an image /predict stored."""
+    """Queue one correction, by image bytes or by the hash of an image /predict stored; `client` is
+    the sender's keyed hash (screen.client_hash), None for the admin; `absent` None: a full labelling."""
     if upload is not None:
         problem = image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
         if problem:
             raise bad_images([problem])
-        result = queue.add(upload, labels, model_version, note)
+        result = queue.add(upload, labels, model_version, note, origin, client, absent)
     else:
         try:
-            result = queue.add_by_sha(sha or "", labels, model_version, note)
+            result = queue.add_by_sha(sha or "", labels, model_version, note, origin, client, absent)
         except ValueError as err:
             raise http_problem(422, "bad_sha256", str(err)) from None
         except KeyError:
@@ -235,31 +246,116 @@ async def predict(
     uploads = await read_uploads(files, services.params.serve)
     store = services.queue.images if services.params.serve.prediction_retention_hours > 0 else None
     scores = await score(services.batcher, served.predictor, partial(decode_uploads, served.predictor, uploads))
-    return schemas.Predictions(predictions=await run_in_threadpool(answer_uploads, served, uploads, scores, store, services.prediction_log))
+    predictions = await run_in_threadpool(answer_uploads, served, uploads, scores, store, services.prediction_log)
+    if services.shadow is not None:  # the challenger scores them too, later, in its own thread: never waited for
+        services.shadow.submit(served, uploads, [p.image_sha256 for p in predictions])
+    return schemas.Predictions(predictions=predictions)
 
 
 @router.post("/feedback", status_code=202)
 async def feedback(
+    request: Request,
     services: ServicesDep,
     labels: Annotated[str, Form(description='The correct classes: a JSON list or "a|b".')],
     file: Annotated[UploadFile | None, File(description="The image, or send image_sha256 instead.")] = None,
     image_sha256: Annotated[str | None, Form(description="Hash of an image sent to /predict before.")] = None,
     note: Annotated[str | None, Form()] = None,
     model_version: Annotated[str | None, Form(description="The version whose prediction is corrected.")] = None,
+    origin: Annotated[Origin, Form(description="Where the correction was made: an upload, or the review list.")] = "upload",
+    absent: Annotated[
+        str | None,
+        Form(
+            description='Partial labels: the classes confirmed absent (a JSON list or "a|b", may be empty); every other class '
+            "not in `labels` is then unknown and trains no loss. Left out: every class not in `labels` is absent."
+        ),
+    ] = None,
 ) -> schemas.FeedbackAccepted:
     """Queue a user's corrected labels for the next retraining."""
     if (file is None) == (image_sha256 is None):
         raise http_problem(422, "image_missing", "send exactly one of `file` (the image) or `image_sha256`")
-    chosen = parse_labels(labels, served_model(services).predictor.classes, services.params.validate_.min_labels)
+    classes = served_model(services).predictor.classes
+    chosen = parse_labels(labels, classes, services.params.validate_.min_labels)
+    confirmed_absent = None if absent is None else parse_labels(absent, classes, min_labels=0)
+    if both := sorted(set(chosen) & set(confirmed_absent or ())):
+        message = f"{', '.join(both)} cannot be both present (labels) and absent: mark each class one way"
+        raise http_problem(422, "present_and_absent", message, classes=both)
     upload = (await read_uploads([file], services.params.serve))[0][1] if file is not None else None
     max_pixels = services.params.validate_.max_pixels
-    return await run_in_threadpool(queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, max_pixels)
+    client = client_hash(request.client.host if request.client else None)  # the screen's flood rule counts per client
+    return await run_in_threadpool(
+        queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, max_pixels, origin, client, confirmed_absent
+    )
+
+
+@router.get("/review")
+async def to_review(
+    services: ServicesDep, n: Annotated[int, Query(ge=1, le=200, description="How many images to list.")] = 20
+) -> schemas.ReviewList:
+    """The logged images most worth a human look (active learning, feedback/review.py): champion and
+    challenger disagree, or a score sits near its threshold; none labelled already, no near-duplicates."""
+    served = served_model(services)
+    if services.prediction_log is None:
+        message = "the review list ranks logged predictions, and this server logs none: set serve.prediction_log_hours above 0"
+        raise http_problem(503, "no_prediction_log", message)
+    predictor, version = served.predictor, served.version.version
+    thresholds = dict(zip(predictor.classes, predictor.thresholds.tolist()))
+    max_age_s = services.params.serve.prediction_retention_hours * 3600  # older images are no longer stored
+    items = await run_in_threadpool(review.suggest, services.prediction_log, services.queue, served.name, version, thresholds, n, max_age_s)
+    rows = [schemas.ReviewItem(**row, image_url=f"/images/{row['image_sha256']}") for row in review.as_rows(items)]
+    return schemas.ReviewList(model_name=served.name, model_version=version, items=rows)
+
+
+@router.get("/images/{sha256}", response_class=FileResponse)
+def stored_image(sha256: str, services: ServicesDep) -> FileResponse:
+    """An image the server stored (a /predict upload within its retention, or a queued correction's), by its sha256."""
+    try:
+        path = services.queue.images.path(checked_sha(sha256))
+    except ValueError as err:
+        raise http_problem(422, "bad_sha256", str(err)) from None
+    except KeyError:
+        raise http_problem(404, "unknown_image", f"no stored image has sha256 {sha256}: it was never sent or has expired") from None
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"}  # content-addressed: a hash names one image
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 @router.get("/feedback/stats")
 async def feedback_stats(services: ServicesDep) -> schemas.FeedbackStats:
     """Queue counts per state and pending label counts."""
     return schemas.FeedbackStats(**await run_in_threadpool(services.queue.stats))
+
+
+@router.get("/drift")
+async def drift(services: ServicesDep) -> schemas.Drift:
+    """The served version's last `serve.drift_window` answers against the per-class rates at which
+    it predicted each class on the frozen test split: a Fisher test per class, Holm-corrected."""
+    served = served_model(services)
+    result = await run_in_threadpool(served_drift, services.prediction_log, served, services.params.serve)
+    return as_response(result, services.params.serve)
+
+
+@router.get("/shadow")
+async def shadow(services: ServicesDep) -> schemas.Shadow:
+    """Shadow mode: how the challenger (scoring every /predict image off the response path) answered
+    the images the served champion answered, per shared class, and who was right where feedback exists."""
+    scorer = services.shadow
+    if scorer is None:
+        return schemas.Shadow(enabled=False, challenger_version=None, challenger_error=None, scoring=None, report=None)
+    challenger, champion = scorer.watcher.current, services.watcher.current
+    report = None
+    if challenger is not None and services.prediction_log is not None:
+        champion_version = champion.version.version if champion else None
+        found = await run_in_threadpool(
+            report_from_log, services.prediction_log, services.queue, challenger.name, challenger.version.version, champion_version
+        )
+        report = schemas.ShadowReport.model_validate(found, from_attributes=True)
+    return schemas.Shadow(
+        enabled=True,
+        challenger_version=challenger.version.version if challenger else None,
+        challenger_error=scorer.watcher.last_error,
+        scoring=schemas.ShadowScoring.model_validate(scorer.counts(), from_attributes=True),
+        report=report,
+    )
 
 
 @router.post("/retrain", status_code=202, dependencies=[Depends(require_admin)])

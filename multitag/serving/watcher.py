@@ -34,10 +34,16 @@ class ServedModel:
 
 
 class ChampionWatcher:
-    """Keeps `current` on the version the alias points to, checking every `interval_s` seconds."""
+    """Keeps `current` on the version the alias points to, checking every `interval_s` seconds.
 
-    def __init__(self, name: str, interval_s: float, alias: str = registry.CHAMPION, runtime: Runtime = "auto"):
+    An alias that disappears leaves the last version loaded (`keep_when_unset`: the champion keeps
+    serving), or unloads it (the challenger's watcher: no challenger, no shadow scoring)."""
+
+    def __init__(
+        self, name: str, interval_s: float, alias: str = registry.CHAMPION, runtime: Runtime = "auto", keep_when_unset: bool = True
+    ):
         self.name, self.alias, self.interval_s, self.runtime = name, alias, interval_s, runtime
+        self.keep_when_unset = keep_when_unset
         self.current: ServedModel | None = None
         self.last_checked_at: float | None = None
         self.last_error: str | None = None
@@ -53,6 +59,10 @@ class ChampionWatcher:
         with self._refresh_lock:
             target = registry.alias_version(self.name, self.alias)
             self.last_checked_at = time.time()
+            if target is None and not self.keep_when_unset and self.current is not None:
+                self.current = None
+                log.info("%s@%s is gone: unloaded", self.name, self.alias)
+                return True
             if target is None or (self.current is not None and self.current.version.version == target.version):
                 return False
             predictor = Predictor.from_uri(f"models:/{self.name}/{target.version}", self.runtime)

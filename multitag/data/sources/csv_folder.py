@@ -1,4 +1,8 @@
-"""A folder of images plus a CSV `filename,labels[,split]`, labels separated by `|`.
+"""A folder of images plus a CSV `filename,labels[,split[,absent]]`, labels separated by `|`.
+
+`absent` makes a row's labels partial: the classes confirmed absent, separated by `|` (empty:
+none), every other class not in `labels` unknown. Without the column, or with `*` in it, every
+class not in `labels` is absent (a full labelling).
 
 Rows are decoded one by one, so a row that is not UTF-8 or is malformed becomes a quarantined
 record with its reason instead of failing the whole file or disappearing.
@@ -17,7 +21,11 @@ from multitag.data.manifest import Record, SourceData, normalize_labels
 from multitag.data.sources import require
 from multitag.errors import UsageError
 
-LAYOUT = "labels.csv (filename,labels[,split]; labels separated by '|'), image files relative to it, optional classes.txt"
+LAYOUT = (
+    "labels.csv (filename,labels[,split[,absent]]; labels separated by '|', absent '*' or empty for a full labelling), "
+    "image files relative to it, optional classes.txt"
+)
+FULL = "*"  # in the absent column: every class not in labels is absent
 
 
 def read(root: Path, params: DataParams) -> SourceData:
@@ -54,6 +62,7 @@ class CsvRow:
     labels: list[str] = field(default_factory=list)
     split: str = ""
     problem: str | None = None
+    absent: list[str] | None = None  # None: every class not in labels is absent
 
 
 def read_rows(csv_path: Path) -> Iterator[CsvRow]:
@@ -78,7 +87,11 @@ def _parse(line: int, raw: bytes) -> CsvRow:
     if len(fields) < 2 or not filename:
         return CsvRow(line, filename, problem=f"bad_csv_row: line {line} has no {'labels column' if filename else 'filename'}")
     split = fields[2].strip().lower() if len(fields) > 2 else ""
-    return CsvRow(line, filename, normalize_labels(fields[1].split("|")), split)
+    labels = normalize_labels(fields[1].split("|"))
+    absent = normalize_labels(fields[3].split("|")) if len(fields) > 3 and fields[3].strip() != FULL else None
+    if both := sorted(set(labels) & set(absent or ())):
+        return CsvRow(line, filename, problem=f"bad_csv_row: line {line} marks {', '.join(both)} both present and absent")
+    return CsvRow(line, filename, labels, split, absent=absent)
 
 
 def _record(base: Path, row: CsvRow) -> Record:
@@ -86,4 +99,4 @@ def _record(base: Path, row: CsvRow) -> Record:
     path = str(base / row.filename) if row.filename else ""
     if row.problem:
         return Record(f"row{row.line}", path, [], problems=[row.problem])
-    return Record(Path(row.filename).stem, path, row.labels, row.split, "csv")
+    return Record(Path(row.filename).stem, path, row.labels, row.split, "csv", absent=row.absent)

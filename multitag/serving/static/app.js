@@ -84,15 +84,22 @@ async function predictFiles(fileList) {
       showMessage(error.message, true);
     }
   }
-  if (!failed) showMessage(`Tagged ${files.length} image(s). Untick wrong labels, tick missing ones, then send a correction.`);
+  if (!failed) showMessage(`Tagged ${files.length} image(s). ${MARKING_HINT}`);
 }
 
 function renderResult(file, prediction) {
+  const card = resultCard(prediction, URL.createObjectURL(file), prediction.filename);
+  card.querySelector(".send").addEventListener("click", () => sendCorrection(card, prediction, file));
+  $("#results").prepend(card);
+}
+
+/** One answer as a card: thumbnail, predicted labels, a bar and a tick box per class (the upload and review views share it). */
+function resultCard(prediction, thumbSrc, title) {
   const card = $("#result-template").content.firstElementChild.cloneNode(true);
   card.dataset.sha256 = prediction.image_sha256;
-  card.querySelector(".thumb").src = URL.createObjectURL(file);
-  card.querySelector(".thumb").alt = file.name;
-  card.querySelector(".filename").textContent = prediction.filename;
+  card.querySelector(".thumb").src = thumbSrc;
+  card.querySelector(".thumb").alt = title;
+  card.querySelector(".filename").textContent = title;
   card.querySelector(".predicted").textContent = prediction.labels.length
     ? `Predicted: ${prediction.labels.join(", ")} (model v${prediction.model_version})`
     : `No class above its threshold (model v${prediction.model_version})`;
@@ -101,17 +108,31 @@ function renderResult(file, prediction) {
   for (const [name, probability] of rows) {
     card.querySelector(".classes").append(classRow(name, probability, thresholds[name], prediction.labels.includes(name)));
   }
-  card.querySelector(".send").addEventListener("click", () => sendCorrection(card, prediction, file));
-  $("#results").prepend(card);
+  return card;
+}
+
+const MARKING_HINT = "Click a class once if it is in the image, twice if it is not; classes you leave alone stay unknown. Then send.";
+const NEXT_MARK = { unknown: "present", present: "absent", absent: "unknown" };
+
+/** Show a class row's mark: unknown (untouched: the box is indeterminate), present (ticked) or
+ * absent (empty box, name struck through). Only what the user marks is sent as a correction. */
+function setMark(row, mark) {
+  const box = row.querySelector(".label-box");
+  row.dataset.mark = mark;
+  box.checked = mark === "present";
+  box.indeterminate = mark === "unknown";
+  box.setAttribute("aria-label", `${row.dataset.class}: ${mark}`);
+  box.title = `${mark}; click for ${NEXT_MARK[mark]}`;
 }
 
 function classRow(name, probability, threshold, predicted) {
   const row = $("#class-template").content.firstElementChild.cloneNode(true);
   const percent = Math.round(probability * 1000) / 10;
   row.dataset.class = name;
-  row.classList.toggle("above", predicted);
-  row.querySelector(".label-box").checked = predicted;
+  row.classList.toggle("above", predicted);  // the model's guess shows on the bar, not as a ticked box
   row.querySelector(".label-box").value = name;
+  setMark(row, "unknown");
+  row.querySelector(".label-box").addEventListener("click", () => setMark(row, NEXT_MARK[row.dataset.mark]));
   row.querySelector(".class-name").textContent = name;
   row.querySelector(".fill").style.width = `${percent}%`;
   row.querySelector(".bar").setAttribute("aria-valuenow", percent);
@@ -122,23 +143,32 @@ function classRow(name, probability, threshold, predicted) {
   return row;
 }
 
-/** Post the ticked labels for this image: by its hash (/predict stored the bytes), or with the
- * file itself when the server no longer keeps them (404: serve.prediction_retention_hours). */
-async function sendCorrection(card, prediction, file) {
+/** Post the classes marked present (`labels`) and absent (`absent`; the others are unknown) for this image: by its hash (/predict stored the bytes), or with the
+ * file itself when the server no longer keeps them (404: serve.prediction_retention_hours).
+ * `origin` tells the queue where the correction was made (the upload or the review view). */
+async function sendCorrection(card, prediction, file, origin = "upload") {
   const button = card.querySelector(".send");
   const status = card.querySelector(".sent");
-  const labels = Array.from(card.querySelectorAll(".label-box:checked"), (box) => box.value);
+  const marked = (mark) => Array.from(card.querySelectorAll(`.class-row[data-mark='${mark}']`), (row) => row.dataset.class);
+  const [labels, absent] = [marked("present"), marked("absent")];
+  if (!labels.length && !absent.length) {
+    status.textContent = `Mark at least one class first. ${MARKING_HINT}`;
+    status.classList.add("error");
+    return;
+  }
   const post = (image) => {
     const form = new FormData();
     if (image) form.append("file", image, image.name);
     else form.append("image_sha256", prediction.image_sha256);
     form.append("labels", JSON.stringify(labels));
+    form.append("absent", JSON.stringify(absent));
     form.append("model_version", prediction.model_version);
+    form.append("origin", origin);
     return api("/feedback", { method: "POST", body: form });
   };
   button.disabled = true;
   try {
-    const result = await post(null).catch((error) => (error.status === 404 ? post(file) : Promise.reject(error)));
+    const result = await post(null).catch((error) => (error.status === 404 && file ? post(file) : Promise.reject(error)));
     status.textContent = result.merged ? `Already queued as #${result.id}` : `Thanks! Queued as #${result.id}`;
     status.classList.remove("error");
     await refreshStats();
@@ -168,7 +198,80 @@ function setUpDropZone() {
   });
 }
 
+/** The review view: the images the server ranks most worth a look (GET /review), corrected with origin=review. */
+async function loadReview() {
+  const message = $("#review-message");
+  message.classList.remove("error");
+  message.textContent = "Loading the images most worth a look…";
+  try {
+    if (!state.model) await refreshModel();
+    const review = await api("/review?n=20");
+    $("#review-list").replaceChildren(...review.items.map(reviewCard));
+    message.textContent = review.items.length
+      ? `${review.items.length} image(s) worth a look, as model v${review.model_version} answered them. ${MARKING_HINT}`
+      : "Nothing to review: no recent prediction is left that nobody has labelled.";
+  } catch (error) {
+    message.textContent = error.message;
+    message.classList.add("error");
+  }
+}
+
+function reviewCard(item) {
+  const card = resultCard(item, item.image_url, item.reason);
+  card.classList.add("review-item");
+  if (item.challenger_labels) {
+    const challenger = item.challenger_labels.length ? item.challenger_labels.join(", ") : "nothing";
+    card.querySelector(".predicted").textContent += `; challenger v${item.challenger_version}: ${challenger}`;
+  }
+  card.querySelector(".send").addEventListener("click", () => sendCorrection(card, item, null, "review"));
+  return card;
+}
+
+/** Show the view the address names (#review, else tagging), so a link or a reload opens it again. */
+function showView() {
+  const view = location.hash === "#review" ? "review" : "tag";
+  $("#tag-view").hidden = view !== "tag";
+  $("#review-view").hidden = view !== "review";
+  document.querySelectorAll(".views a").forEach((link) => link.classList.toggle("active", link.dataset.view === view));
+  if (view === "review") loadReview();
+}
+
+/** The drift panel (GET /drift): per class, how often the served version named it in its last
+ * answers against how often it did on the frozen test split; drifted classes are highlighted. */
+async function refreshDrift() {
+  const panel = $("#drift-panel");
+  const percent = (rate) => `${(rate * 100).toFixed(1)}%`;
+  try {
+    const drift = await api("/drift");
+    const summaries = { drift: `${drift.drifted_classes.join(", ")} drifted`, no_drift: "none", not_enough_data: "not enough answers yet" };
+    panel.dataset.status = drift.status;
+    if (drift.status === "drift") panel.open = true;
+    $("#drift-status").textContent = summaries[drift.status] || drift.status.replaceAll("_", " ");
+    $("#drift-message").textContent = drift.message;
+    const rows = drift.classes.map((c) => {
+      const row = document.createElement("tr");
+      row.dataset.class = c.name;
+      row.classList.toggle("drifted", c.drifted);
+      for (const text of [c.name, percent(c.live_rate), percent(c.reference_rate), c.adjusted_p_value.toPrecision(2)]) {
+        row.append(Object.assign(document.createElement("td"), { textContent: text }));
+      }
+      return row;
+    });
+    $("#drift-table tbody").replaceChildren(...rows);
+    $("#drift-table").hidden = !rows.length;
+  } catch (error) {
+    panel.dataset.status = "unavailable";
+    $("#drift-status").textContent = "unavailable";
+    $("#drift-message").textContent = error.message;
+  }
+}
+
 setUpDropZone();
+$("#review-refresh").addEventListener("click", loadReview);
+window.addEventListener("hashchange", showView);
+showView();
 refreshModel();
 refreshStats();
 setInterval(refreshModel, 15000);
+refreshDrift();
+setInterval(refreshDrift, 60000);
