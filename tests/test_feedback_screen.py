@@ -88,6 +88,22 @@ def test_no_contradiction_without_both_a_confident_model_and_unanimous_other_cor
     assert set(contradictions([alone], own_echo, CLASSES, SETTINGS)) == {10}, "a client's own twin does not vouch for it"
 
 
+def test_blank_boxes_of_partial_corrections_neither_contradict_nor_vouch():
+    from dataclasses import replace
+
+    sha = "s" * 64
+    cat_photo = scores(0.97, 0.02, 0.05)
+    # peers that ticked dog and left cat blank say nothing about cat: not a unanimous "no cat"
+    blank_peers = [replace(item(1, {"dog"}, client="a", sha=sha), absent=frozenset()), item(2, {"cat"}, client="b", sha=sha)]
+    assert contradictions([item(10, {"cat"}, cat_photo, "c", sha)], blank_peers, CLASSES, SETTINGS) == {}
+    # an item that left cat blank itself is not held for "missing" cat
+    cat_and_dog, peer = scores(0.97, 0.5, 0.05), [item(1, {"cat", "dog"}, client="a", sha=sha)]
+    blank_item = replace(item(10, {"dog"}, cat_and_dog, "c", sha), absent=frozenset())
+    assert contradictions([blank_item], peer, CLASSES, SETTINGS) == {}
+    labelled_in_full = item(10, {"dog"}, cat_and_dog, "c", sha)
+    assert set(contradictions([labelled_in_full], peer, CLASSES, SETTINGS)) == {10}, "in full, no cat is a claim"
+
+
 def test_near_identical_photos_count_as_the_same_image_and_different_ones_do_not(tmp_path):
     paths = {}
     for name, data in {"original": photo(1), "resized": photo(1, size=48), "other": photo(2)}.items():

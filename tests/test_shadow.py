@@ -258,3 +258,21 @@ def test_a_required_feedback_win_needs_corrections_the_challenger_gets_more_righ
     code, output = run_cli("registry", "promote", challenger, "--params", str(params_path))
     assert code == 0, output
     assert registry.alias_version(fresh_model_name, registry.CHAMPION).version == challenger
+
+
+def test_a_partial_correction_judges_only_the_classes_it_marked():
+    from multitag.feedback.predictions import LoggedPrediction
+    from multitag.feedback.queue import Truth
+    from multitag.feedback.shadow import build_report
+
+    scores = {"cat": 0.6, "dog": 0.6}
+    champion = LoggedPrediction(1, "e" * 64, "m", "1", ("cat",), scores, 1.0)
+    challenger = LoggedPrediction(2, "e" * 64, "m", "2", ("cat", "dog"), scores, 2.0, role=CHALLENGER)
+    partial = Truth(frozenset({"cat"}), absent=frozenset())  # cat ticked, dog left blank: unknown
+
+    report = build_report([(champion, challenger)], {"e" * 64: partial}, "m", "2")
+    by_class = {c.name: c for c in report.classes}
+    assert (by_class["cat"].feedback_images, by_class["cat"].champion_correct, by_class["cat"].challenger_correct) == (1, 1, 1)
+    assert by_class["dog"].feedback_images == 0, "a blank box is no verdict on the challenger's dog"
+    full = build_report([(champion, challenger)], {"e" * 64: Truth(frozenset({"cat"}))}, "m", "2")
+    assert {c.name: c.challenger_correct for c in full.classes} == {"cat": 1, "dog": 0}, "labelled in full, dog is absent"

@@ -206,6 +206,18 @@ class FeedbackItem:
     absent: tuple[str, ...] | None = None  # None: every class not in labels is absent; a tuple: only these, the others unknown
 
 
+@dataclass(frozen=True)
+class Truth:
+    """What a correction says of each class: present, absent, or (partial labels) nothing."""
+
+    labels: frozenset[str]
+    absent: frozenset[str] | None = None  # None: labelled in full, every class not in labels absent
+
+    def knows(self, name: str) -> bool:
+        """Whether the correction says anything about `name`: a blank box of a partial one says nothing."""
+        return name in self.labels or self.absent is None or name in self.absent
+
+
 class FeedbackQueue:
     """A feedback queue in the database at `db` with its images under `images_dir`; safe to share across processes and hosts.
 
@@ -424,17 +436,17 @@ class FeedbackQueue:
 
         return self.database.read(work)
 
-    def corrections(self, hashes: Iterable[str]) -> dict[str, tuple[str, ...]]:
-        """The labels of the newest correction of each of `hashes` that has one (a rejected item is no
-        correction, nor is a held one until an admin releases it): the truth a shadow report scores
-        both models' answers against."""
+    def corrections(self, hashes: Iterable[str]) -> dict[str, Truth]:
+        """The newest correction of each of `hashes` that has one (a rejected item is no correction,
+        nor is a held one until an admin releases it): the truth a shadow report scores both
+        models' answers against, only on the classes it knows (`Truth.knows`)."""
         wanted = sorted({sha.lower() for sha in hashes})
         trusted = feedback.c.state.not_in(("rejected", "held"))
-        query = select(feedback.c.image_sha256, feedback.c.labels).where(trusted).order_by(feedback.c.id)
+        query = select(feedback.c.image_sha256, feedback.c.labels, feedback.c.absent).where(trusted).order_by(feedback.c.id)
 
-        def work(conn: Connection) -> dict[str, tuple[str, ...]]:
+        def work(conn: Connection) -> dict[str, Truth]:
             rows = (row for chunk in _chunks(wanted) for row in conn.execute(query.where(feedback.c.image_sha256.in_(chunk))))
-            return {sha: tuple(json.loads(labels)) for sha, labels in rows}  # ascending ids: the newest wins
+            return {sha: truth(labels, absent) for sha, labels, absent in rows}  # ascending ids: the newest wins
 
         return self.database.read(work)
 
@@ -553,6 +565,12 @@ def _chunks(values: list) -> Iterator[list]:
     """`values` in slices of CHUNK, so that any number of them fits in IN (...) lists."""
     for start in range(0, len(values), CHUNK):
         yield values[start : start + CHUNK]
+
+
+def truth(labels_json: str, absent_json: str) -> Truth:
+    """A stored correction's labels and absent set as a `Truth`."""
+    absent = json.loads(absent_json)
+    return Truth(frozenset(json.loads(labels_json)), None if absent is None else frozenset(absent))
 
 
 def absent_to_json(labels: Iterable[str], absent: Iterable[str] | None) -> str:

@@ -49,7 +49,7 @@ import numpy as np
 
 from multitag.config import RetrainParams
 from multitag.feedback.predictions import CHAMPION, PredictionLog
-from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue
+from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue, Truth
 
 log = logging.getLogger(__name__)
 CLIENT_SALT_ENV = "MULTITAG_CLIENT_SALT"  # the key of client_hash; every replica must share it
@@ -70,6 +70,18 @@ class Correction:
     client: str | None = None
     scores: np.ndarray | None = None
     fingerprint: int | None = None
+    absent: frozenset[str] | None = None  # partial labels: only these are confirmed absent (None: every other class)
+
+    def knows(self, name: str) -> bool:
+        """Whether this correction says anything about `name` (a partial one's blank boxes say nothing)."""
+        return Truth(self.labels, self.absent).knows(name)
+
+    def answered(self, classes: Sequence[str]) -> frozenset[str]:
+        """The labels with each unknown class filled in by the model's own answer (score >= 0.5):
+        what the label-error rules compare with the scores, so a blank box is never a disagreement."""
+        if self.absent is None or self.scores is None:
+            return self.labels
+        return self.labels | {name for name, score in zip(classes, self.scores) if name not in self.absent and score >= 0.5}
 
 
 def client_hash(address: str | None) -> str | None:
@@ -103,7 +115,8 @@ def near_identical(a: Correction, b: Correction, max_bits: int) -> bool:
 def strongest_disagreement(item: Correction, classes: Sequence[str]) -> tuple[str, bool, float]:
     """The class on which the labels and the scores disagree most: (class, labelled?, score)."""
     assert item.scores is not None
-    given = np.array([name in item.labels for name in classes])
+    answered = item.answered(classes)
+    given = np.array([name in answered for name in classes])
     disagreement = np.where(given, 1 - item.scores, item.scores)
     k = int(np.argmax(disagreement))
     return classes[k], bool(given[k]), float(item.scores[k])
@@ -145,7 +158,7 @@ def _cleanlab_issues(scored: Sequence[Correction], classes: Sequence[str], noise
     from cleanlab.multilabel_classification.filter import find_label_issues
 
     index = {name: k for k, name in enumerate(classes)}
-    labels = [sorted(index[name] for name in item.labels if name in index) for item in scored]
+    labels = [sorted(index[name] for name in item.answered(classes) if name in index) for item in scored]
     with warnings.catch_warnings():  # "too few examples" of a class in the batch: expected, and not actionable here
         warnings.simplefilter("ignore")
         mask = find_label_issues(labels=labels, pred_probs=np.stack([item.scores for item in scored]), frac_noise=noise_fraction, n_jobs=1)
@@ -190,11 +203,14 @@ def contradictions(
         if not peers:
             continue
         for name, score in zip(classes, item.scores):
+            if not item.knows(name):  # the sender left this box blank: nothing to contradict
+                continue
             given = name in item.labels
             model_against = score <= 1 - settings.screen_confidence if given else score >= settings.screen_confidence
-            if model_against and all((name in peer.labels) != given for peer in peers):
+            judges = [peer for peer in peers if peer.knows(name)]  # a peer's blank box neither agrees nor disagrees
+            if model_against and judges and all((name in peer.labels) != given for peer in judges):
                 reasons[item.id] = (
-                    f"contradiction: {describe(name, given, float(score))}, and all {len(peers)} other correction(s) "
+                    f"contradiction: {describe(name, given, float(score))}, and all {len(judges)} other correction(s) "
                     "of this or a near-identical image say the opposite"
                 )
                 break
@@ -259,10 +275,10 @@ def screen_queue(
 
     def correction(item: FeedbackItem, with_scores: bool) -> Correction:
         item_scores = scores.get(item.image_sha256) if with_scores else None
-        labels = frozenset(item.labels)
-        if item.absent is not None and item_scores is not None:  # partial labels: an unknown class takes the model's answer,
-            labels |= {name for name, score in zip(classes, item_scores) if name not in item.absent and score >= 0.5}  # never a flag
-        return Correction(item.id, item.image_sha256, labels, item.client, item_scores, fingerprints[item.image_sha256])
+        absent = None if item.absent is None else frozenset(item.absent)
+        return Correction(
+            item.id, item.image_sha256, frozenset(item.labels), item.client, item_scores, fingerprints[item.image_sha256], absent
+        )
 
     reasons = verdicts([correction(item, True) for item in pending], [correction(item, False) for item in others], classes, settings)
     queue.hold(reasons)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multitag.config import GateParams, Params
 from multitag.errors import MultitagError, UsageError
 from multitag.feedback.predictions import LoggedPrediction, PredictionLog
-from multitag.feedback.queue import FeedbackQueue
+from multitag.feedback.queue import FeedbackQueue, Truth
 from multitag.lifecycle import registry
 
 DEFAULT_LIMIT = 10_000  # the newest shadowed images a report reads
@@ -67,13 +67,14 @@ class ShadowReport:
 
 def build_report(
     pairs: Iterable[tuple[LoggedPrediction, LoggedPrediction]],
-    corrections: dict[str, tuple[str, ...]],
+    corrections: dict[str, Truth],
     model_name: str,
     challenger_version: str,
     champion_version: str | None = None,
 ) -> ShadowReport:
     """The report over (champion, challenger) answer pairs of the same images; `corrections` maps an
-    image hash to its corrected labels. A model's classes are the keys of its logged scores."""
+    image hash to its correction, which judges only the classes it knows (a partial correction's
+    blank boxes judge nothing). A model's classes are the keys of its logged scores."""
     pairs = list(pairs)
     order: dict[str, None] = {}  # shared classes in the champion's order of first appearance
     champion_only: dict[str, None] = {}
@@ -97,10 +98,10 @@ def build_report(
             tally["champion"] += said_champion
             tally["challenger"] += said_challenger
             matched &= said_champion == said_challenger
-            if truth is not None:
+            if truth is not None and truth.knows(name):
                 tally["fb"] += 1
-                tally["fb_champion"] += said_champion == (name in truth)
-                tally["fb_challenger"] += said_challenger == (name in truth)
+                tally["fb_champion"] += said_champion == (name in truth.labels)
+                tally["fb_challenger"] += said_challenger == (name in truth.labels)
         exact += matched
     classes = [
         ClassShadow(
