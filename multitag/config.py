@@ -219,7 +219,8 @@ class RetrainParams(_Strict):
         0.99, gt=0.5, lt=1
     )  # below screen_min_batch: hold a label the model contradicts this surely
     flood_max_items: int = Field(50, ge=1)  # a client with more pending items than this ...
-    flood_max_share: float = Field(0.1, gt=0, le=1)  # ... and more than this share of the users' items is flooding
+    flood_max_share: float = Field(0.1, gt=0, le=1)  # ... and more than this share of the users' items ...
+    flood_over_median: float = Field(3.0, ge=1)  # ... and more than this many times the other clients' median is flooding
     near_duplicate_bits: int = Field(6, ge=0, le=64)  # difference hashes this close are the same photo
 
 

@@ -47,9 +47,13 @@ def wait_for_model(url: str, timeout_s: float = 180) -> dict:
     sys.exit(f"no model served at {url} after {timeout_s:.0f} s")
 
 
-def held_out_photos(count: int) -> pd.DataFrame:
+def held_out_photos(count: int, only_class: str | None = None) -> pd.DataFrame:
+    """`count` photos of the frozen test split, spread over it; with `only_class`, only photos of
+    that class (a shifted stream, which GET /drift should flag)."""
     frame = pd.read_parquet("data/processed/manifest.parquet")
     test = frame[frame["split"] == "test"].sort_values("image_id")
+    if only_class is not None:
+        test = test[test["labels"].map(lambda labels: only_class in list(labels))]
     return test.iloc[:: max(1, len(test) // count)].head(count)
 
 
@@ -109,6 +113,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--screenshot", type=Path, default=Path("reports/page.png"))
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--only-class", help="send only photos of this class: a shifted stream for the drift check")
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
@@ -121,7 +126,7 @@ def main() -> None:
     try:
         model = wait_for_model(url)
         print(f"served: {model.get('name')} version {model.get('version')} ({model.get('architecture')}, through {model.get('runtime')})")
-        photos = held_out_photos(args.photos)
+        photos = held_out_photos(args.photos, args.only_class)
         answers = send(url, photos)
         predicted, true = Counter(), Counter()
         for (_, row), answer in zip(photos.iterrows(), answers):

@@ -66,6 +66,13 @@ def test_a_client_flooding_the_queue_is_held_and_busy_clients_among_many_are_not
     assert flooding(flood[:5] + crowd[:5], SETTINGS) == {}, "a keen user of a quiet deployment"
 
 
+def test_a_few_equally_busy_clients_are_a_team_not_a_flood():
+    team = [item(100 * c + i, {"dog"}, client=f"user-{c}") for c in range(3) for i in range(12)]  # each over 5 items and 25 %
+    assert flooding(team, SETTINGS) == {}, "no client stands out from the others"
+    bot = [item(1000 + i, {"dog"}, client="bot") for i in range(40)]
+    assert set(flooding(team + bot, SETTINGS)) == {item.id for item in bot}, "40 is over 3x the others' median of 12"
+
+
 def test_a_label_contradicting_a_confident_model_and_every_other_correction_is_held():
     cat_photo = scores(0.97, 0.02, 0.05)
     others = [item(1, {"cat"}, client="a", sha="s" * 64), item(2, {"cat"}, client="b", sha="s" * 64)]

@@ -49,6 +49,9 @@ TINY_DATA = {
     "train.head_epochs": 1,
     "serve.reload_interval_s": 0.5,
     "gate.max_class_regression": 1.0,  # one epoch on noise corrections: this tests the promotion's path, not its quality
+    # Random labels on noise images are what the screen should hold (label issues); this test is about the
+    # engines consuming every correction. The screen has its own tests (test_feedback_screen.py).
+    "retrain.screen": False,
 }
 RUN_PARAMETERS = {"epochs": 1, "architectures": ["small_cnn"]}
 LOCAL_STORES = (

@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import logging
 import os
+import statistics
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -166,17 +167,26 @@ def _cleanlab_issues(scored: Sequence[Correction], classes: Sequence[str], noise
 
 
 def flooding(items: Sequence[Correction], settings: RetrainParams) -> dict[int, str]:
-    """Every item of a client that sent more than flood_max_items of the users' items and more than
-    flood_max_share of them: {id: reason}. Both limits must be passed, so one keen user of a quiet
-    deployment is not a flood, and neither is a busy client among many. The operator's items (no
-    client: CLI, import, admin upload) neither count nor dilute the share."""
+    """Every item of a client that sent more than flood_max_items of the users' items, more than
+    flood_max_share of them and more than flood_over_median times the median of the other clients:
+    {id: reason}. All three must be passed, so one keen user of a quiet deployment is not a flood,
+    nor a busy client among many, nor a handful of equally busy clients (a team correcting
+    together). The operator's items (no client: CLI, import, admin upload) neither count nor dilute
+    the share."""
     counts = Counter(item.client for item in items if item.client)
     total = sum(counts.values())
-    flooders = {client: n for client, n in counts.items() if n > settings.flood_max_items and n > settings.flood_max_share * total}
+
+    def floods(client: str, n: int) -> bool:
+        others = [m for other, m in counts.items() if other != client]
+        typical = statistics.median(others) if others else 0
+        return n > settings.flood_max_items and n > settings.flood_max_share * total and n > settings.flood_over_median * typical
+
+    flooders = {client: n for client, n in counts.items() if floods(client, n)}
     return {
         item.id: (
             f"flood: client {item.client[:8]} sent {flooders[item.client]} of the {total} pending corrections from users "
-            f"(retrain.flood_max_items {settings.flood_max_items}, flood_max_share {settings.flood_max_share})"
+            f"(retrain.flood_max_items {settings.flood_max_items}, flood_max_share {settings.flood_max_share}, "
+            f"flood_over_median {settings.flood_over_median})"
         )
         for item in items
         if item.client in flooders
