@@ -6,7 +6,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,11 +14,15 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from multitag.config import Source, load_params
+from multitag.config import Params, Source, load_params
 from multitag.errors import MissingInputError, MultitagError, UsageError
 from multitag.feedback.queue import RequeueState, State
 from multitag.layout import Layout
 from multitag.workspace import exclusive_run
+
+if TYPE_CHECKING:
+    from multitag.feedback.predictions import PredictionLog
+    from multitag.lifecycle.registry import VersionInfo
 
 out = Console()  # what a command produces: tables, reports, JSON
 console = Console(stderr=True)  # what it says about its progress and problems
@@ -351,6 +355,23 @@ def feedback_list(
     out.print(table)
 
 
+def _logged_champion(params: Params, params_path: Path) -> tuple[VersionInfo, dict, PredictionLog]:
+    """The champion's version, its logged metadata (classes, thresholds, drift reference) and the
+    prediction log holding its answers: what `feedback suggest` and `feedback drift` read. A clear
+    error when no answers are logged or there is no champion."""
+    from multitag.feedback.predictions import PredictionLog
+    from multitag.lifecycle import registry, tracking
+
+    if params.serve.prediction_log_hours <= 0:
+        raise UsageError("serve.prediction_log_hours is 0, so no answers are logged to read: set it above 0 and serve")
+    name = params.registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    if champion is None:
+        raise MissingInputError(f"no champion of {name}: run `make demo` or `multitag pipeline` to register one")
+    meta = tracking.logged_metadata(tracking.download_model(f"models:/{name}/{champion.version}"))
+    return champion, meta, PredictionLog(_queue(params_path).database, params.serve.prediction_log_hours * 3600)
+
+
 @feedback_app.command("suggest")
 def feedback_suggest(
     n: int = typer.Option(20, "--n", min=1, help="How many images to list."),
@@ -360,21 +381,12 @@ def feedback_suggest(
     """The logged images most worth a human look, as GET /review lists them: champion and challenger
     disagree, or a score sits near its threshold; none labelled already, no near-duplicates."""
     from multitag.feedback import review
-    from multitag.feedback.predictions import PredictionLog
-    from multitag.lifecycle import registry, tracking
 
     params = load_params(params_path)
-    if params.serve.prediction_log_hours <= 0:
-        raise UsageError("serve.prediction_log_hours is 0, so no predictions are logged to choose from: set it above 0 and serve")
     name = params.registry.model_name
-    champion = registry.alias_version(name, registry.CHAMPION)
-    if champion is None:
-        raise MissingInputError(f"no champion of {name} to rank the answers of: run `make demo` or `multitag pipeline` first")
-    meta = tracking.logged_metadata(tracking.download_model(f"models:/{name}/{champion.version}"))
-    queue = _queue(params_path)
-    log = PredictionLog(queue.database, params.serve.prediction_log_hours * 3600)
+    champion, meta, log = _logged_champion(params, params_path)
     max_age_s = params.serve.prediction_retention_hours * 3600  # older images are no longer stored
-    items = review.suggest(log, queue, name, champion.version, dict(zip(meta["classes"], meta["thresholds"])), n, max_age_s)
+    items = review.suggest(log, _queue(params_path), name, champion.version, dict(zip(meta["classes"], meta["thresholds"])), n, max_age_s)
     if as_json:
         out.print_json(data=list(review.as_rows(items)))
         return
@@ -427,20 +439,12 @@ def feedback_drift(
     params_path: Path = ParamsOption,
 ) -> None:
     """The champion's last serve.drift_window logged answers against its per-class rates on the test split (GET /drift)."""
-    from multitag.feedback.predictions import PredictionLog
-    from multitag.lifecycle import registry, tracking
     from multitag.lifecycle.drift import Reference
     from multitag.serving.drift_watch import as_response, version_drift
 
     params = load_params(params_path)
     name, serve = params.registry.model_name, params.serve
-    champion = registry.alias_version(name, registry.CHAMPION)
-    if champion is None:
-        raise MissingInputError(f"no champion of {name}: run `multitag pipeline` (or `make demo`) to register one")
-    if serve.prediction_log_hours <= 0:
-        raise UsageError("serve.prediction_log_hours is 0: no answers are logged, so there is nothing to judge drift on")
-    meta = tracking.logged_metadata(tracking.download_model(f"models:/{name}/{champion.version}"))
-    log = PredictionLog(_queue(params_path).database, serve.prediction_log_hours * 3600)
+    champion, meta, log = _logged_champion(params, params_path)
     result = as_response(version_drift(log, name, champion.version, Reference.from_metadata(meta), meta["classes"], serve), serve)
     if as_json:
         out.print_json(data=result.model_dump())
