@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from sqlalchemy import CheckConstraint, Column, Float, Integer, MetaData, String, Table, Text, create_engine, text
+from queue_shapes import version_1_table
+from sqlalchemy import MetaData, create_engine, text
 
 from multitag.config import RetrainParams
 from multitag.feedback import retraining
@@ -233,33 +234,6 @@ def test_an_admin_can_reject_a_held_item(queue):
 
 
 # -- the migration --------------------------------------------------------------------------------
-
-
-def version_1_table(metadata: MetaData) -> Table:
-    """The feedback table as schema version 1 wrote it (no origin, no client, no `held`)."""
-    return Table(
-        "feedback",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("image_sha256", String(64), nullable=False),
-        Column("labels", Text, nullable=False),
-        Column("model_version", Text),
-        Column("note", Text),
-        Column("received_at", Float, nullable=False),
-        Column(
-            "state",
-            String(16),
-            CheckConstraint("state IN ('pending', 'claimed', 'consumed', 'rejected')", name="feedback_state"),
-            nullable=False,
-            server_default="pending",
-        ),
-        Column("claimed_by", Text),
-        Column("lease_expires_at", Float),
-        Column("consumed_by", Text),
-        Column("reason", Text),
-        Column("updated_at", Float, nullable=False),
-        sqlite_autoincrement=True,
-    )
 
 
 @pytest.mark.parametrize("version", [1, 2])

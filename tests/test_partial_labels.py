@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from corpus import csv_row, encode, solid, write_bytes, write_csv
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, text
+from queue_shapes import version_1_table
+from sqlalchemy import MetaData, create_engine, text
 
 from multitag.config import DataParams, PreprocessParams, TrainParams, ValidateParams
 from multitag.data import manifest
@@ -112,23 +113,7 @@ def test_an_older_queue_gains_absent_and_keeps_its_rows_as_full_labellings(queue
     sha = FeedbackQueue(f"sqlite:///{tmp_path / 'scratch.db'}", images).images.store(png("old"))
     engine = create_engine(queue_db)
     metadata = MetaData()
-    table = Table(
-        "feedback",
-        metadata,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("image_sha256", String(64), nullable=False),
-        Column("labels", Text, nullable=False),
-        Column("model_version", Text),
-        Column("note", Text),
-        Column("received_at", Float, nullable=False),
-        Column("state", String(16), nullable=False, server_default="pending"),
-        Column("claimed_by", Text),
-        Column("lease_expires_at", Float),
-        Column("consumed_by", Text),
-        Column("reason", Text),
-        Column("updated_at", Float, nullable=False),
-        sqlite_autoincrement=True,
-    )
+    table = version_1_table(metadata)
     with engine.begin() as conn:
         metadata.create_all(conn)
         conn.execute(text("CREATE TABLE multitag_schema (component VARCHAR(64) PRIMARY KEY, version INTEGER NOT NULL)"))
