@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from multitag.errors import MultitagError
 
 BUSY_TIMEOUT_S = 10.0
+IN_LIST_SIZE = 500  # ids or hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 WRITE_ATTEMPTS = 5
 _ADVISORY_KEYS = {"schema": 0x6D74_0001, "images": 0x6D74_0002}  # PostgreSQL advisory locks this module takes
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, insert, inspect, select, text
 
-from multitag.feedback.database import Database
+from multitag.data.parallel import chunks
+from multitag.feedback.database import IN_LIST_SIZE, Database
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"  # the `role` of a logged answer
-IN_LIST_SIZE = 500  # hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 metadata = MetaData()
 predictions = Table(
@@ -143,9 +143,8 @@ class PredictionLog:
                 if len(newest) >= limit:
                     break
             hashes, answered = list(newest), {}
-            for start in range(0, len(hashes), IN_LIST_SIZE):
-                chunk = served.where(predictions.c.image_sha256.in_(hashes[start : start + IN_LIST_SIZE])).order_by(predictions.c.id)
-                for row in conn.execute(chunk):
+            for chunk in chunks(hashes, IN_LIST_SIZE):
+                for row in conn.execute(served.where(predictions.c.image_sha256.in_(chunk)).order_by(predictions.c.id)):
                     if row.id < newest[row.image_sha256].id:  # ascending ids: the last one kept is the newest before
                         answered[row.image_sha256] = row
             return [(_logged(answered[sha]), _logged(newest[sha])) for sha in hashes if sha in answered]
@@ -174,8 +173,7 @@ class PredictionLog:
 
         def work(conn: Connection) -> dict[str, LoggedPrediction]:
             latest: dict[str, LoggedPrediction] = {}
-            for start in range(0, len(wanted), IN_LIST_SIZE):
-                chunk = wanted[start : start + IN_LIST_SIZE]
+            for chunk in chunks(wanted, IN_LIST_SIZE):
                 query = select(predictions).where(
                     predictions.c.model_name == model_name, predictions.c.role == role, predictions.c.image_sha256.in_(chunk)
                 )

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -54,8 +54,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
 from multitag.data.manifest import normalize_labels
+from multitag.data.parallel import chunks
 from multitag.errors import MultitagError, UsageError
-from multitag.feedback.database import Database, sqlite_url
+from multitag.feedback.database import IN_LIST_SIZE, Database, sqlite_url
 from multitag.feedback.store import ImageStore, checked_sha
 
 State = Literal["pending", "claimed", "consumed", "rejected", "held"]
@@ -65,7 +66,6 @@ Origin = Literal["upload", "review", "import"]  # where a correction came from: 
 ORIGINS: tuple[Origin, ...] = get_args(Origin)
 OPEN_STATES: tuple[State, ...] = ("pending", "claimed", "held")  # not decided yet: a held item awaits an admin
 RELEASED = "released after review"  # the reason a held item returns to pending with: the screen does not hold it again
-CHUNK = 500  # ids or hashes per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 
 metadata = MetaData()
 feedback = Table(
@@ -316,7 +316,7 @@ class FeedbackQueue:
 
         def work(conn: Connection) -> set[int]:
             acked: set[int] = set()
-            for chunk in _chunks(sorted(wanted)):
+            for chunk in chunks(sorted(wanted), IN_LIST_SIZE):
                 conn.execute(
                     update(feedback)
                     .where(_held_by(run_id), feedback.c.id.in_(chunk))
@@ -432,7 +432,7 @@ class FeedbackQueue:
 
         def work(conn: Connection) -> set[str]:
             named = feedback.c.image_sha256
-            return {sha for chunk in _chunks(wanted) for sha in conn.scalars(select(named).distinct().where(named.in_(chunk)))}
+            return {sha for chunk in chunks(wanted, IN_LIST_SIZE) for sha in conn.scalars(select(named).distinct().where(named.in_(chunk)))}
 
         return self.database.read(work)
 
@@ -445,7 +445,7 @@ class FeedbackQueue:
         query = select(feedback.c.image_sha256, feedback.c.labels, feedback.c.absent).where(trusted).order_by(feedback.c.id)
 
         def work(conn: Connection) -> dict[str, Truth]:
-            rows = (row for chunk in _chunks(wanted) for row in conn.execute(query.where(feedback.c.image_sha256.in_(chunk))))
+            rows = (row for chunk in chunks(wanted, IN_LIST_SIZE) for row in conn.execute(query.where(feedback.c.image_sha256.in_(chunk))))
             return {sha: truth(labels, absent) for sha, labels, absent in rows}  # ascending ids: the newest wins
 
         return self.database.read(work)
@@ -552,19 +552,13 @@ def _return_expired(conn: Connection, now: float) -> int:
 
 def _reject(conn: Connection, ids: list[int], reason: str) -> int:
     rejected = 0
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids, IN_LIST_SIZE):
         rejected += conn.execute(
             update(feedback)
             .where(_is_open, feedback.c.id.in_(chunk))
             .values(state="rejected", reason=reason, claimed_by=None, lease_expires_at=None, updated_at=time.time())
         ).rowcount
     return rejected
-
-
-def _chunks(values: list) -> Iterator[list]:
-    """`values` in slices of CHUNK, so that any number of them fits in IN (...) lists."""
-    for start in range(0, len(values), CHUNK):
-        yield values[start : start + CHUNK]
 
 
 def truth(labels_json: str, absent_json: str) -> Truth:
