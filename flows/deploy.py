@@ -23,10 +23,10 @@ KNOWN_CLI_FAILURE = "workers/filter"
 
 
 def declared(prefect_yaml: Path = Path("prefect.yaml")) -> list[str]:
-    """`<flow name>/<deployment name>` of every deployment in prefect.yaml."""
+    """`<flow name>/<deployment name>` of every deployment in prefect.yaml (each flow is named
+    after its function: `nightly_retraining` is `nightly-retraining`)."""
     config = yaml.safe_load(prefect_yaml.read_text())
-    flows = {"flows/training_pipeline.py": "training-pipeline", "flows/nightly_retraining.py": "nightly-retraining"}
-    return [f"{flows[d['entrypoint'].split(':')[0]]}/{d['name']}" for d in config["deployments"]]
+    return [f"{d['entrypoint'].split(':')[1].replace('_', '-')}/{d['name']}" for d in config["deployments"]]
 
 
 async def _missing(names: list[str]) -> list[str]:

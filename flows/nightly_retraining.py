@@ -1,10 +1,15 @@
-"""nightly_retraining: turn users' corrections into a better model, or change nothing.
+"""nightly_retraining and quick_retraining: turn users' corrections into a better model, or change nothing.
+
+Two flows, one story: the nightly fine-tunes the champion on everything labelled (the full
+retrain); the quick path (minutes, on a short interval) refits only the champion's head and probe
+on cached features, so corrections take effect the same hour, and the next nightly then trains
+them in full.
 
 First the screen holds suspicious pending corrections for review (likely label errors, a flooding
 client, contradictions; multitag/feedback/screen.py). With enough pending feedback left: claim it
 (renewing the claim while the run lives), reject the items validation would quarantine, add the
-rest to the training data (train/val only), retrain warm-started from the champion, evaluate on
-the frozen test split, gate, register, and only then mark the feedback consumed. Any failure puts
+rest to the data (train/val; a stable share of the fully labelled ones joins the frozen test split),
+retrain warm-started from the champion, evaluate on the frozen test split, gate, register, and only then mark the feedback consumed. Any failure puts
 the claimed items back to pending and takes them out of the feedback export again.
 """
 
@@ -25,32 +30,55 @@ from tasks import pipeline as t
 
 @flow(name="nightly-retraining", log_prints=True)
 def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | None = None) -> dict:
-    """Retrain from pending feedback if there is enough of it."""
+    """The full retrain: fine-tune the champion on everything labelled, corrections included.
+    It also runs with no pending feedback when the champion is a quick refit, whose network never
+    fine-tuned on the corrections it learned from."""
+    return retrain(params_path, min_feedback, quick=False)
+
+
+@flow(name="quick-retraining", log_prints=True)
+def quick_retraining(params_path: str = "params.yaml", min_feedback: int | None = None) -> dict:
+    """Corrections in minutes: refit only the champion's head and probe on cached features of all
+    labelled data, then the same gate, registration and hot reload as the nightly."""
+    return retrain(params_path, min_feedback, quick=True)
+
+
+def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
+    """The story both flows share; `quick` changes only what trains."""
     logger = get_run_logger()
+    kind = "quick" if quick else "full"
     needed = min_feedback if min_feedback is not None else load_params(params_path).retrain.min_feedback
     leaked = fb.reject_leaked(params_path)
     held = fb.screen(params_path)
     if held:
         logger.info("held %d feedback items for review (%s): see `multitag feedback list --state held`", len(held), held_summary(held))
     pending = fb.pending_count(params_path)
-    if pending < needed:
+    owed = not quick and fb.champion_is_quick(params_path)
+    if pending < needed and not owed:
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked, "held": held}
+    if owed:
+        logger.info("the champion is a quick refit: fine-tuning it on the corrections it learned from (%d pending too)", pending)
     run_id = flow_run.get_id() or "local"
-    with exclusive_run("nightly-retraining flow"), owning_export(run_id):
+    with exclusive_run(f"{kind} retraining flow"), owning_export(run_id):
         fb.claim(params_path, run_id)
         with fb.leases_renewed(params_path, run_id):
             try:
                 invalid = fb.reject_invalid(params_path, run_id)
-                run = fb.prepare(params_path, run_id)
+                run = fb.prepare(params_path, run_id, quick)
                 t.validate(run["params_path"])
                 t.preprocess(run["params_path"])
                 for architecture in run["architectures"]:
                     warm_start = run["init_model"] if architecture == run["champion_architecture"] else None
-                    t.train(architecture, run["params_path"], init_model=warm_start)
+                    t.train(architecture, run["params_path"], init_model=warm_start, quick=quick)
                 used = run["feedback_ids"]
-                tags = {"feedback_ids": ",".join(map(str, used)), "retraining_run": run_id, "warm_start_version": run["champion_version"]}
-                t.evaluate(run["params_path"], run_name="nightly-retraining", extra_tags=tags)
+                tags = {
+                    "feedback_ids": ",".join(map(str, used)),
+                    "retraining_run": run_id,
+                    "warm_start_version": run["champion_version"],
+                    fb.RETRAIN_TAG: kind,
+                }
+                t.evaluate(run["params_path"], run_name=f"{kind}-retraining", extra_tags=tags)
                 t.gate(run["params_path"])
                 registration = t.register(run["params_path"], extra_tags=tags)
             except BaseException:  # a cancelled run gives its items back too
@@ -58,14 +86,17 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
                 raise
             fb.ack(params_path, run_id, used)
     logger.info(
-        "used %d feedback items (%d rejected as invalid); gate %s; champion is version %s",
+        "%s retraining used %d feedback items (%d rejected as invalid); gate %s (%s); champion is version %s",
+        kind,
         len(used),
         len(invalid),
         registration["verdict"],
+        registration["evidence"],
         registration["champion_version"],
     )
     return {
         "status": "retrained",
+        "kind": kind,
         "feedback_ids": used,
         "rejected_leakage": leaked,
         "held": held,
@@ -74,5 +105,5 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
     }
 
 
-if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH]
-    nightly_retraining(*sys.argv[1:2])
+if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH] [--quick]
+    (quick_retraining if "--quick" in sys.argv else nightly_retraining)(*[a for a in sys.argv[1:2] if a != "--quick"])

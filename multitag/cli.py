@@ -124,12 +124,15 @@ def data_preprocess(params_path: Path = ParamsOption) -> None:
 
 @data_app.command("describe")
 def data_describe(params_path: Path = ParamsOption) -> None:
-    """Show per-class counts per split and the quarantine table of the last validation."""
+    """Show per-class counts per split and the quarantine table of the last validation (a failed one's too),
+    with where each quarantined item came from: the dataset or the feedback export."""
     layout = Layout()
     report_path = layout.validated / "report.json"
     if not report_path.exists():
         raise MissingInputError(f"{report_path} not found: run `multitag data validate` first")
     report = json.loads(report_path.read_text())
+    if report.get("failure"):
+        console.print(Text(f"The last validation failed: {report['failure']}", style="red"))
     splits = sorted({s for counts in report["per_class_counts"].values() for s in counts})
     table = Table(title=f"{report['images_valid']} valid images, {report['images_quarantined']} quarantined")
     for column in ["class", *splits]:
@@ -139,9 +142,12 @@ def data_describe(params_path: Path = ParamsOption) -> None:
     out.print(table)
     import pandas as pd
 
+    from multitag.data.validation import origin
+
     quarantine = pd.read_parquet(layout.validated / "quarantine.parquet")
     if len(quarantine):
-        out.print(quarantine[["image_id", "reason", "detail"]].to_string(index=False))
+        quarantine["from"] = quarantine["source"].map(origin)
+        out.print(quarantine[["image_id", "from", "reason", "detail"]].to_string(index=False))
 
 
 @app.command("train")
@@ -150,18 +156,21 @@ def train(
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s) to train; default: train.architectures."),
     params_path: Path = ParamsOption,
     init_model: Path | None = typer.Option(None, help="A saved model.keras to warm-start from."),
+    quick: bool = typer.Option(False, "--quick", help="With --init-model: refit only its head and probe, on cached features."),
 ) -> None:
     """Train architectures on data/processed (each in its own process when several)."""
     from multitag.stages import train_in_subprocess, train_stage
 
+    if quick and init_model is None:
+        raise UsageError("--quick refits a trained model's head and probe: give it --init-model")
     params = load_params(params_path)
     names = arch or params.train.architectures
     if len(names) == 1:
-        result = train_stage(params, names[0], init_model=init_model)
+        result = train_stage(params, names[0], init_model=init_model, quick=quick)
         console.print(f"[green]{names[0]}[/green]: best val mAP {result['best_val_mAP']:.4f} in {result['train_seconds']:.0f}s")
     else:
         for name in names:
-            train_in_subprocess(name, params_path, init_model=init_model)
+            train_in_subprocess(name, params_path, init_model=init_model, quick=quick)
 
 
 @app.command("evaluate")
@@ -327,6 +336,7 @@ def registry_rollback(params_path: Path = ParamsOption) -> None:
 
 
 def _queue(params_path: Path):
+    """The queue of the task params.yaml names (its registered model): every feedback command sees that task's items."""
     from multitag.feedback.retraining import open_queue
 
     return open_queue(load_params(params_path))
@@ -334,25 +344,43 @@ def _queue(params_path: Path):
 
 @feedback_app.command("stats")
 def feedback_stats(params_path: Path = ParamsOption) -> None:
-    """Items per state and pending items per label."""
-    out.print_json(data=_queue(params_path).stats())
+    """The task's items per state and pending items per label; how many items are unassigned."""
+    queue = _queue(params_path)
+    out.print_json(data={"task": queue.task, **queue.stats(), "unassigned": queue.unassigned_count()})
 
 
 @feedback_app.command("list")
 def feedback_list(
     state: State | None = typer.Option(None, help="Only items in this state."),
     limit: int = typer.Option(50),
+    unassigned: bool = typer.Option(False, "--unassigned", help="The items of no task (queued before tasks were recorded)."),
     params_path: Path = ParamsOption,
 ) -> None:
-    """The newest items (optionally of one state)."""
-    table = Table()
+    """The task's newest items (optionally of one state), or the unassigned ones."""
+    queue = _queue(params_path)
+    if unassigned:
+        queue = queue.for_task(None)
+    table = Table(title=f"feedback of {'no task (unassigned: `multitag feedback adopt` takes them)' if unassigned else queue.task}")
     for column in ("id", "state", "labels", "absent", "image", "model", "origin", "reason"):
         table.add_column(column)
-    for item in _queue(params_path).list_items(state, limit):
+    for item in queue.list_items(state, limit):
         absent = "(all others)" if item.absent is None else "|".join(item.absent) or "(none: the others unknown)"
         row = (item.image_sha256[:12], item.model_version or "", item.origin, item.reason or "")
         table.add_row(str(item.id), item.state, "|".join(item.labels), absent, *row)
     out.print(table)
+    if not unassigned and (waiting := queue.unassigned_count()):
+        console.print(f"[yellow]{waiting} item(s) belong to no task: `multitag feedback list --unassigned`, then `feedback adopt`[/]")
+
+
+@feedback_app.command("adopt")
+def feedback_adopt(
+    ids: list[int] = typer.Argument(None, help="Unassigned item ids; default: every unassigned item."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Give unassigned items (queued before corrections recorded their task) to the task params.yaml names,
+    in the state they are in: pending ones wait for its next retraining, consumed ones join its export."""
+    queue = _queue(params_path)
+    console.print(f"{queue.adopt(ids or None)} items now belong to {queue.task}")
 
 
 def _logged_champion(params: Params, params_path: Path) -> tuple[VersionInfo, dict, PredictionLog]:
@@ -462,13 +490,17 @@ def feedback_drift(
 @app.command("retrain")
 def retrain(
     now: bool = typer.Option(False, "--now", help="Run the retraining flow here and now instead of triggering the deployment."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Here and now, refit only the champion's head and probe on cached features (minutes), then gate and serve."
+    ),
     params_path: Path = ParamsOption,
 ) -> None:
-    """Retrain from pending feedback (runs the nightly-retraining flow)."""
-    if now:
-        from flows.nightly_retraining import nightly_retraining
+    """Retrain from pending feedback: the full nightly-retraining flow, or with --quick the
+    quick-retraining flow (corrections served in minutes; the next nightly trains them in full)."""
+    if now or quick:
+        from flows.nightly_retraining import nightly_retraining, quick_retraining
 
-        out.print_json(data=nightly_retraining(params_path=str(params_path)))
+        out.print_json(data=(quick_retraining if quick else nightly_retraining)(params_path=str(params_path)))
         return
     import os
 
@@ -505,7 +537,9 @@ def pipeline(
     """The whole pipeline on this dataset: validate, preprocess, train, evaluate, gate, register.
 
     The choice is recorded in params.yaml first (as the Prefect flow's parameters are), so
-    `dvc status` and `dvc repro` agree with what ran. `make demo` is `--source synthetic`.
+    `dvc status` and `dvc repro` agree with what ran; a run that fails puts params.yaml back as it
+    was, so the server and the nightly retraining stay on the task that works. `make demo` is
+    `--source synthetic`.
     """
     import os
 
@@ -514,12 +548,14 @@ def pipeline(
     # Set before Prefect is imported: it reads its settings then.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.training_pipeline import training_pipeline
-    from multitag.params_file import set_params
+    from multitag.params_file import set_for_run
     from multitag.stages import outcome_message
 
     choice = dataset_choice(load_params(params_path), source, path, classes, model_name, arch)
-    set_params(params_path, choice)
-    registration = training_pipeline(params_path=str(params_path))
+    with set_for_run(
+        params_path, choice, on_restore=lambda p: console.print(f"[yellow]the run failed: {p} is back as it was before it[/]")
+    ):
+        registration = training_pipeline(params_path=str(params_path))
     out.print((Layout().metrics / "comparison.md").read_text())
     console.print(outcome_message(registration))
 

@@ -71,6 +71,9 @@ class PreprocessParams(_Strict):
     seed: int = 42
     split_ratios: SplitRatios = SplitRatios()
     keep_source_splits: bool = False
+    # A stable share (by content hash) of the fully labelled corrections joins the frozen test split instead of training;
+    # below 1, since corrections that never train would make the nightly retraining pointless.
+    feedback_test_share: float = Field(0.2, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _size_in_range(self) -> PreprocessParams:
@@ -124,7 +127,9 @@ class GateParams(_Strict):
     min_mAP: float | None = Field(None, ge=0, le=1)
     min_macro_f1: float | None = Field(None, ge=0, le=1)
     baselines: list[Literal["class_prior", "probe"]] = ["class_prior", "probe"]
-    min_improvement: float = 0.005
+    # A gain of a metric in [0, 1] lies in [-1, 1]: below 0 is a non-inferiority margin, -1 never refuses on the gain.
+    min_improvement: float = Field(0.005, ge=-1, le=1)
+    require_confident_gain: bool = False  # promote only when the gain's bootstrap interval's lower bound clears min_improvement
     max_class_regression: float = Field(0.1, ge=0)
     smoke_latency_ms: float = Field(2000, gt=0)
     register_failed_as_challenger: bool = True
@@ -221,6 +226,9 @@ class RetrainParams(_Strict):
     flood_max_items: int = Field(50, ge=1)  # a client with more pending items than this ...
     flood_max_share: float = Field(0.1, gt=0, le=1)  # ... and more than this share of the users' items ...
     flood_over_median: float = Field(3.0, ge=1)  # ... and more than this many times the other clients' median is flooding
+    flood_min_other_clients: int = Field(
+        3, ge=1
+    )  # ... judged only among this many other clients: a lone user or a small team is never a flood
     near_duplicate_bits: int = Field(6, ge=0, le=64)  # difference hashes this close are the same photo
 
 

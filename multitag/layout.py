@@ -46,6 +46,11 @@ class Layout:
         return self.root / "logs" / "retrain.log"
 
     @property
+    def feature_cache(self) -> Path:
+        """Frozen-backbone features by content hash (modeling/feature_cache.py): a cache, safe to delete."""
+        return self.root / ".multitag" / "features"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

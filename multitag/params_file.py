@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -38,6 +40,26 @@ def set_params(path: Path, overrides: dict[str, object]) -> bool:
         raise
     candidate.replace(path)
     return True
+
+
+@contextmanager
+def set_for_run(path: Path, overrides: dict[str, object], on_restore=None) -> Iterator[None]:
+    """Set `overrides` in `path` for the run in the block; should the run fail, put back the text
+    the file had before (a dataset that failed validation must not stay configured: the server, the
+    nightly retraining and `dvc repro` would all follow it), then call `on_restore(path)` to say so.
+
+    A file someone else changed during the run is left as they left it."""
+    before = path.read_text()
+    set_params(path, overrides)
+    written = path.read_text()
+    try:
+        yield
+    except BaseException:
+        if path.read_text() == written:
+            path.write_text(before)
+            if on_restore is not None:
+                on_restore(path)
+        raise
 
 
 class _BlockValue(Exception):

@@ -29,15 +29,21 @@ def synthesize_stage(params: Params, layout: Layout = Layout()) -> Path:
 
 
 def validate_stage(params: Params, layout: Layout = Layout()) -> dict[str, Path]:
-    """Read the configured source, validate it, write manifest/quarantine/report."""
+    """Read the configured source and this task's feedback export, validate them, write
+    manifest/quarantine/report; a failed run writes its report and quarantine only."""
     from multitag.data.sources import read_source
-    from multitag.data.validation import validate, write_outputs
-    from multitag.feedback.retraining import drop_unfinished_feedback, feedback_records
+    from multitag.data.validation import ValidationFailed, validate, write_failure, write_outputs
+    from multitag.feedback.retraining import feedback_records, refresh_feedback_export
 
     data = read_source(params.data)
-    drop_unfinished_feedback(params, layout.feedback_export, layout.root)
+    refresh_feedback_export(params, layout.feedback_export, layout.root)
     data.records += feedback_records(layout.feedback_export)
-    result = validate(data, params.validate_, workers=params.preprocess.workers)
+    try:
+        result = validate(data, params.validate_, workers=params.preprocess.workers)
+    except ValidationFailed as failure:
+        if failure.result is not None:
+            write_failure(failure.result, layout.validated)
+        raise
     return write_outputs(result, layout.validated)
 
 
@@ -56,24 +62,29 @@ def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
     )
 
 
-def train_stage(params: Params, architecture: str, layout: Layout = Layout(), init_model: Path | None = None) -> dict:
-    """Train one architecture on the processed arrays; writes models/<arch>/."""
+def train_stage(params: Params, architecture: str, layout: Layout = Layout(), init_model: Path | None = None, quick: bool = False) -> dict:
+    """Train one architecture on the processed arrays (a warm start from `init_model`; `quick`:
+    only its head and probe); writes models/<arch>/."""
     from dataclasses import asdict
 
     from multitag.modeling.train import train_architecture
 
-    result = train_architecture(architecture, layout.processed, layout.models / architecture, params.train, init_model)
+    result = train_architecture(
+        architecture, layout.processed, layout.models / architecture, params.train, init_model, layout.feature_cache, quick
+    )
     return asdict(result)
 
 
-def train_in_subprocess(architecture: str, params_path: Path, root: Path = Path("."), init_model: Path | None = None) -> Path:
+def train_in_subprocess(
+    architecture: str, params_path: Path, root: Path = Path("."), init_model: Path | None = None, quick: bool = False
+) -> Path:
     """Train in a fresh process so TensorFlow's memory goes back to the OS when it ends."""
     import subprocess
     import sys
 
     command = [sys.executable, "-m", "multitag.cli", "train", "--arch", architecture, "--params", str(params_path)]
     if init_model is not None:
-        command += ["--init-model", str(init_model)]
+        command += ["--init-model", str(init_model)] + (["--quick"] if quick else [])
     subprocess.run(command, cwd=root, check=True)
     return Layout(root).models / architecture
 
@@ -263,6 +274,7 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
         "selected_version": selected_version,
         "verdict": "passed" if passed else "failed",
         "reasons": gate_result["verdict"]["reasons"],
+        "evidence": gate_result.get("evidence", ""),
         "champion_version": champion.version if champion else None,
     }
     write_json(layout.reports / "registration.json", result)
@@ -277,6 +289,7 @@ def gate_record(summary: dict, best: dict, verdict) -> dict:
         "selected": best["architecture"],
         "candidate": candidate_identity(summary, best),
         "verdict": gate.as_dict(verdict),
+        "evidence": verdict.evidence(),
         "tags": verdict.tags(),
     }
 
@@ -312,6 +325,8 @@ def outcome_message(registration: dict) -> str:
     else:
         reasons = "; ".join(registration["reasons"]) or "see reports/gate.md"
         head = f"Gate failed for {selected} (version {version}, now `challenger`): {reasons}."
+    if registration.get("evidence"):
+        head += f"\nEvidence: {registration['evidence']}."
     if champion is None:
         return (
             f"{head}\nNothing is served for {name} yet. Next: read reports/gate.md; to serve this model anyway, "

@@ -16,6 +16,7 @@ from multitag.feedback import retraining
 from multitag.layout import Layout
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
+RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the nightly) or quick
 
 
 @task(retries=2, retry_delay_seconds=5)
@@ -70,13 +71,30 @@ def reject_invalid(params_path: str, run_id: str) -> dict[int, str]:
     return retraining.reject_invalid(retraining.open_queue(params), run_id, classes, params.validate_)
 
 
+@task(retries=2, retry_delay_seconds=5)
+def champion_is_quick(params_path: str) -> bool:
+    """Whether the serving champion came from the quick path (its network never fine-tuned on the
+    corrections it learned from) and no full retrain has started from it yet: then the nightly
+    owes it one. Once tried, a refused candidate is not retried every night for nothing."""
+    from multitag.lifecycle import registry
+
+    name = load_params(params_path).registry.model_name
+    champion = registry.alias_version(name, registry.CHAMPION)
+    if champion is None or champion.tags.get(RETRAIN_TAG) != "quick":
+        return False
+    return not any(
+        v.tags.get(RETRAIN_TAG) == "full" and v.tags.get("warm_start_version") == champion.version for v in registry.list_versions(name)
+    )
+
+
 @task
-def prepare(params_path: str, run_id: str) -> dict:
+def prepare(params_path: str, run_id: str, quick: bool = False) -> dict:
     """Fetch the champion, write this run's params file, then export feedback as training data.
 
     The export comes last, after everything that can fail before training, and a failed run's
     release takes it out again. The run trains the champion's architecture warm-started from it
-    (all configured architectures when retrain.all_architectures is set).
+    (all configured architectures when retrain.all_architectures is set; a quick run refits the
+    champion alone).
     """
     from multitag.params_file import set_params
 
@@ -84,7 +102,7 @@ def prepare(params_path: str, run_id: str) -> dict:
     init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion" / run_id)
     RUN_PARAMS.parent.mkdir(parents=True, exist_ok=True)
     RUN_PARAMS.write_text(Path(params_path).read_text())
-    architectures = params.train.architectures if params.retrain.all_architectures else [architecture]
+    architectures = params.train.architectures if params.retrain.all_architectures and not quick else [architecture]
     set_params(RUN_PARAMS, {"train.architectures": architectures})
     queue = retraining.open_queue(params)
     claimed = queue.claimed(run_id)

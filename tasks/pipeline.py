@@ -44,7 +44,7 @@ TRAIN = StageCache(
     ["train"],
     lambda p: [str(Layout().processed), *stage_code("train"), *([p["init_model"]] if p.get("init_model") else [])],
     lambda p: [str(Layout().models / p["architecture"])],
-    ("architecture",),
+    ("architecture", "quick"),
 )
 
 
@@ -70,10 +70,13 @@ def preprocess(params_path: str) -> dict:
 
 
 @task(**IO_RETRIES, **CACHED, cache_key_fn=TRAIN.key)
-def train(architecture: str, params_path: str, init_model: str | None = None) -> str:
-    """Train in a subprocess so TensorFlow's memory is released after each architecture."""
-    model_dir = str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
-    TRAIN.record({"architecture": architecture, "params_path": params_path, "init_model": init_model})
+def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False) -> str:
+    """Train in a subprocess so TensorFlow's memory is released after each architecture; `quick`
+    refits only the head and probe of `init_model` (flows/nightly_retraining.py)."""
+    model_dir = str(
+        stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None, quick=quick)
+    )
+    TRAIN.record({"architecture": architecture, "params_path": params_path, "init_model": init_model, "quick": quick})
     return model_dir
 
 

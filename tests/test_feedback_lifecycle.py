@@ -186,7 +186,7 @@ def test_a_failed_nightly_run_leaves_no_export_and_its_items_pending(nightly_sto
     items = queue.list_items()
     assert {item.id: (item.state, item.claimed_by) for item in items} == dict.fromkeys(ids, ("pending", None))
     assert all(item.updated_at > before[item.id] for item in items), "the run claimed them, then gave them back"
-    assert not Layout().feedback_export.exists(), "a failed run leaves no feedback in the training data"
+    assert feedback_records(Layout().feedback_export) == [], "a failed run leaves no feedback in the training data"
 
 
 def test_an_export_a_killed_run_left_behind_never_reaches_training(tmp_path, monkeypatch):

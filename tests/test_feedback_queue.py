@@ -93,6 +93,7 @@ def test_add_stores_the_image_content_addressed(new_queue, tmp_path):
         "origin": "upload",
         "client": None,
         "absent": None,
+        "task": None,  # a handle opened for no task writes unassigned items
     }
 
 

@@ -74,6 +74,16 @@ def test_a_few_equally_busy_clients_are_a_team_not_a_flood():
     assert set(flooding(team + bot, SETTINGS)) == {item.id for item in bot}, "40 is over 3x the others' median of 12"
 
 
+def test_one_user_or_a_small_team_is_never_held_for_volume_alone_with_the_default_settings():
+    defaults = RetrainParams()
+    photographer = [item(i, {"dog"}, client="me") for i in range(288)]  # a library corrected from one browser
+    assert flooding(photographer, defaults) == {}
+    team = photographer + [item(1000 + i, {"cat"}, client=f"colleague{c}") for c in range(2) for i in range(3)]
+    assert flooding(team, defaults) == {}, "two colleagues sending a few are no crowd to stand out from"
+    crowd = team + [item(2000 + i, {"cat"}, client="colleague2") for i in range(3)]
+    assert set(flooding(crowd, defaults)) == set(range(288)), "among three other clients, 288 against their 3 each is a flood"
+
+
 def test_a_label_contradicting_a_confident_model_and_every_other_correction_is_held():
     cat_photo = scores(0.97, 0.02, 0.05)
     others = [item(1, {"cat"}, client="a", sha="s" * 64), item(2, {"cat"}, client="b", sha="s" * 64)]

@@ -227,7 +227,7 @@ def test_the_api_takes_absent_classes_and_refuses_a_class_both_present_and_absen
     unknown = httpx.post(f"{server.url}/feedback", data={"labels": "cat", "absent": "yeti"}, files={"file": image})
     assert unknown.status_code == 422 and unknown.json()["detail"]["reason"] == "unknown_classes"
 
-    queue = FeedbackQueue(tmp_path / "feedback" / "queue.db", tmp_path / "feedback" / "images")
+    queue = FeedbackQueue(tmp_path / "feedback" / "queue.db", tmp_path / "feedback" / "images", task=registry_env.name)  # the served task
     assert {item.id: item.absent for item in queue.list_items()} == {accepted.json()["id"]: ("dog",), legacy.json()["id"]: None}
 
 
@@ -240,7 +240,7 @@ def test_feedback_list_shows_what_each_correction_confirms_absent(tmp_path, monk
     monkeypatch.setenv("COLUMNS", "250")
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump({"feedback": {"db_path": str(tmp_path / "queue.db"), "images_dir": str(tmp_path / "images")}}))
-    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images")
+    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", task="multitag")  # the task these params name
     queue.add(png("listed-full"), ["cat"])
     queue.add(png("listed-partial"), ["cat"], absent=["dog", "person"])
     listed = CliRunner().invoke(app, ["feedback", "list", "--params", str(params_path)])

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from project import make_project, project_env, run, stored_aliases
 
-from multitag.data.splits import read_frozen_test
+from multitag.data.splits import joins_test, read_frozen_test
 
 pytestmark = pytest.mark.slow
 
@@ -319,11 +319,12 @@ def test_retraining_module_reads_the_params_file_it_is_given(project):
 
 
 def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(project, live_server):
-    """The whole loop: predict through the API, correct through the API, retrain nightly, and the
-    running API hot-reloads the new champion, which carries the feedback ids it learned from."""
+    """The whole loop: predict through the API, correct through the API, the quick retraining
+    refits the champion's head and probe, and the running API hot-reloads the new champion, which
+    carries the feedback ids it learned from; the next nightly then owes it a full retrain."""
     import httpx
 
-    from flows.nightly_retraining import nightly_retraining
+    from flows.nightly_retraining import nightly_retraining, quick_retraining
     from multitag.feedback.retraining import open_queue
     from multitag.lifecycle import registry
 
@@ -353,12 +354,14 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         # Tiny data makes "better" noisy: let every configured check pass so that the loop, not the
         # gate's policy (tested above), is what this test checks.
         relaxed = _params_variant(root, "params-relaxed.yaml", {"gate": {"max_class_regression": 1.0}})
-        result = nightly_retraining(params_path=relaxed)
+        result = quick_retraining(params_path=relaxed)
 
         assert result["status"] == "retrained" and result["verdict"] == "passed" and sorted(result["feedback_ids"]) == pending
         new_champion = registry.alias_version("multitag", registry.CHAMPION)
         assert new_champion.version == result["champion_version"] != champion
-        assert new_champion.tags["feedback_ids"] == ",".join(map(str, pending))
+        assert new_champion.tags["feedback_ids"] == ",".join(map(str, pending)) and new_champion.tags["retrain"] == "quick"
+        trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
+        assert trained["start"] == "quick" and trained["fine_tune_trainable_parameters"] == 0, "only the head and probe were refitted"
         assert {item.id: item.state for item in queue.list_items(limit=100)}[leaked_id] == "rejected"
         assert all(item.state == "consumed" for item in queue.list_items(limit=100) if item.id in pending)
         assert stored_aliases(root / "mlflow.db")["champion"] == new_champion.version
@@ -370,7 +373,18 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         again = client.post("/predict", files=batch[:1]).raise_for_status().json()["predictions"]
         assert again[0]["model_version"] == new_champion.version
 
+    owed = nightly_retraining(params_path=relaxed, min_feedback=10**6)
+    assert owed["status"] == "retrained" and owed["kind"] == "full" and owed["feedback_ids"] == [], (
+        "with nothing pending, the nightly still fine-tunes a quick refit on what it learned from"
+    )
+    trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
+    assert trained["start"] == "warm"
+
     manifest = pd.read_parquet(root / "data" / "processed" / "manifest.parquet")
     feedback_rows = manifest[manifest["source"] == "feedback"]
-    assert len(feedback_rows) == len(pending) and set(feedback_rows["split"]) <= {"train", "val"}
+    assert len(feedback_rows) == len(pending)
+    share = _params().preprocess.feedback_test_share
+    assert [split == "test" for split in feedback_rows["split"]] == [joins_test(sha, share) for sha in feedback_rows["sha256"]], (
+        "a stable share of the fully labelled corrections joins the frozen test split, the rest trains"
+    )
     assert not set(manifest.loc[manifest["split"] != "test", "sha256"]) & frozen

@@ -18,7 +18,7 @@ from multitag.data.preprocess import load_split, preprocess
 from multitag.data.sources import read_source
 from multitag.data.splits import read_frozen_test
 from multitag.data.validation import validate, write_outputs
-from multitag.errors import MissingInputError
+from multitag.errors import MissingInputError, MultitagError
 
 CLASSES = ["cat", "dog", "person"]
 PREVALENCE = (0.5, 0.3, 0.6)
@@ -260,3 +260,83 @@ def test_a_lost_frozen_test_split_is_never_redrawn_silently(hundred, tmp_path):
     shutil.rmtree(out)  # a new test split on purpose
     hundred.preprocess(out, frozen)
     assert frozen.exists()
+
+
+# -- corrections grow the frozen test split (issue 21) ---------------------------------------------
+
+
+def hash_picks(sha256: str, share: float) -> bool:
+    """The documented choice, written out here: hash digits 8-15 as a fraction of 2**32, below the share."""
+    return int(sha256[8:16], 16) / 2**32 < share
+
+
+def with_corrections(validated: Validated, path: Path, partial: set[str] | None = None) -> tuple[Validated, set[str], set[str]]:
+    """The first 60 images become users' corrections as the feedback export delivers them (train/val
+    by the export; every third one partial: `person` unknown, hence train). Returns the manifest's
+    Validated and the (full, partial) correction ids."""
+    frame = manifest.read(validated.manifest_path)
+    is_correction = np.arange(len(frame)) < 60
+    frame.loc[is_correction, "source"] = manifest.FEEDBACK_SOURCE
+    frame.loc[is_correction, "image_id"] = [f"feedback-fb{i}" for i in range(int(is_correction.sum()))]
+    partial = partial if partial is not None else {f"feedback-fb{i}" for i in range(0, 60, 3)}
+    is_partial = frame["image_id"].isin(partial).to_numpy()
+    frame.loc[is_correction, "split"] = np.where(np.arange(int(is_correction.sum())) % 7 == 0, "val", "train")
+    frame.loc[is_partial, "split"] = "train"
+    frame["labels"] = [[c for c in labels if c != "person"] or ["cat"] if p else labels for labels, p in zip(frame["labels"], is_partial)]
+    frame["unknown"] = [["person"] if p else [] for p in is_partial]
+    full = set(frame.loc[is_correction & ~is_partial, "image_id"])
+    return Validated(validated.root, validated.dataset, manifest.write(frame, path), validated.classes_path), full, partial
+
+
+def test_a_share_of_full_corrections_joins_the_frozen_test_split_by_content_hash(hundred, tmp_path):
+    source_only, out, frozen = tmp_path / "source_only", tmp_path / "processed", tmp_path / "frozen_test.json"
+    hundred.preprocess(source_only, tmp_path / "source_only_frozen.json")
+    own_test = set(processed_splits(source_only)["test"]["image_id"])
+    corrected, full, partial = with_corrections(hundred, tmp_path / "corrected.parquet")
+    sha = dict(zip(*[manifest.read(corrected.manifest_path)[c] for c in ("image_id", "sha256")]))
+    assert any(hash_picks(sha[i], 0.5) for i in partial), "the fixture needs a partial correction the hash would pick"
+
+    summary = corrected.preprocess(out, frozen, feedback_test_share=0.5)
+    splits = processed_splits(out)
+    test_ids = set(splits["test"]["image_id"])
+    joined = {i for i in full if hash_picks(sha[i], 0.5)}
+    assert 5 <= len(joined) < len(full), "about half the full corrections should join"
+    assert test_ids & (full | partial) == joined, "exactly the full corrections the hash picks are test"
+    assert not test_ids & partial, "a partial correction never tests"
+    assert test_ids - joined, "the source still gets its own stratified test split beside the corrections"
+    assert summary["test_from_corrections"] == len(joined) and summary["splits"]["test"] == len(test_ids)
+    assert {sha[i] for i in joined} <= read_frozen_test(frozen), "joined corrections are frozen"
+    trained = set(splits["train"]["sha256"]) | set(splits["val"]["sha256"])
+    assert not trained & set(splits["test"]["sha256"]), "a test image trains"
+    for split in ("test", "val"):
+        assert not (load_split(out, split)[1] == manifest.UNKNOWN).any()
+
+    again = corrected.preprocess(tmp_path / "again", frozen, feedback_test_share=0.5, seed=9)
+    assert set(processed_splits(tmp_path / "again")["test"]["image_id"]) == test_ids, "the choice is not stable"
+    assert again["test_from_corrections"] == len(joined)
+    lowered = corrected.preprocess(tmp_path / "lowered", frozen, feedback_test_share=0.0)
+    after = processed_splits(tmp_path / "lowered")
+    assert set(after["test"]["image_id"]) == test_ids and lowered["test_from_corrections"] == len(joined), "a test image moved out"
+    assert not set(after["test"]["sha256"]) & (set(after["train"]["sha256"]) | set(after["val"]["sha256"]))
+    unset = hundred.preprocess(tmp_path / "off", tmp_path / "off_frozen.json", feedback_test_share=0.0)
+    assert set(processed_splits(tmp_path / "off")["test"]["image_id"]) == own_test and unset["test_from_corrections"] == 0
+
+
+def test_a_frozen_correction_never_trains_even_when_it_comes_back_partial(hundred, tmp_path):
+    """A correction in the frozen test split stays test in later runs whatever its export row says;
+    should its newest labelling be partial, preprocessing stops instead of testing on unknown classes."""
+    out, frozen = tmp_path / "processed", tmp_path / "frozen_test.json"
+    corrected, full, _ = with_corrections(hundred, tmp_path / "corrected.parquet", partial=set())
+    corrected.preprocess(out, frozen, feedback_test_share=0.5)
+    joined = set(processed_splits(out)["test"]["image_id"]) & full
+    assert joined, "no correction joined the test split"
+    later = manifest.read(corrected.manifest_path)
+    later.loc[later["image_id"].isin(joined), "split"] = "train"  # as the export writes them every night
+    moved = Validated(hundred.root, hundred.dataset, manifest.write(later, tmp_path / "later.parquet"), hundred.classes_path)
+    moved.preprocess(tmp_path / "later", frozen, feedback_test_share=0.0)
+    assert joined <= set(processed_splits(tmp_path / "later")["test"]["image_id"])
+    one = sorted(joined)[0]
+    later.loc[later["image_id"] == one, "unknown"] = pd.Series([["person"]], index=later.index[later["image_id"] == one])
+    partial_now = Validated(hundred.root, hundred.dataset, manifest.write(later, tmp_path / "partial.parquet"), hundred.classes_path)
+    with pytest.raises(MultitagError, match="unknown classes"):
+        partial_now.preprocess(tmp_path / "partial", frozen)

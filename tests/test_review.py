@@ -198,7 +198,7 @@ def test_the_cli_suggests_the_same_images_and_lists_the_origin(registry_env, tmp
     params_path = tmp_path / "params.yaml"
     feedback = {"db_path": str(tmp_path / "queue.db"), "images_dir": str(tmp_path / "images")}
     params_path.write_text(yaml.safe_dump({"registry": {"model_name": registry_env.name}, "feedback": feedback}))
-    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images")
+    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", task=registry_env.name)  # the task these params name
     unsure, sure = queue.images.store(png("cli-unsure")), queue.images.store(png("cli-sure"))
     answers = [
         Answer(sure, ["dog"], {"cat": 0.01, "dog": 0.99, "person": 0.01}),

@@ -245,7 +245,7 @@ def test_promoting_the_challenger_below_the_minimum_agreement_is_refused(registr
 def test_a_required_feedback_win_needs_corrections_the_challenger_gets_more_right(registry_env, fresh_model_name, tmp_path):
     champion, challenger = champion_and_challenger(registry_env, fresh_model_name)
     params_path = write_params(tmp_path, fresh_model_name, shadow_require_feedback_win=True)
-    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images")
+    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", task=fresh_model_name)  # the task these params name
     log = PredictionLog(queue.database, 3600)
     image = png("win")
     log.record(fresh_model_name, champion, [Answer(sha(image), ["cat"], {"cat": 0.9, "dog": 0.1})])

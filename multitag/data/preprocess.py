@@ -48,7 +48,9 @@ def preprocess(
     if frozen is None:
         splits.refuse_silent_redraw(out_dir / "summary.json", frozen_test_path, dataset)
     elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
-    frame["split"] = splits.assign_splits(frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits)
+    frame["split"] = splits.assign_splits(
+        frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits, params.feedback_test_share
+    )
     splits.require_nonempty(frame, dataset, params.split_ratios, len(frozen) if frozen is not None else None)
     refuse_partial_outside_train(frame)
     splits.write_frozen_test(frame, frozen_test_path, dataset)
@@ -58,6 +60,7 @@ def preprocess(
         rows = frame[frame["split"] == split].reset_index(drop=True)
         write_split(rows, classes, out_dir, split, params)
         summary["splits"][split] = len(rows)
+    summary["test_from_corrections"] = splits.corrections_in_test(frame)
     manifest.write(frame, out_dir / "manifest.parquet")
     manifest.write_classes(classes, out_dir / "classes.json")
     write_json(out_dir / "summary.json", summary)

@@ -5,6 +5,9 @@ per dataset). Later runs put every frozen image back in test, never draw new tes
 dataset that has a set, and so never leak test content into training, whatever the source or
 the feedback adds. A new dataset (say your own photos after the shapes demo) gets its own
 stratified test split; images frozen for any dataset stay out of training everywhere.
+
+Users' corrections make the test split grow: a fixed share of the fully labelled ones, chosen by
+content hash (`joins_test`), is test instead of train/val, and freezes there like any test image.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def stratified_pick(labels: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return picked
 
 
+def joins_test(sha256: str, share: float) -> bool:
+    """Whether a fully labelled correction of this content belongs to the test split: a stable
+    choice of about `share` of all contents, the same in every run and on every replica. It reads
+    hash digits 8-15, so it is independent of the train/val choice the feedback export makes
+    from digits 0-7 (multitag.feedback.retraining.feedback_split)."""
+    return int(sha256[8:16], 16) / 2**32 < share
+
+
 def assign_splits(
     frame: pd.DataFrame,
     classes: list[str],
@@ -46,13 +57,15 @@ def assign_splits(
     frozen_test: set[str] | None,
     frozen_elsewhere: frozenset[str] | set[str] = frozenset(),
     keep_source_splits: bool = True,
+    feedback_test_share: float = 0.0,
 ) -> pd.Series:
     """Final split of every row.
 
     1. Rows whose hash is in this dataset's frozen test set, or in any other dataset's, or that
-       the source puts in test, are test. If this dataset has no frozen set yet and the source
-       gave no test split, a stratified `ratios.test` share of its own rows (never feedback)
-       becomes test.
+       the source puts in test, are test; so are the fully labelled corrections (feedback rows
+       without unknown classes) that `joins_test` picks by `feedback_test_share`. If this
+       dataset has no frozen set yet and the source gave no test split, a stratified
+       `ratios.test` share of its own rows (never feedback) becomes test.
     2. Rows with a source split keep it, unless `keep_source_splits` is off: then the source's
        train/val rows are re-stratified by `ratios` (feedback keeps the split its export fixed).
        Rows with unknown classes (partial labels) train, whatever else 2. would say: validation
@@ -63,9 +76,12 @@ def assign_splits(
         split[split.isin(["train", "val"]) & (frame["source"] != FEEDBACK)] = ""
     partial = frame["unknown"].map(len).to_numpy() > 0 if "unknown" in frame else np.zeros(len(frame), dtype=bool)
     split[partial] = "train"
+    feedback = (frame["source"] == FEEDBACK).to_numpy()
+    corrections_for_test = feedback & ~partial & frame["sha256"].map(lambda sha: joins_test(sha, feedback_test_share)).to_numpy(bool)
+    split[corrections_for_test] = "test"
     split[frame["sha256"].isin(set(frozen_test or ()) | set(frozen_elsewhere))] = "test"
-    if frozen_test is None and not (split == "test").any() and ratios.test > 0:
-        own = np.flatnonzero((frame["source"] != FEEDBACK).to_numpy() & ~partial)
+    if frozen_test is None and not ((split == "test") & ~feedback).any() and ratios.test > 0:
+        own = np.flatnonzero(~feedback & ~partial)
         picked = stratified_pick(label_matrix(frame["labels"].iloc[own], classes), ratios.test, seed)
         split.iloc[own[picked]] = "test"
     unsplit = np.flatnonzero(split.to_numpy() == "")
@@ -74,6 +90,11 @@ def assign_splits(
         to_val = stratified_pick(label_matrix(frame["labels"].iloc[unsplit], classes), val_share, seed + 1)
         split.iloc[unsplit] = np.where(to_val, "val", "train")
     return split
+
+
+def corrections_in_test(frame: pd.DataFrame) -> int:
+    """How many test rows of a split manifest are users' corrections."""
+    return int(((frame["split"] == "test") & (frame["source"] == FEEDBACK)).sum())
 
 
 def dataset_key(source: str, path: Path | str) -> str:

@@ -2,7 +2,9 @@
 quarantine bad items with one reason each, and write a human-readable report.
 
 The stage fails only when the quarantined fraction exceeds `validate.max_invalid_fraction`;
-below that, bad items are set aside (never silently dropped) and the rest flows on.
+below that, bad items are set aside (never silently dropped) and the rest flows on. A failed run
+still writes its report and quarantine (not the manifest), so `multitag data describe` shows what
+was wrong, and both say where each bad item came from: the dataset or the feedback export.
 """
 
 from __future__ import annotations
@@ -26,16 +28,21 @@ SUPERSEDED = "superseded_by_feedback"  # not an error: excluded from the invalid
 QUARANTINE_COLUMNS = ["image_id", "path", "split", "source", "labels", "reason", "detail"]
 
 
-class ValidationFailed(MultitagError, RuntimeError):
-    """Too much of the dataset is bad to train on; the message summarises why."""
-
-
 @dataclass
 class ValidationResult:
     manifest: pd.DataFrame
     quarantine: pd.DataFrame
     classes: list[str]
     report: dict
+
+
+class ValidationFailed(MultitagError, RuntimeError):
+    """Too much of the dataset is bad to train on; the message summarises why, `result` holds the
+    report and quarantine (write_failure writes them for `multitag data describe`)."""
+
+    def __init__(self, message: str, result: ValidationResult | None = None):
+        super().__init__(message)
+        self.result = result
 
 
 def inspect_path(path: str, max_pixels: int, min_side: int) -> tuple[str, int, int, Problem | None]:
@@ -69,9 +76,11 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
     _flag_duplicates(data.records, reasons)
     clean, quarantine = _split_off_quarantine(frame, reasons)
     report = build_report(clean, quarantine, data.classes, suite_results)
+    result = ValidationResult(clean, quarantine, data.classes, report)
     if report["invalid_fraction"] > params.max_invalid_fraction:
-        raise ValidationFailed(_failure_summary(report, params.max_invalid_fraction))
-    return ValidationResult(clean, quarantine, data.classes, report)
+        report["failure"] = _failure_summary(report, params.max_invalid_fraction)
+        raise ValidationFailed(report["failure"], result)
+    return result
 
 
 def _flag_duplicates(records: list[Record], reasons: dict[int, Problem]) -> None:
@@ -185,10 +194,22 @@ def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, Problem]) -> t
     return clean, quarantine.reset_index(drop=True)[QUARANTINE_COLUMNS]
 
 
+def origin(source: str) -> str:
+    """Where a manifest row came from, in words: the feedback export (users' corrections) or the dataset (its reader's name)."""
+    if source == FEEDBACK_SOURCE:
+        return "feedback export"
+    return f"dataset ({source})" if source else "dataset"
+
+
 def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[str], suite: list[dict]) -> dict:
-    """Counts a person reads before training: per-class images per split, and why items were set aside."""
+    """Counts a person reads before training: per-class images per split, and why items were set
+    aside, in all and per origin (dataset or feedback export)."""
     total = len(clean) + len(quarantine)
     invalid = int((quarantine["reason"] != SUPERSEDED).sum())
+    by_origin: dict[str, Counter] = {}
+    for source, reason in zip(quarantine["source"], quarantine["reason"]):
+        if reason != SUPERSEDED:
+            by_origin.setdefault(origin(source), Counter())[reason] += 1
     per_class = {
         name: {
             split or "unsplit": int(group["labels"].map(lambda xs, name=name: name in xs).sum()) for split, group in clean.groupby("split")
@@ -202,19 +223,36 @@ def build_report(clean: pd.DataFrame, quarantine: pd.DataFrame, classes: list[st
         "invalid_fraction": (invalid / total) if total else 0.0,
         "images_per_split": {k or "unsplit": int(v) for k, v in clean["split"].value_counts().items()},
         "quarantine_reasons": dict(Counter(quarantine["reason"])),
+        "invalid_by_origin": {name: dict(reasons) for name, reasons in sorted(by_origin.items())},
         "per_class_counts": per_class,
         "classes_without_images": [name for name, counts in per_class.items() if sum(counts.values()) == 0],
         "expectations": suite,
     }
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _failure_summary(report: dict, limit: float) -> str:
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report["quarantine_reasons"].items(), key=lambda kv: -kv[1]))
+    origins = "; ".join(f"{name}: {sum(reasons.values())} ({_counts(reasons)})" for name, reasons in report["invalid_by_origin"].items())
     return (
         f"{report['images_quarantined']} of {report['images_total']} images ({report['invalid_fraction']:.1%}) are invalid, "
-        f"above validate.max_invalid_fraction={limit:.1%}. Reasons: {reasons}. "
+        f"above validate.max_invalid_fraction={limit:.1%}. Reasons: {_counts(report['quarantine_reasons'])}. "
+        f"By origin: {origins}. "
         "See the quarantine table (multitag data describe), fix the data or raise the limit in params.yaml."
     )
+
+
+def write_failure(result: ValidationResult, out_dir: Path) -> None:
+    """A failed run's report and quarantine in out_dir, for `multitag data describe`; the manifest
+    and class list of an earlier run are removed, so no later stage trains on data this run rejected."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("manifest.parquet", "classes.json"):
+        (out_dir / stale).unlink(missing_ok=True)
+    result.quarantine.to_parquet(out_dir / "quarantine.parquet", index=False)
+    write_json(out_dir / "report.json", result.report)
+    (out_dir / "report.md").write_text(report_markdown(result.report, result.quarantine))
 
 
 def write_outputs(result: ValidationResult, out_dir: Path) -> dict[str, Path]:
@@ -238,6 +276,7 @@ def report_markdown(report: dict, quarantine: pd.DataFrame) -> str:
     lines = [
         "# Data validation report",
         "",
+        *([f"**Validation failed**: {report['failure']}", ""] if report.get("failure") else []),
         f"- images: {report['images_total']}, valid: {report['images_valid']}, quarantined: {report['images_quarantined']} "
         f"({report['invalid_fraction']:.1%})",
         f"- images per split: {report['images_per_split']}",
@@ -248,7 +287,9 @@ def report_markdown(report: dict, quarantine: pd.DataFrame) -> str:
         "",
         "## Quarantine",
         "",
-        *markdown_table(["image_id", "reason", "detail"], ((r.image_id, r.reason, r.detail) for r in quarantine.itertuples())),
+        *markdown_table(
+            ["image_id", "from", "reason", "detail"], ((r.image_id, origin(r.source), r.reason, r.detail) for r in quarantine.itertuples())
+        ),
         "",
         "## Expectations",
         "",

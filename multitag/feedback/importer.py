@@ -9,7 +9,7 @@ from pathlib import Path
 from multitag.config import ValidateParams
 from multitag.data.sources.csv_folder import read_rows
 from multitag.errors import MissingInputError
-from multitag.feedback.queue import AddResult, FeedbackQueue
+from multitag.feedback.queue import AddResult, FeedbackQueue, OpenInAnotherTask
 from multitag.feedback.store import image_extension
 
 IMPORT_CSV_LAYOUT = (
@@ -35,7 +35,7 @@ class ImportReport:
 def import_dir(
     queue: FeedbackQueue, directory: Path, labels_csv: Path | None = None, min_labels: int = ValidateParams().min_labels
 ) -> ImportReport:
-    """Queue a folder of images listed in a CSV (`filename,labels`, labels separated by '|').
+    """Queue a folder of images listed in a CSV (`filename,labels`, labels separated by '|') for the queue's task.
 
     The CSV defaults to `directory/labels.csv`. Every row ends up in the report: added, merged
     into an open item, or an error with its line number (missing or unreadable file, content
@@ -61,7 +61,13 @@ def import_dir(
         except ValueError as err:
             report.errors.append(ImportProblem(row.line, row.filename, str(err)))
             continue
-        result = queue.add(image_bytes, row.labels, note=f"imported from {csv_path.name}:{row.line}", origin="import", absent=row.absent)
+        try:
+            result = queue.add(
+                image_bytes, row.labels, note=f"imported from {csv_path.name}:{row.line}", origin="import", absent=row.absent
+            )
+        except OpenInAnotherTask as err:
+            report.errors.append(ImportProblem(row.line, row.filename, f"open_in_another_task: {err}"))
+            continue
         (report.merged if result.merged else report.added).append(result)
     return report
 

@@ -15,6 +15,14 @@ label error, a flooding client, a contradiction); they wait, with the reason, fo
 release them (requeue) or reject them, and never train meanwhile.
 Item ids are autoincrement ids: never reused, increasing in arrival order.
 
+Every item belongs to one task: the registered model it corrects (`params.registry.model_name`,
+resolved: `voc-real`, `multitag` for the demo). A queue handle is opened for one task and sees,
+claims, screens, counts and exports only that task's items, so switching datasets never mixes
+corrections. Items written before corrections recorded their task (and those an older replica
+writes during a rolling upgrade) have none: they are *unassigned*, seen only by a handle opened
+with `task=None` (`multitag feedback list --unassigned`), and join a task when an admin adopts
+them (`adopt`, `multitag feedback adopt`).
+
 Labels are normalised here (stripped, deduplicated, sorted: manifest.normalize_labels); checking them against the class list is the
 caller's job (the API knows the served model's classes).
 A correction is full (`absent` None: every class not in its labels is absent) or partial (`absent`
@@ -23,6 +31,7 @@ lists the classes confirmed absent; the others not in its labels are unknown and
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections import Counter
@@ -89,12 +98,15 @@ feedback = Table(
     # classes confirmed absent (every other class not in labels is unknown). Text, not SQL NULL, so
     # that the unique index below can compare it: NULLs never collide in a unique index.
     Column("absent", Text, nullable=False, server_default="null"),
+    Column("task", Text),  # the registered model this correction is for; NULL: unassigned (written before tasks were recorded)
     sqlite_autoincrement=True,
 )
 _is_open = feedback.c.state.in_(OPEN_STATES)
 # Literal SQL, not parameters: PostgreSQL matches an ON CONFLICT target to a partial index only by its written predicate.
 _OPEN_PREDICATE = text(f"state IN {OPEN_STATES!r}")
 # At most one open item per (image, label set, absent set): the database itself refuses doubles.
+# Across tasks too: replicas of older multitag name this index in their ON CONFLICT, so it is not
+# rebuilt with `task` (a second open twin of one image in another task is refused: OpenInAnotherTask).
 _OPEN_ONCE = Index(
     "feedback_open_once",
     feedback.c.image_sha256,
@@ -105,6 +117,7 @@ _OPEN_ONCE = Index(
     postgresql_where=_OPEN_PREDICATE,
 )
 Index("feedback_by_state", feedback.c.state, feedback.c.id)
+_BY_TASK = Index("feedback_by_task", feedback.c.task, feedback.c.state, feedback.c.id)
 Index(
     "feedback_by_claim", feedback.c.claimed_by, sqlite_where=feedback.c.state == "claimed", postgresql_where=feedback.c.state == "claimed"
 )
@@ -172,12 +185,29 @@ def _add_absent(conn: Connection) -> None:
         _OPEN_ONCE.create(conn)
 
 
+def _add_task(conn: Connection) -> None:
+    """Corrections belong to their task: `task` (NULL on every existing row: unassigned, since the
+    queue cannot know which dataset an old correction was made for; an admin adopts them) and an
+    index to read one task's items by state. Only added, never rebuilt: a replica still running the
+    previous version keeps inserting (its rows are unassigned too) and its ON CONFLICT still finds
+    `feedback_open_once`. Idempotent: SQLite's rebuild in version 3 creates today's shape already."""
+    if "task" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
+        conn.execute(text("ALTER TABLE feedback ADD COLUMN task TEXT"))
+    if _BY_TASK.name not in {index["name"] for index in inspect(conn).get_indexes("feedback")}:
+        _BY_TASK.create(conn)
+
+
 # A schema change appends a step here (and freezes the earlier steps' DDL).
-MIGRATIONS = (_create_v1, _add_origin_v2, _add_held_and_client_v3, _add_absent)
+MIGRATIONS = (_create_v1, _add_origin_v2, _add_held_and_client_v3, _add_absent, _add_task)
 
 
 class ClaimLost(MultitagError, RuntimeError):
     """A run acked items it no longer holds: its lease ran out and another run took them, or they were rejected."""
+
+
+class OpenInAnotherTask(MultitagError, RuntimeError):
+    """The same correction (image, labels, absent set) is open in another task: one open item per
+    correction holds across tasks (`feedback_open_once`), until that one is consumed or rejected."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +234,7 @@ class FeedbackItem:
     origin: Origin = "upload"
     client: str | None = None
     absent: tuple[str, ...] | None = None  # None: every class not in labels is absent; a tuple: only these, the others unknown
+    task: str | None = None  # the registered model it corrects; None: unassigned
 
 
 @dataclass(frozen=True)
@@ -222,15 +253,25 @@ class FeedbackQueue:
     """A feedback queue in the database at `db` with its images under `images_dir`; safe to share across processes and hosts.
 
     `db` is a SQLAlchemy URL (`sqlite:///...`, `postgresql+psycopg://...`) or the path of a SQLite file.
+    `task` is the registered model whose corrections this handle writes and reads (retraining.open_queue
+    passes `params.registry.model_name`); None: the unassigned items only.
     """
 
-    def __init__(self, db: str | Path, images_dir: Path, lease_seconds: float = 3600):
+    def __init__(self, db: str | Path, images_dir: Path, lease_seconds: float = 3600, task: str | None = None):
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
         self.lease_seconds = float(lease_seconds)
+        self.task = task
+        self._mine = _of_task(feedback, task)
         self.images = ImageStore(images_dir)
         self.database = Database(db if "://" in str(db) else sqlite_url(Path(db)), "feedback", MIGRATIONS)
         self.url = self.database.url
+
+    def for_task(self, task: str | None) -> FeedbackQueue:
+        """A handle on the same queue (database connections, images) for `task`; None: the unassigned items."""
+        other = copy.copy(self)
+        other.task, other._mine = task, _of_task(feedback, task)
+        return other
 
     # -- adding ---------------------------------------------------------------------------------
 
@@ -284,7 +325,7 @@ class FeedbackQueue:
         def work(conn: Connection) -> list[FeedbackItem]:
             now = time.time()
             _return_expired(conn, now)
-            oldest = select(feedback.c.id).where(feedback.c.state == "pending").order_by(feedback.c.id).limit(limit)
+            oldest = select(feedback.c.id).where(self._mine, feedback.c.state == "pending").order_by(feedback.c.id).limit(limit)
             rows = conn.execute(
                 update(feedback)
                 .where(feedback.c.id.in_(oldest.with_for_update(skip_locked=True).scalar_subquery()))
@@ -302,7 +343,7 @@ class FeedbackQueue:
         lease keeps its items; a dead run stops renewing and its items come back when the lease ends.
         """
         now = time.time()
-        return self._update(_held_by(run_id), lease_expires_at=now + self.lease_seconds, updated_at=now)
+        return self._update(self._held_by(run_id), lease_expires_at=now + self.lease_seconds, updated_at=now)
 
     def ack(self, run_id: str, ids: Iterable[int]) -> int:
         """Mark the run's claimed items consumed; how many of `ids` the run has now consumed.
@@ -319,11 +360,11 @@ class FeedbackQueue:
             for chunk in chunks(sorted(wanted), IN_LIST_SIZE):
                 conn.execute(
                     update(feedback)
-                    .where(_held_by(run_id), feedback.c.id.in_(chunk))
+                    .where(self._held_by(run_id), feedback.c.id.in_(chunk))
                     .values(state="consumed", consumed_by=run_id, lease_expires_at=None, updated_at=time.time())
                 )
                 consumed = select(feedback.c.id).where(
-                    feedback.c.state == "consumed", feedback.c.consumed_by == run_id, feedback.c.id.in_(chunk)
+                    self._mine, feedback.c.state == "consumed", feedback.c.consumed_by == run_id, feedback.c.id.in_(chunk)
                 )
                 acked.update(conn.scalars(consumed))
             return acked
@@ -339,10 +380,11 @@ class FeedbackQueue:
 
     def release(self, run_id: str) -> int:
         """Give all of the run's claimed items back to pending (the retraining failed or was cancelled)."""
-        return self._update(_held_by(run_id), state="pending", claimed_by=None, lease_expires_at=None, updated_at=time.time())
+        return self._update(self._held_by(run_id), state="pending", claimed_by=None, lease_expires_at=None, updated_at=time.time())
 
     def release_expired(self) -> int:
-        """Return items whose lease ran out (their run died or hung) to pending."""
+        """Return items whose lease ran out (their run died or hung) to pending, in every task: each
+        goes back to its own task's pending items."""
         return self.database.write(lambda conn: _return_expired(conn, time.time()))
 
     # -- curation -------------------------------------------------------------------------------
@@ -351,16 +393,16 @@ class FeedbackQueue:
         """Reject open (pending, claimed or held) items so they never train; consumed history stays as it is."""
         if not reason or not reason.strip():
             raise ValueError("reject needs a reason, so that whoever requeues the item later knows why")
-        return self.database.write(lambda conn: _reject(conn, [int(i) for i in ids], reason.strip()))
+        return self.database.write(lambda conn: _reject(conn, self._mine, [int(i) for i in ids], reason.strip()))
 
     def reject_leaked(self, test_hashes: set[str]) -> list[int]:
         """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids."""
         wanted = {sha.lower() for sha in test_hashes}
 
         def work(conn: Connection) -> list[int]:
-            open_items = conn.execute(select(feedback.c.id, feedback.c.image_sha256).where(_is_open)).all()
+            open_items = conn.execute(select(feedback.c.id, feedback.c.image_sha256).where(self._mine, _is_open)).all()
             leaked = sorted(item_id for item_id, sha in open_items if sha in wanted)
-            _reject(conn, leaked, "leakage")
+            _reject(conn, self._mine, leaked, "leakage")
             return leaked
 
         return self.database.write(work)
@@ -373,7 +415,7 @@ class FeedbackQueue:
 
         def work(conn: Connection) -> int:
             now = time.time()
-            held = update(feedback).where(feedback.c.state == "pending")
+            held = update(feedback).where(self._mine, feedback.c.state == "pending")
             return sum(
                 conn.execute(held.where(feedback.c.id == int(item_id)).values(state="held", reason=reason, updated_at=now)).rowcount
                 for item_id, reason in reasons.items()
@@ -399,11 +441,13 @@ class FeedbackQueue:
             )
         chosen, already_open = feedback.alias("chosen"), feedback.alias("already_open")
         newest_of_twins = (
-            select(func.max(chosen.c.id)).where(chosen.c.state == state).group_by(chosen.c.image_sha256, chosen.c.labels, chosen.c.absent)
+            select(func.max(chosen.c.id))
+            .where(chosen.c.state == state, _of_task(chosen, self.task))
+            .group_by(chosen.c.image_sha256, chosen.c.labels, chosen.c.absent)
         )
         if ids is not None:
             newest_of_twins = newest_of_twins.where(chosen.c.id.in_([int(i) for i in ids]))
-        carried_by_open_item = exists().where(
+        carried_by_open_item = exists().where(  # in any task: feedback_open_once holds across tasks
             already_open.c.id != feedback.c.id,  # a held item is open itself
             already_open.c.state.in_(OPEN_STATES),
             already_open.c.image_sha256 == feedback.c.image_sha256,
@@ -424,7 +468,7 @@ class FeedbackQueue:
 
     def claimed(self, run_id: str) -> list[FeedbackItem]:
         """The items `run_id` holds now, oldest first."""
-        return self._items(select(feedback).where(_held_by(run_id)).order_by(feedback.c.id))
+        return self._items(select(feedback).where(self._held_by(run_id)).order_by(feedback.c.id))
 
     def named_images(self, hashes: Iterable[str]) -> set[str]:
         """Which of `hashes` a feedback item names, in any state: someone has labelled those images already."""
@@ -432,7 +476,8 @@ class FeedbackQueue:
 
         def work(conn: Connection) -> set[str]:
             named = feedback.c.image_sha256
-            return {sha for chunk in chunks(wanted, IN_LIST_SIZE) for sha in conn.scalars(select(named).distinct().where(named.in_(chunk)))}
+            query = select(named).distinct().where(self._mine)
+            return {sha for chunk in chunks(wanted, IN_LIST_SIZE) for sha in conn.scalars(query.where(named.in_(chunk)))}
 
         return self.database.read(work)
 
@@ -442,7 +487,7 @@ class FeedbackQueue:
         models' answers against, only on the classes it knows (`Truth.knows`)."""
         wanted = sorted({sha.lower() for sha in hashes})
         trusted = feedback.c.state.not_in(("rejected", "held"))
-        query = select(feedback.c.image_sha256, feedback.c.labels, feedback.c.absent).where(trusted).order_by(feedback.c.id)
+        query = select(feedback.c.image_sha256, feedback.c.labels, feedback.c.absent).where(self._mine, trusted).order_by(feedback.c.id)
 
         def work(conn: Connection) -> dict[str, Truth]:
             rows = (row for chunk in chunks(wanted, IN_LIST_SIZE) for row in conn.execute(query.where(feedback.c.image_sha256.in_(chunk))))
@@ -451,31 +496,51 @@ class FeedbackQueue:
         return self.database.read(work)
 
     def pending_count(self) -> int:
-        return self.database.read(lambda conn: conn.scalar(select(func.count()).where(feedback.c.state == "pending")))
+        return self.database.read(lambda conn: conn.scalar(select(func.count()).where(self._mine, feedback.c.state == "pending")))
 
     def stats(self) -> dict:
-        """Item counts per state and in total, and how often each label occurs among pending items."""
+        """The task's item counts per state and in total, and how often each label occurs among its pending items."""
 
         def work(conn: Connection) -> dict:
             counts = dict.fromkeys(STATES, 0)
-            counts.update(
-                (state, count) for state, count in conn.execute(select(feedback.c.state, func.count()).group_by(feedback.c.state))
-            )
+            per_state = select(feedback.c.state, func.count()).where(self._mine).group_by(feedback.c.state)
+            counts.update((state, count) for state, count in conn.execute(per_state))
             pending_labels = Counter(
                 label
-                for labels in conn.scalars(select(feedback.c.labels).where(feedback.c.state == "pending"))
+                for labels in conn.scalars(select(feedback.c.labels).where(self._mine, feedback.c.state == "pending"))
                 for label in json.loads(labels)
             )
             return {**counts, "total": sum(counts.values()), "pending_labels": dict(sorted(pending_labels.items()))}
 
         return self.database.read(work)
 
+    def unassigned_count(self) -> int:
+        """How many items in the whole queue belong to no task (queued before corrections recorded
+        theirs, or by a replica of an older multitag): they wait for an admin to adopt them."""
+        return self.database.read(lambda conn: conn.scalar(select(func.count()).where(feedback.c.task.is_(None))))
+
     def list_items(self, state: State | None = None, limit: int = 100) -> list[FeedbackItem]:
-        """The newest `limit` items (all states, or one), newest first, as an admin page shows them."""
+        """The task's newest `limit` items (all states, or one), newest first, as an admin page shows them."""
         if state is not None and state not in STATES:
             raise UsageError(f"unknown state {state!r}; use one of {', '.join(STATES)}")
-        query = select(feedback).order_by(feedback.c.id.desc()).limit(limit)
+        query = select(feedback).where(self._mine).order_by(feedback.c.id.desc()).limit(limit)
         return self._items(query if state is None else query.where(feedback.c.state == state))
+
+    def adopt(self, ids: Iterable[int] | None = None) -> int:
+        """Make unassigned items (the given ids, or all of them) this task's, in whatever state they
+        are: a pending one then waits for this task's next claim, a consumed one joins its export.
+        Items of another task are left alone. How many were adopted."""
+        if self.task is None:
+            raise UsageError("adopt gives unassigned items to a task: open the queue for that task (params' registry.model_name)")
+        adopted = update(feedback).where(feedback.c.task.is_(None)).values(task=self.task, updated_at=time.time())
+
+        def work(conn: Connection) -> int:
+            if ids is None:
+                return conn.execute(adopted).rowcount
+            wanted = sorted({int(i) for i in ids})
+            return sum(conn.execute(adopted.where(feedback.c.id.in_(chunk))).rowcount for chunk in chunks(wanted, IN_LIST_SIZE))
+
+        return self.database.write(work)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -499,15 +564,30 @@ class FeedbackQueue:
             raise ValueError(f"unknown origin {origin!r}; use one of {', '.join(ORIGINS)}")
         labels_json, absent_json = json.dumps(normalize_labels(labels)), absent_to_json(labels, absent)
         dialect_insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
-        open_twin = select(feedback.c.id).where(
+        open_twin = select(feedback.c.id, feedback.c.task).where(
             feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, feedback.c.absent == absent_json, _is_open
         )
+
+        def merged_into_twin(conn: Connection) -> AddResult | None:
+            twin = conn.execute(open_twin).first()
+            if twin is None:
+                return None
+            if twin.task != self.task:
+                if twin.task is None:
+                    decide = f"`multitag feedback adopt {twin.id}` gives it to the task in params.yaml"
+                else:
+                    decide = "one open item per correction holds across tasks: it must train or be rejected first"
+                raise OpenInAnotherTask(
+                    f"image {sha[:12]} has this very correction open in {f'task {twin.task}' if twin.task else 'no task'} "
+                    f"(item {twin.id}): {decide}"
+                )
+            return AddResult(twin.id, sha, merged=True)
 
         def work(conn: Connection) -> AddResult:
             self.database.lock_images(conn, exclusive=False)
             self.images.path(sha)  # KeyError when it is gone; the transaction rolls back
-            if (existing := conn.scalar(open_twin)) is not None:
-                return AddResult(existing, sha, merged=True)
+            if (existing := merged_into_twin(conn)) is not None:
+                return existing
             now = time.time()
             inserted = conn.scalar(
                 dialect_insert(feedback)
@@ -521,12 +601,13 @@ class FeedbackQueue:
                     origin=origin,
                     client=client,
                     absent=absent_json,
+                    task=self.task,
                 )
                 .on_conflict_do_nothing(index_elements=list(_OPEN_ONCE.columns), index_where=_OPEN_PREDICATE)
                 .returning(feedback.c.id)
             )
             if inserted is None:  # PostgreSQL: a concurrent transaction inserted the twin after our look
-                return AddResult(conn.scalar(open_twin), sha, merged=True)
+                return merged_into_twin(conn)
             return AddResult(inserted, sha, merged=False)
 
         return self.database.write(work)
@@ -538,9 +619,13 @@ class FeedbackQueue:
     def _items(self, query) -> list[FeedbackItem]:
         return [_item(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
 
+    def _held_by(self, run_id: str):
+        return and_(self._mine, feedback.c.state == "claimed", feedback.c.claimed_by == run_id)
 
-def _held_by(run_id: str):
-    return and_(feedback.c.state == "claimed", feedback.c.claimed_by == run_id)
+
+def _of_task(table, task: str | None):
+    """The rows of `table` (the feedback table or an alias of it) that belong to `task` (None: unassigned)."""
+    return table.c.task.is_(None) if task is None else table.c.task == task
 
 
 def _return_expired(conn: Connection, now: float) -> int:
@@ -550,12 +635,12 @@ def _return_expired(conn: Connection, now: float) -> int:
     ).rowcount
 
 
-def _reject(conn: Connection, ids: list[int], reason: str) -> int:
+def _reject(conn: Connection, mine, ids: list[int], reason: str) -> int:
     rejected = 0
     for chunk in chunks(ids, IN_LIST_SIZE):
         rejected += conn.execute(
             update(feedback)
-            .where(_is_open, feedback.c.id.in_(chunk))
+            .where(mine, _is_open, feedback.c.id.in_(chunk))
             .values(state="rejected", reason=reason, claimed_by=None, lease_expires_at=None, updated_at=time.time())
         ).rowcount
     return rejected

@@ -1,10 +1,13 @@
 """What the nightly retraining needs besides the ordinary stages: feedback as training data,
 the champion as a warm start, and a run-specific parameter file.
 
-Feedback images only ever go to train or validation: the split is fixed in the export's CSV,
-and an image whose content is in the frozen test split is rejected before it is claimed.
+Feedback images train or validate as the export's CSV says, except a stable share of the fully
+labelled ones, which preprocessing puts in the frozen test split instead (preprocess.feedback_test_share);
+an image whose content is already in the frozen test split is rejected before it is claimed.
 A claimed item that validation would quarantine is rejected with validation's reason before it
 is exported, so one bad correction is set aside once instead of failing every nightly run.
+The export holds one task's corrections and says which (TASK_FILE); a stage that finds another
+task's export (the dataset was switched) rebuilds it from the queue for its own task.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from multitag.reports import write_json
 
 VAL_PERCENT = 15
 OWNER_FILE = "run.json"  # in the export while the run that wrote it has not finished
+TASK_FILE = "task.json"  # in every export: the task (registered model) whose corrections it holds
 RUN_ENV = "MULTITAG_FEEDBACK_RUN"  # the id of the retraining run in progress in this process
 RENEWALS_PER_LEASE = 3  # a lease survives two missed renewals
 
@@ -34,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 
 def open_queue(params: Params, root: Path = Path(".")) -> FeedbackQueue:
-    """The project's queue, wherever its settings (or the environment) put it."""
-    return FeedbackQueue(params.feedback.database(root), params.feedback.images(root), params.feedback.lease_seconds)
+    """The project's queue, wherever its settings (or the environment) put it, for the task of
+    `params` (its registered model): what it reads, claims and exports are that task's corrections."""
+    feedback = params.feedback
+    return FeedbackQueue(feedback.database(root), feedback.images(root), feedback.lease_seconds, task=params.registry.model_name)
 
 
 def feedback_split(sha: str) -> str:
@@ -56,8 +62,9 @@ def absent_cell(item: FeedbackItem) -> str:
 
 
 def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_dir: Path, owner: str | None = None) -> list[FeedbackItem]:
-    """Write the latest correction of each image, among the consumed items and this run's claimed
-    ones, as a folder + CSV dataset; returns the items written. With none, there is no folder.
+    """Write the latest correction of each image of the queue's task, among the consumed items and
+    this run's claimed ones, as a folder + CSV dataset; returns the items written. The folder always
+    names its task (TASK_FILE); with no items it holds nothing else.
     With claimed items, `owner` (the run's id) is written beside them until the run finishes
     (`finish_export`), so that an export a killed run left behind is recognised.
 
@@ -68,9 +75,11 @@ def export_feedback(queue: FeedbackQueue, claimed: list[FeedbackItem], export_di
     items = latest_per_image(queue.list_items("consumed", limit=10**9) + list(claimed))
     if export_dir.exists():
         shutil.rmtree(export_dir)
+    export_dir.mkdir(parents=True)
+    write_json(export_dir / TASK_FILE, {"task": queue.task})
     if not items:
         return []
-    (export_dir / "images").mkdir(parents=True)
+    (export_dir / "images").mkdir()
     rows = ["filename,labels,split,absent"]
     for item in items:
         source = queue.images.path(item.image_sha256)
@@ -108,14 +117,29 @@ def owning_export(run_id: str) -> Iterator[None]:
         os.environ.pop(RUN_ENV, None)
 
 
-def drop_unfinished_feedback(params: Params, export_dir: Path, root: Path = Path(".")) -> str | None:
-    """Rebuild the export from consumed items only when a run that did not finish left it (a
-    SIGKILLed nightly cannot clean up after itself); returns that run's id, or None."""
-    owner = unfinished_export_owner(export_dir)
-    if owner is not None:
-        logger.warning("the feedback export was left by retraining run %s, which did not finish: rebuilt without its items", owner)
-        export_feedback(open_queue(params, root), [], export_dir)
-    return owner
+def export_task(export_dir: Path) -> str | None:
+    """The task whose corrections the export holds; None when it names none (written before exports did)."""
+    task_file = export_dir / TASK_FILE
+    return json.loads(task_file.read_text())["task"] if task_file.exists() else None
+
+
+def refresh_feedback_export(params: Params, export_dir: Path, root: Path = Path(".")) -> str | None:
+    """Rebuild the export from this task's consumed items when it cannot be used as it is: a run
+    that did not finish left it (a SIGKILLed nightly cannot clean up after itself), or it holds
+    another task's corrections (the dataset was switched) or names no task; why, or None.
+
+    No export at all means nothing was ever exported here, and stays so."""
+    task = params.registry.model_name
+    if (owner := unfinished_export_owner(export_dir)) is not None:
+        why = f"it was left by retraining run {owner}, which did not finish: rebuilt without its items"
+    elif export_dir.exists() and (found := export_task(export_dir)) != task:
+        whose = f"task {found}" if found else "no task (exported before corrections recorded theirs)"
+        why = f"it held the corrections of {whose}: rebuilt with those of {task}"
+    else:
+        return None
+    logger.warning("the feedback export %s: %s", export_dir, why)
+    export_feedback(open_queue(params, root), [], export_dir)
+    return why
 
 
 def latest_per_image(items: list[FeedbackItem]) -> list[FeedbackItem]:

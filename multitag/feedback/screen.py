@@ -20,7 +20,9 @@ nightly claim, every pending item is scored by three rules; an item any rule fla
   the rule held so many good corrections on voc-real that the model lost more than unscreened).
 - Flooding: one client (a keyed hash of the sender's address, `client_hash`) sending more than
   `flood_max_items` of the users' pending corrections and more than `flood_max_share` of them; the
-  operator's own items (CLI, import, admin upload: no client) are never counted.
+  operator's own items (CLI, import, admin upload: no client) are never counted. A flood stands out
+  from a crowd: with fewer than `flood_min_other_clients` other clients (a photographer alone, a
+  small team) volume alone holds nothing, and the label rules are what screen their corrections.
   Numbers on voc-real with 20% corrupted corrections: bench/README.md.
 - Contradiction: a label the model is confident against AND every other correction of the same
   or a near-identical image (a 64-bit difference hash within `near_duplicate_bits`) from another
@@ -171,14 +173,18 @@ def flooding(items: Sequence[Correction], settings: RetrainParams) -> dict[int, 
     flood_max_share of them and more than flood_over_median times the median of the other clients:
     {id: reason}. All three must be passed, so one keen user of a quiet deployment is not a flood,
     nor a busy client among many, nor a handful of equally busy clients (a team correcting
-    together). The operator's items (no client: CLI, import, admin upload) neither count nor dilute
-    the share."""
+    together). A flood is a client standing out from a crowd, so with fewer than
+    flood_min_other_clients other clients there is nothing to stand out from: a photographer
+    correcting their own library, or a small team, is never held for volume alone (the label rules
+    still judge each of their corrections). The operator's items (no client: CLI, import, admin
+    upload) neither count nor dilute the share."""
     counts = Counter(item.client for item in items if item.client)
     total = sum(counts.values())
+    if len(counts) - 1 < settings.flood_min_other_clients:
+        return {}
 
     def floods(client: str, n: int) -> bool:
-        others = [m for other, m in counts.items() if other != client]
-        typical = statistics.median(others) if others else 0
+        typical = statistics.median(m for other, m in counts.items() if other != client)
         return n > settings.flood_max_items and n > settings.flood_max_share * total and n > settings.flood_over_median * typical
 
     flooders = {client: n for client, n in counts.items() if floods(client, n)}

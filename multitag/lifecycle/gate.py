@@ -3,6 +3,10 @@ test split, against the champion scored in the same run. This module measures (t
 the champion on the shared classes, the candidate's TFLite export against its own Keras scores,
 the fresh-process smoke test); policy.py decides. Both models are scored through Keras, the
 reference graph; the export's parity bounds how far serving may differ from it.
+
+The verdict also says how much evidence it rests on: how many test photos (how many of them
+users' corrections, which make the split grow; preprocess.feedback_test_share) and the 95%
+paired-bootstrap interval of the primary metric's gain over the champion.
 """
 
 from __future__ import annotations
@@ -41,6 +45,21 @@ class Verdict:
     baselines: dict[str, float] = field(default_factory=dict)
     task: str = "first model"
     export: Parity | None = None  # the TFLite export's parity check; it never decides the verdict
+    test_images: int = 0  # frozen test photos judged on
+    test_from_corrections: int = 0  # of which users' corrections
+    gain_interval: metrics.GainInterval | None = None  # the primary metric's gain over the champion
+    rule: str = ""  # the promotion rule, in words
+
+    def evidence(self) -> str:
+        """One line: what the verdict rests on (the gain, its interval, the photos) and the rule."""
+        photos = f"{self.test_images} test photos ({self.test_from_corrections} from users' corrections)"
+        interval = self.gain_interval
+        if interval is None:
+            return f"judged on {photos}; rule: {self.rule}"
+        return (
+            f"{interval.metric} gain {interval.gain:+.4f}, {interval.confidence:.0%} interval [{interval.low:+.4f}, {interval.high:+.4f}] "
+            f"(paired bootstrap, {interval.resamples} resamples) on {photos}; rule: {self.rule}"
+        )
 
     def tags(self) -> dict[str, str]:
         """Flat version tags: the verdict and every number behind it."""
@@ -50,6 +69,10 @@ class Verdict:
         out.update({f"gate_champion_{k}": f"{v:.4f}" for k, v in (self.champion or {}).items()})
         out.update({f"gate_{k}": f"{v:.4f}" for k, v in self.baselines.items()})
         out["gate_task"] = self.task
+        out["gate_test_images"] = str(self.test_images)
+        out["gate_test_from_corrections"] = str(self.test_from_corrections)
+        if self.gain_interval is not None:
+            out.update({f"gate_gain_{k}": f"{getattr(self.gain_interval, k):+.4f}" for k in ("low", "high")})
         if self.smoke.get("latency_ms_max") is not None:
             out["gate_smoke_latency_ms"] = f"{self.smoke['latency_ms_max']:.1f}"
         out.update(self.export.tags() if self.export else {})
@@ -110,7 +133,7 @@ def judge(
     y_true, images = test_split(candidate, layout)
     scores = predict(candidate.model, images)
     cand_metrics, _ = summary_metrics(y_true, scores, candidate)
-    comparison = compare_with_champion(candidate, y_true, scores, champion_uri, champion_version, layout) if champion_uri else None
+    comparison = compare_with_champion(candidate, y_true, scores, champion_uri, champion_version, layout, primary) if champion_uri else None
     parity = export_for_serving(candidate.model, candidate_uri, images, y_true, scores, candidate.classes)
     smoke = smoke_test(candidate_uri, layout)
     decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
@@ -128,13 +151,24 @@ def judge(
         decision.baseline_scores,
         comparison.task if comparison else "first model",
         parity,
+        len(y_true),
+        corrections_in_test(layout),
+        comparison.gain_interval if comparison else None,
+        policy.decision_rule(params, primary, comparison),
     )
 
 
 def compare_with_champion(
-    candidate: Predictor, y_true: np.ndarray, scores: np.ndarray, champion_uri: str, champion_version: str | None, layout: Layout
+    candidate: Predictor,
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    champion_uri: str,
+    champion_version: str | None,
+    layout: Layout,
+    primary: metrics.Headline = "mAP",
 ) -> policy.ChampionScores:
-    """Candidate and champion on the classes both know, each at its own thresholds."""
+    """Candidate and champion on the classes both know, each at its own thresholds, with the
+    paired-bootstrap interval of the primary metric's gain (both scored on the same resamples)."""
     champion = Predictor.from_uri(champion_uri, runtime="keras")
     same = champion.classes == candidate.classes
     task = "same classes as the champion" if same else policy.class_list_change(champion.classes, candidate.classes)
@@ -147,13 +181,29 @@ def compare_with_champion(
     y_shared = y_true[:, cand_cols]
     ours, our_ap = summary_metrics(y_shared, scores[:, cand_cols], _on_classes(candidate, shared, cand_cols))
     theirs, their_ap = summary_metrics(y_shared, champ_scores[:, champ_cols], _on_classes(champion, shared, champ_cols))
+    interval = metrics.paired_bootstrap_gain(
+        y_shared,
+        scores[:, cand_cols],
+        candidate.thresholds[cand_cols],
+        champ_scores[:, champ_cols],
+        champion.thresholds[champ_cols],
+        primary,
+    )
     return policy.ChampionScores(
-        str(champion_version), task, ours, theirs, dict(zip(shared, map(float, our_ap))), dict(zip(shared, map(float, their_ap)))
+        str(champion_version), task, ours, theirs, dict(zip(shared, map(float, our_ap))), dict(zip(shared, map(float, their_ap))), interval
     )
 
 
 def _on_classes(predictor: Predictor, classes: list[str], columns: list[int]) -> Predictor:
     return Predictor(predictor.model, classes, predictor.thresholds[columns], predictor.input_size)
+
+
+def corrections_in_test(layout: Layout) -> int:
+    """How many photos of the frozen test split are users' corrections."""
+    from multitag.data.manifest import read
+    from multitag.data.splits import corrections_in_test as count
+
+    return count(read(layout.processed / "manifest.parquet"))
 
 
 def smoke_test(model_uri: str, layout: Layout) -> dict:
@@ -173,6 +223,9 @@ def verdict_markdown(verdict: Verdict) -> str:
         f"- champion: version {verdict.champion_version or 'none yet'}",
         f"- judged as: {verdict.task}",
         f"- primary metric: {verdict.primary_metric}",
+        f"- judged on: {verdict.test_images} frozen test photos, {verdict.test_from_corrections} of them users' corrections",
+        *_gain_lines(verdict),
+        f"- decision rule: {verdict.rule}",
         "",
         *markdown_table(["check", "result"], ((name, "pass" if ok else "FAIL") for name, ok in verdict.checks.items())),
         "",
@@ -186,6 +239,17 @@ def verdict_markdown(verdict: Verdict) -> str:
         *(["", verdict.export.summary()] if verdict.export else []),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _gain_lines(verdict: Verdict) -> list[str]:
+    interval = verdict.gain_interval
+    if interval is None:
+        return []
+    return [
+        f"- {interval.metric} gain over the champion: {interval.gain:+.4f}, {interval.confidence:.0%} interval "
+        f"[{interval.low:+.4f}, {interval.high:+.4f}] (paired bootstrap: {interval.resamples} resamples of the "
+        f"{interval.n_images} test photos, the same for both models)"
+    ]
 
 
 def _baseline_lines(baselines: dict[str, float]) -> list[str]:

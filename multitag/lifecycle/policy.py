@@ -2,10 +2,12 @@
 rule that decides what reaches users can be read in one place and tested without training.
 
 The gate (gate.py) measures; this module decides. Checks: (a) the user's optional absolute
-floors, (b) beats the champion by `gate.min_improvement` on the primary metric, (c) no class's AP
-drops by more than `gate.max_class_regression`, (d) the serving smoke test passed within the
-latency budget. With no champion yet, (b) and (c) become: beats each baseline that could be
-scored (class prior, frozen-feature probe), which needs no hand-set number.
+floors, (b) beats the champion by `gate.min_improvement` on the primary metric (with
+`gate.require_confident_gain`, the lower bound of the gain's paired-bootstrap interval must clear
+it too: the gain is then unlikely to be luck of the test draw), (c) no class's AP drops by more
+than `gate.max_class_regression`, (d) the serving smoke test passed within the latency budget.
+With no champion yet, (b) and (c) become: beats each baseline that could be scored (class prior,
+frozen-feature probe), which needs no hand-set number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 from multitag.config import GateParams
 from multitag.modeling.baselines import Baseline
+from multitag.modeling.metrics import BOOTSTRAP_CONFIDENCE, GainInterval
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class ChampionScores:
     champion: dict[str, float] = field(default_factory=dict)
     candidate_ap: dict[str, float] = field(default_factory=dict)  # per shared class
     champion_ap: dict[str, float] = field(default_factory=dict)
+    gain_interval: GainInterval | None = None  # of the primary metric's gain, candidate over champion, on the shared classes
 
     @property
     def comparable(self) -> bool:
@@ -109,6 +113,9 @@ def champion_checks(champion: ChampionScores, params: GateParams, primary: str) 
     checks["beats_champion"] = gain >= params.min_improvement
     if not checks["beats_champion"]:
         reasons.append(f"{primary} {ours:.4f} vs champion {theirs:.4f}: gain {gain:+.4f} < required {params.min_improvement:+.4f}")
+    if params.require_confident_gain:
+        checks["confident_gain"], why = confident_gain_check(champion.gain_interval, params)
+        reasons += why
     drops = {c: champion.champion_ap[c] - ap for c, ap in champion.candidate_ap.items() if c in champion.champion_ap}
     regressions = {c: float(d) for c, d in drops.items() if not math.isnan(d) and d > params.max_class_regression}
     checks["no_class_regression"] = not regressions
@@ -116,6 +123,32 @@ def champion_checks(champion: ChampionScores, params: GateParams, primary: str) 
         listed = ", ".join(f"{c} ({d:.3f})" for c, d in regressions.items())
         reasons.append(f"AP dropped more than {params.max_class_regression:.2f} on: {listed}")
     return checks, reasons, regressions
+
+
+def confident_gain_check(interval: GainInterval | None, params: GateParams) -> tuple[bool, list[str]]:
+    """The gain's interval lies clear of `min_improvement`: its lower bound reaches it."""
+    if interval is None or math.isnan(interval.low):
+        return False, ["no confidence interval of the gain could be computed (gate.require_confident_gain needs one)"]
+    if interval.low >= params.min_improvement:
+        return True, []
+    return False, [
+        f"{interval.metric} gain {interval.gain:+.4f} is not confident: its {interval.confidence:.0%} interval "
+        f"[{interval.low:+.4f}, {interval.high:+.4f}] on {interval.n_images} test photos reaches below the required "
+        f"{params.min_improvement:+.4f} (gate.require_confident_gain); more test photos narrow it"
+    ]
+
+
+def decision_rule(params: GateParams, primary: str, champion: ChampionScores | None) -> str:
+    """The promotion rule this verdict applied, in words for the report (floors aside)."""
+    if champion is None:
+        return "a first model: promote when its mAP beats every baseline that could be scored and the smoke test passes"
+    if not champion.comparable:
+        return "no class in common with the champion: nothing to compare, register it under its own model name"
+    if params.require_confident_gain:
+        gain = f"the lower bound of the {primary} gain's {BOOTSTRAP_CONFIDENCE:.0%} interval is at least {params.min_improvement:+.4f}"
+    else:
+        gain = f"the {primary} gain is at least {params.min_improvement:+.4f} (the interval is reported, not required)"
+    return f"promote when {gain}, no class's AP drops by more than {params.max_class_regression:.2f}, and the smoke test passes"
 
 
 def smoke_check(smoke: dict, params: GateParams) -> tuple[bool, list[str]]:

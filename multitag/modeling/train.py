@@ -25,6 +25,7 @@ from multitag.data import manifest
 from multitag.data.manifest import UNKNOWN
 from multitag.data.preprocess import load_split
 from multitag.modeling import models
+from multitag.modeling.feature_cache import cache_file, cached_features, weights_digest
 from multitag.modeling.metrics import average_precision_per_class
 
 MODEL_FILE = "model.keras"
@@ -45,6 +46,8 @@ class TrainResult:
     fine_tune_seconds: float
     best_val_mAP: float
     parameters: int
+    fine_tune_trainable_parameters: int  # what the last phase trained: a warm start must train what the recipe trains
+    start: str  # cold | warm (fine-tuned from the champion) | quick (only its head and probe refitted)
 
 
 def configure_runtime(seed: int) -> bool:
@@ -211,9 +214,26 @@ def read_history(model_dir: Path) -> dict[str, list[float]]:
     return history
 
 
-def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: TrainParams, init_model: Path | None = None) -> TrainResult:
+def train_architecture(
+    name: str,
+    processed_dir: Path,
+    out_dir: Path,
+    params: TrainParams,
+    init_model: Path | None = None,
+    feature_cache: Path | None = None,
+    quick: bool = False,
+) -> TrainResult:
     """Train one architecture and save the served (sigmoid) model; the per-epoch logs go to
-    `<out_dir>/history/<phase>.csv` while it trains (`read_history` reads them back)."""
+    `<out_dir>/history/<phase>.csv` while it trains (`read_history` reads them back).
+
+    From `init_model` (the champion's served model) it is a warm start: the network starts from
+    the champion's weights and fine-tunes what the recipe fine-tunes. `quick` (with `init_model`)
+    skips fine-tuning: only the head is refitted, on the frozen network's features, and the probe,
+    on frozen ImageNet features: minutes instead of a full run, for corrections to take effect
+    (issue 21). With a `feature_cache` folder, frozen features of photos seen before are read, not
+    recomputed."""
+    if quick and init_model is None:
+        raise ValueError("a quick refit starts from a model: pass init_model")
     configure_runtime(params.seed)
     x_train, y_train = load_split(processed_dir, "train")
     x_val, y_val = load_split(processed_dir, "val")
@@ -237,13 +257,18 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     train_batches = ImageBatches(x_train, y_train, params.batch_size, True, params.seed)
     val_batches = ImageBatches(x_val, y_val, params.batch_size, False, 0)
 
-    if arch.pretrained and init_model is None:
+    if quick or (arch.pretrained and init_model is None):
         extractor.trainable = False
         t0 = time.perf_counter()
         report(f"{name}: frozen {name} features of {len(x_train) + len(x_val)} images at {size}px ...")
-        f_train, f_val = extract_features(extractor, x_train, params.batch_size), extract_features(extractor, x_val, params.batch_size)
+        path = None if feature_cache is None else cache_file(feature_cache, network=weights_digest(extractor), image=size, views="plain")
+        features, computed = cached_features(
+            path, np.concatenate([x_train, x_val]), lambda rows: extract_features(extractor, rows, params.batch_size)
+        )
+        f_train, f_val = features[: len(x_train)], features[len(x_train) :]
         timings["feature"] = time.perf_counter() - t0
-        report(f"{name}: features in {timings['feature']:.0f} s; training the head on them")
+        cached = f" ({len(features) - computed} of them cached)" if path is not None else ""
+        report(f"{name}: features in {timings['feature']:.0f} s{cached}; training the head on them")
         t0 = time.perf_counter()
         _fit(
             _trainer(head, None),
@@ -259,13 +284,19 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
             f"{name} head",
         )
         timings["head"] = time.perf_counter() - t0
+    if arch.pretrained:  # a warm start too: it trains what the recipe trains, not every backbone layer (4x slower)
         models.unfreeze_top(extractor, params.fine_tune_layers)
-    fine_tune_epochs = params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
+    fine_tune_epochs = 0 if quick else params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
     learning_rate = params.fine_tune_learning_rate if arch.pretrained else params.head_learning_rate
     trainer = _trainer(logits_model, augmentation(params.seed) if params.augment else None)
+    trainable = _count(logits_model.trainable_weights) if fine_tune_epochs > 0 else 0
     t0 = time.perf_counter()
     label = f"{name} {'fine-tune' if arch.pretrained else 'from scratch'}"
-    report(f"{label}: up to {fine_tune_epochs} epochs on {len(x_train)} images (early stopping on val mAP)")
+    start = "warm-started from the champion, " if init_model is not None else ""
+    if fine_tune_epochs > 0:
+        report(
+            f"{label}: {start}up to {fine_tune_epochs} epochs on {len(x_train)} images, {trainable:,} weights trained (early stopping on val mAP)"
+        )
     _fit(
         trainer,
         (train_batches,),
@@ -281,7 +312,9 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
     )
     timings["fine_tune"] = time.perf_counter() - t0
 
-    probe = _probe_branch(name, size, weights, x_train, y_train, params) if params.probe_ensemble and arch.pretrained else None
+    probe = (
+        _probe_branch(name, size, weights, x_train, y_train, params, feature_cache) if params.probe_ensemble and arch.pretrained else None
+    )
     served = models.with_sigmoid(logits_model, bool(params.flip_average), probe, float(params.network_weight))
     served.save(out_dir / MODEL_FILE)
     history = read_history(out_dir)
@@ -298,10 +331,16 @@ def train_architecture(name: str, processed_dir: Path, out_dir: Path, params: Tr
         timings["fine_tune"],
         float(np.nanmax(val_history)),
         int(served.count_params()),
+        trainable,
+        "quick" if quick else "warm" if init_model is not None else "cold",
     )
     (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
     report(f"{name}: done in {result.train_seconds:.0f} s, best val mAP {result.best_val_mAP:.4f}")
     return result
+
+
+def _count(weights: list) -> int:
+    return int(sum(np.prod(weight.shape) for weight in weights))
 
 
 def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Model:
@@ -311,10 +350,13 @@ def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Mo
     return keras.Model(inputs, network(augment(inputs) if augment is not None else inputs))
 
 
-def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams) -> keras.Model:
+def _probe_branch(
+    name: str, size: int, weights: str | None, x_train: np.ndarray, y_train: np.ndarray, params: TrainParams, cache: Path | None
+) -> keras.Model:
     """The ensemble's second member: a logistic-regression probe on frozen ImageNet features of
     the training images, read at `probe_input_size` and flip-averaged as served, C by
-    cross-validation on train (train only, so its validation scores stay honest for thresholds)."""
+    cross-validation on train (train only, so its validation scores stay honest for thresholds).
+    Features of photos already in `cache` are read from it."""
     from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
 
     frozen = models.build_feature_extractor(name, int(params.probe_input_size), weights)
@@ -322,8 +364,12 @@ def _probe_branch(name: str, size: int, weights: str | None, x_train: np.ndarray
     features_model = models.probe_features(frozen, size)
     t0 = time.perf_counter()
     report(f"{name} probe: frozen features of {len(x_train)} images at {params.probe_input_size}px, both views ...")
-    features = flip_averaged_features(features_model, x_train, params.batch_size)
-    report(f"{name} probe: features in {time.perf_counter() - t0:.0f} s; fitting the logistic regression")
+    path = (
+        None if cache is None else cache_file(cache, network=weights_digest(frozen), image=size, size=params.probe_input_size, views="flip")
+    )
+    features, computed = cached_features(path, x_train, lambda rows: flip_averaged_features(features_model, rows, params.batch_size))
+    cached = f" ({len(x_train) - computed} of them cached)" if path is not None else ""
+    report(f"{name} probe: features in {time.perf_counter() - t0:.0f} s{cached}; fitting the logistic regression")
     t0 = time.perf_counter()
     fitted = fit_probes(features, y_train, params.seed)
     report(f"{name} probe: logistic regression on frozen features, C={fitted.c} (3-fold CV on train), {time.perf_counter() - t0:.0f} s")

@@ -25,7 +25,7 @@ from multitag.data import images
 from multitag.data.manifest import normalize_labels
 from multitag.feedback import review
 from multitag.feedback.predictions import Answer, PredictionLog
-from multitag.feedback.queue import FeedbackQueue, Origin
+from multitag.feedback.queue import FeedbackQueue, OpenInAnotherTask, Origin
 from multitag.feedback.screen import client_hash
 from multitag.feedback.shadow import report_from_log
 from multitag.feedback.store import ImageStore, checked_sha
@@ -178,19 +178,22 @@ def queue_feedback(
 ) -> schemas.FeedbackAccepted:
     """Queue one correction, by image bytes or by the hash of an image /predict stored; `client` is
     the sender's keyed hash (screen.client_hash), None for the admin; `absent` None: a full labelling."""
-    if upload is not None:
-        problem = image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
-        if problem:
-            raise bad_images([problem])
-        result = queue.add(upload, labels, model_version, note, origin, client, absent)
-    else:
-        try:
-            result = queue.add_by_sha(sha or "", labels, model_version, note, origin, client, absent)
-        except ValueError as err:
-            raise http_problem(422, "bad_sha256", str(err)) from None
-        except KeyError:
-            message = f"no stored image has sha256 {sha}; send the image itself as `file`, or /predict it first"
-            raise http_problem(404, "unknown_image", message) from None
+    try:
+        if upload is not None:
+            problem = image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
+            if problem:
+                raise bad_images([problem])
+            result = queue.add(upload, labels, model_version, note, origin, client, absent)
+        else:
+            try:
+                result = queue.add_by_sha(sha or "", labels, model_version, note, origin, client, absent)
+            except ValueError as err:
+                raise http_problem(422, "bad_sha256", str(err)) from None
+            except KeyError:
+                message = f"no stored image has sha256 {sha}; send the image itself as `file`, or /predict it first"
+                raise http_problem(404, "unknown_image", message) from None
+    except OpenInAnotherTask as err:  # one open item per correction holds across tasks (queue.feedback_open_once)
+        raise http_problem(409, "open_in_another_task", str(err)) from None
     return schemas.FeedbackAccepted(id=result.id, image_sha256=result.image_sha256, merged=result.merged)
 
 
@@ -322,7 +325,10 @@ def stored_image(sha256: str, services: ServicesDep) -> FileResponse:
 @router.get("/feedback/stats")
 async def feedback_stats(services: ServicesDep) -> schemas.FeedbackStats:
     """Queue counts per state and pending label counts."""
-    return schemas.FeedbackStats(**await run_in_threadpool(services.queue.stats))
+    queue = services.queue
+    return schemas.FeedbackStats(
+        **await run_in_threadpool(queue.stats), task=queue.task, unassigned=await run_in_threadpool(queue.unassigned_count)
+    )
 
 
 @router.get("/drift")

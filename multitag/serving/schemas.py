@@ -64,6 +64,8 @@ class FeedbackStats(BaseModel):
     held: int = Field(0, description="Set aside for review by the screen before the nightly claim (`multitag feedback list --state held`).")
     total: int
     pending_labels: dict[str, int]
+    task: str | None = Field(None, description="The task (registered model) these counts are of: the served model's.")
+    unassigned: int = Field(0, description="Items of no task in the whole queue, queued before corrections recorded their task.")
 
 
 class ReviewItem(BaseModel):
