@@ -1,15 +1,19 @@
 """Asking for the right labels (issue 13, part 2): the review list ranks logged answers so a person
 labels first what teaches the next model most (champion/challenger disagreements, then scores near a
 threshold), without images labelled already or gone from the store, one per image, no near-duplicates;
-served by GET /review and `multitag feedback suggest`, and corrections made from it are marked origin=review."""
+served by GET /review and `multitag feedback suggest`, and corrections made from it are marked origin=review.
+A newly served version re-scores the stored photos that other versions answered (issue 21), so a
+promotion does not empty the list; those answers are logged as `rescored`, which drift leaves out."""
 
 from __future__ import annotations
 
 import json
 import math
 import time
+from types import SimpleNamespace
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 from corpus import encode, solid
@@ -17,9 +21,13 @@ from sqlalchemy import text
 from typer.testing import CliRunner
 
 from multitag.feedback import review
-from multitag.feedback.predictions import CHALLENGER, Answer, LoggedPrediction, PredictionLog
+from multitag.feedback.predictions import CHALLENGER, RESCORED, Answer, LoggedPrediction, PredictionLog
 from multitag.feedback.queue import MIGRATIONS, FeedbackQueue
 from multitag.feedback.retraining import open_queue
+from multitag.lifecycle import registry
+from multitag.lifecycle.predictor import Predictor
+from multitag.serving.rescore import Rescorer
+from multitag.serving.watcher import ServedModel
 
 THRESHOLDS = {"cat": 0.5, "dog": 0.5, "person": 0.7}
 _ids = iter(range(1, 1_000_000))
@@ -216,3 +224,105 @@ def test_the_cli_suggests_the_same_images_and_lists_the_origin(registry_env, tmp
     queue.add_by_sha(unsure, ["cat", "dog"], origin="review")
     listed = CliRunner().invoke(app, ["feedback", "list", "--params", str(params_path)])
     assert listed.exit_code == 0 and "origin" in listed.output and "review" in listed.output, listed.output
+
+
+# -- after a promotion: the new version re-scores the stored photos (issue 21) ---------------------
+
+
+def test_a_new_version_rescores_the_stored_photos_other_versions_answered_and_nobody_labelled(queue_db, tmp_path):
+    queue = FeedbackQueue(queue_db, tmp_path / "images")
+    log = PredictionLog(queue.database, 24 * 3600)
+    names = ("older", "newer", "shadowed", "rescored-by-1", "labelled", "gone", "expired", "answered", "other-task")
+    sha = {name: queue.images.store(png(name)) for name in names}
+    now = time.time()
+    scores = {"cat": 0.4, "dog": 0.6}
+    for name in names:
+        at = now - 7200 if name == "expired" else now - (1 if name == "older" else 0)
+        role = RESCORED if name == "rescored-by-1" else "champion"
+        log.record("other" if name == "other-task" else "m", "1", [Answer(sha[name], ["dog"], scores)], now=at, role=role)
+    log.record("m", "2", [Answer(sha["answered"], ["dog"], scores)], now=now)
+    log.record("m", "2", [Answer(sha["shadowed"], ["dog"], scores)], now=now, role=CHALLENGER)  # no answer of the served version
+    queue.add_by_sha(sha["labelled"], ["cat"])
+    queue.images.path(sha["gone"]).unlink()
+
+    found = review.to_rescore(log, queue, "m", "2", max_age_s=3600, now=now)
+    assert set(found) == {sha["older"], sha["newer"], sha["shadowed"], sha["rescored-by-1"]}
+    assert found[sha["newer"]] == queue.images.path(sha["newer"])
+    assert sha["older"] not in review.to_rescore(log, queue, "m", "2", max_age_s=3600, limit=3, now=now), "the newest first"
+
+
+def tiny_predictor(model) -> Predictor:
+    return Predictor(model, ["cat", "dog"], np.array([0.5, 0.5]), input_size=8)
+
+
+def served(predictor: Predictor, version: str) -> ServedModel:
+    return ServedModel(predictor, "m", "champion", registry.VersionInfo(version, ["champion"], {}, "", None), 0.0)
+
+
+def test_rescoring_goes_on_past_failures_and_stops_when_another_version_serves(tmp_path):
+    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images")
+    log = PredictionLog(queue.database, 3600)
+    photos = [queue.images.store(png(f"photo{i}")) for i in range(4)]
+    broken = queue.images.store(b"GIF89a but no image")  # stored, yet undecodable: skipped
+    log.record("m", "1", [Answer(sha, [], {"cat": 0.1, "dog": 0.1}) for sha in [*photos, broken]])
+    calls = []
+
+    class Model:
+        def predict_on_batch(self, images):
+            calls.append(len(images))
+            if len(calls) == 1:
+                raise RuntimeError("a failing model call")
+            return np.full((len(images), 2), 0.7)
+
+    watcher = SimpleNamespace(current=served(tiny_predictor(Model()), "2"), interval_s=0.1)
+    rescorer = Rescorer(watcher, log, queue, max_age_s=3600, max_pixels=10**6)
+    rescorer.batch_size = 1
+    assert rescorer.rescore(watcher.current) == 3, "the failed batch is logged and skipped, the others are logged"
+    assert calls == [1, 1, 1, 1]
+    logged = log.recent(role=RESCORED)
+    assert len(logged) == 3 and {row.model_version for row in logged} == {"2"} and logged[0].labels == ("cat", "dog")
+    assert len(log.answered_since("m", "2", 0, 100)) == 0, "no user got a re-scored answer"
+
+    class Promoting(Model):
+        def predict_on_batch(self, images):
+            watcher.current = served(tiny_predictor(Model()), "4")  # a promotion while version 3 re-scores
+            return np.full((len(images), 2), 0.7)
+
+    watcher.current = served(tiny_predictor(Promoting()), "3")
+    assert rescorer.rescore(watcher.current) == 1, "stopped at the next batch once version 4 serves"
+
+    calls.clear()
+    watcher.current = served(tiny_predictor(Model()), "5")  # how the server starts it: a check per poll, once per version
+    rescorer.check()
+    rescorer.check()
+    assert len(calls) == 4 and len(log.answered_since("m", "5", 0, 100, roles=[RESCORED])) == 3
+
+
+def test_a_promotion_leaves_the_unlabelled_photos_to_review_but_not_to_drift(registry_env, fresh_model_name, live_server, serve_params):
+    first = registry.register(registry_env.model_uri, fresh_model_name, {})
+    registry.promote(fresh_model_name, first)
+    server = live_server(serve_params(fresh_model_name))
+    answered = predict(server.url, png("keep-a"), png("keep-b"), png("corrected")).json()["predictions"]
+    hashes = [p["image_sha256"] for p in answered]
+    assert {p["model_version"] for p in answered} == {first}
+    assert correct(server.url, hashes[2], ["dog"]).status_code == 202
+
+    second = registry.register(registry_env.model_uri, fresh_model_name, {})
+    registry.promote(fresh_model_name, second)  # the nightly promotes: the server hot-reloads it
+
+    log = PredictionLog(open_queue(serve_params(fresh_model_name)).database, 3600)
+    deadline = time.monotonic() + 30
+    while len(rescored := log.recent(role=RESCORED)) < 2:
+        assert time.monotonic() < deadline, f"in 30 s, version {second} re-scored only {rescored}"
+        time.sleep(0.1)
+    assert sorted(row.image_sha256 for row in rescored) == sorted(hashes[:2]), "the corrected photo is not re-scored"
+    assert {row.model_version for row in rescored} == {second}
+    listed = httpx.get(f"{server.url}/review", timeout=30).json()
+    # the untrained model scores these photos alike: the diversity rule lists one of them, the other after it is corrected
+    assert listed["model_version"] == second and len(listed["items"]) >= 1
+    assert {item["model_version"] for item in listed["items"]} == {second}
+    (first_listed, *_) = [item["image_sha256"] for item in listed["items"]]
+    assert first_listed in hashes[:2] and correct(server.url, first_listed, ["cat"], origin="review").status_code == 202
+    (other,) = set(hashes[:2]) - {first_listed}
+    assert [item["image_sha256"] for item in httpx.get(f"{server.url}/review", timeout=30).json()["items"]] == [other]
+    assert httpx.get(f"{server.url}/drift", timeout=30).json()["predictions"] == 0, "re-scored photos are no user traffic"

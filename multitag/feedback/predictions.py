@@ -12,16 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, insert, inspect, select, text
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, Text, delete, func, insert, inspect, select, text
 
 from multitag.data.parallel import chunks
 from multitag.feedback.database import IN_LIST_SIZE, Database
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"  # the `role` of a logged answer
+# A stored photo re-scored by a newly served version, off the request path (serving/rescore.py): no
+# user got it, so drift and the shadow report leave it out, but the review list ranks it.
+RESCORED = "rescored"
+SERVED_ROLES = (CHAMPION, RESCORED)  # a served version's own answers: to users, and re-scored photos
 
 metadata = MetaData()
 predictions = Table(
@@ -34,8 +38,8 @@ predictions = Table(
     Column("labels", Text, nullable=False),  # JSON list: the classes at or above their thresholds
     Column("scores", Text, nullable=False),  # JSON object: every class's probability
     Column("predicted_at", Float, nullable=False),
-    # Which alias answered: the champion (what the user got) or the challenger scoring the same
-    # image in shadow mode, off the response path.
+    # Which alias answered: the champion (what the user got), the challenger scoring the same
+    # image in shadow mode, off the response path, or the champion re-scoring a stored image (RESCORED).
     Column("role", String(16), nullable=False, server_default=CHAMPION),
     sqlite_autoincrement=True,
 )
@@ -151,13 +155,16 @@ class PredictionLog:
 
         return self.database.read(work)
 
-    def answered_since(self, model_name: str, model_version: str, since: float, limit: int) -> list[LoggedPrediction]:
-        """The newest `limit` champion answers of one model version given at or after `since`, newest first:
-        what the review list ranks (thresholds belong to a version; images older than their retention are gone)."""
+    def answered_since(
+        self, model_name: str, model_version: str, since: float, limit: int, roles: Collection[str] = (CHAMPION,)
+    ) -> list[LoggedPrediction]:
+        """The newest `limit` answers of `roles` of one model version given at or after `since`, newest
+        first: what users got (drift judges those) or, with SERVED_ROLES, re-scored photos too (what the
+        review list ranks; thresholds belong to a version; images older than their retention are gone)."""
         query = (
             select(predictions)
             .where(
-                predictions.c.role == CHAMPION,
+                predictions.c.role.in_(list(roles)),
                 predictions.c.model_name == model_name,
                 predictions.c.model_version == str(model_version),
                 predictions.c.predicted_at >= since,
@@ -166,6 +173,22 @@ class PredictionLog:
             .limit(limit)
         )
         return [_logged(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
+
+    def unanswered_by(self, model_name: str, model_version: str, since: float, limit: int) -> list[str]:
+        """Hashes of the images other versions of `model_name` answered (SERVED_ROLES) at or after
+        `since` that `model_version` has not answered since then, newest first, at most `limit`:
+        what a newly served version has to re-score for the review list (serving/rescore.py)."""
+        served = (predictions.c.model_name == model_name, predictions.c.role.in_(SERVED_ROLES), predictions.c.predicted_at >= since)
+        answered = select(predictions.c.image_sha256).where(*served, predictions.c.model_version == str(model_version))
+        newest = func.max(predictions.c.id)
+        query = (
+            select(predictions.c.image_sha256)
+            .where(*served, predictions.c.model_version != str(model_version), predictions.c.image_sha256.not_in(answered))
+            .group_by(predictions.c.image_sha256)
+            .order_by(newest.desc())
+            .limit(limit)
+        )
+        return list(self.database.read(lambda conn: conn.scalars(query).all()))
 
     def latest_by_image(self, model_name: str, hashes: Iterable[str], role: str = CHALLENGER) -> dict[str, LoggedPrediction]:
         """The newest answer of `role` for each of `hashes` that has one (how the challenger saw those images)."""

@@ -11,6 +11,11 @@ picked is skipped (it comes up again once the picked one is corrected).
 The ranking (`rank`, `pick_diverse`, `review_list`) is pure: it sees logged answers and
 thresholds, never a database. `suggest` gathers them from the prediction log and the feedback
 queue for the API (GET /review) and the CLI (`multitag feedback suggest`).
+
+A newly served version has answered nothing yet, so after each promotion the server re-scores the
+stored photos that earlier versions answered and nobody has labelled (`to_rescore`, run by
+serving/rescore.py) and logs those answers with role `rescored`, which the list ranks beside what
+users were answered (drift does not: no user got them).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import math
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from multitag.feedback.predictions import LoggedPrediction, PredictionLog
+from multitag.feedback.predictions import SERVED_ROLES, LoggedPrediction, PredictionLog
 from multitag.feedback.queue import FeedbackQueue
 
 MIN_DISTANCE = 0.05  # two images whose scores all differ by less than this count as near-identical
-SCAN_LIMIT = 5_000  # the newest answers ranked per request: bounds the work on a busy server
+SCAN_LIMIT = 5_000  # the newest answers ranked per request, and the photos re-scored per switch: bounds the work
 _CLIP = 1e-6  # scores and thresholds of exactly 0 or 1 have infinite logits
 
 
@@ -158,22 +164,39 @@ def suggest(
     max_age_s: float,
     now: float | None = None,
 ) -> list[ReviewItem]:
-    """The review list over the served version's answers of the last `max_age_s` seconds (the image
-    retention: older images are gone), each with the challenger's newest answer for the image."""
+    """The review list over the served version's answers (to users, or re-scored) of the last `max_age_s`
+    seconds (the image retention: older images are gone), each with the challenger's newest answer for the image."""
     since = (time.time() if now is None else now) - max_age_s
-    answers = newest_per_image(log.answered_since(model_name, model_version, since, SCAN_LIMIT))
+    answers = newest_per_image(log.answered_since(model_name, model_version, since, SCAN_LIMIT, SERVED_ROLES))
     hashes = [answer.image_sha256 for answer in answers]
     challengers = log.latest_by_image(model_name, hashes)
     candidates = [Candidate(answer, challengers.get(answer.image_sha256)) for answer in answers]
-    return review_list(candidates, thresholds, n, queue.named_images(hashes), lambda sha: _stored(queue, sha))
+    return review_list(candidates, thresholds, n, queue.named_images(hashes), lambda sha: _stored(queue, sha) is not None)
 
 
-def _stored(queue: FeedbackQueue, sha: str) -> bool:
+def to_rescore(
+    log: PredictionLog,
+    queue: FeedbackQueue,
+    model_name: str,
+    model_version: str,
+    max_age_s: float,
+    limit: int = SCAN_LIMIT,
+    now: float | None = None,
+) -> dict[str, Path]:
+    """{sha: stored file} of the photos `model_version` should score so that the review list can rank
+    them: answered by other versions of `model_name` in the last `max_age_s` seconds (the image
+    retention), not by this version, nobody's correction, still stored; the newest of at most `limit`."""
+    since = (time.time() if now is None else now) - max_age_s
+    hashes = log.unanswered_by(model_name, model_version, since, limit)
+    labelled = queue.named_images(hashes)
+    return {sha: path for sha in hashes if sha not in labelled and (path := _stored(queue, sha)) is not None}
+
+
+def _stored(queue: FeedbackQueue, sha: str) -> Path | None:
     try:
-        queue.images.path(sha)
+        return queue.images.path(sha)
     except KeyError:
-        return False
-    return True
+        return None
 
 
 def as_rows(items: Iterable[ReviewItem]) -> Iterator[dict]:

@@ -53,6 +53,7 @@ import numpy as np
 from multitag.config import RetrainParams
 from multitag.feedback.predictions import CHAMPION, PredictionLog
 from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue, Truth
+from multitag.feedback.store import decoded_batches
 
 log = logging.getLogger(__name__)
 CLIENT_SALT_ENV = "MULTITAG_CLIENT_SALT"  # the key of client_hash; every replica must share it
@@ -335,17 +336,10 @@ def champion_scorer(model_name: str) -> Scorer:
                 loaded.append(None)
         if loaded[0] is None:
             return {}
-        predictor, found, usable = loaded[0], {}, {}
-        for sha, path in paths.items():
-            try:
-                usable[sha] = predictor.decode(path.read_bytes())
-            except (OSError, ValueError):  # unusable: validation rejects the item with a reason later
-                continue
-        hashes = list(usable)
-        for start in range(0, len(hashes), SCORE_BATCH):
-            chunk = hashes[start : start + SCORE_BATCH]
-            rows = predictor.predict_arrays(np.stack([usable[sha] for sha in chunk]))
-            found.update((sha, dict(zip(predictor.classes, map(float, row)))) for sha, row in zip(chunk, rows))
+        predictor, found = loaded[0], {}
+        for hashes, images in decoded_batches(paths, predictor.decode, SCORE_BATCH):  # an unusable one: validation rejects it later
+            rows = predictor.predict_arrays(images)
+            found.update((sha, dict(zip(predictor.classes, map(float, row)))) for sha, row in zip(hashes, rows))
         return found
 
     return score

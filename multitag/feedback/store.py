@@ -7,8 +7,10 @@ import hashlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+
+import numpy as np
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAGIC: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (  # extension, (offset, bytes) that must match
@@ -88,3 +90,22 @@ def checked_sha(sha: str) -> str:
     if not _SHA256.fullmatch(sha):
         raise ValueError(f"{sha!r} is not a sha256 hex digest (64 hexadecimal characters)")
     return sha
+
+
+def decoded_batches(paths: Mapping[str, Path], decode: Callable[[bytes], np.ndarray], size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stored images decoded for a model `size` at a time, as (their hashes, one stacked array): read
+    lazily, so one batch is in memory however many images; a file gone or unusable (OSError,
+    ValueError: ImageError is one) is skipped, since its caller can do nothing better with it."""
+    hashes: list[str] = []
+    arrays: list[np.ndarray] = []
+    for sha, path in paths.items():
+        try:
+            arrays.append(decode(path.read_bytes()))
+        except (OSError, ValueError):
+            continue
+        hashes.append(sha)
+        if len(hashes) == size:
+            yield hashes, np.stack(arrays)
+            hashes, arrays = [], []
+    if hashes:
+        yield hashes, np.stack(arrays)

@@ -33,6 +33,7 @@ from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
+from multitag.serving.rescore import rescorer_for
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
 from multitag.serving.routes import STATIC_DIR, Services, router
 from multitag.serving.shadow import shadow_scorer_for
@@ -69,6 +70,10 @@ def create_app(
         batcher = batcher_for(params.serve)  # None when serve.batch_max_size is 1
         # None when serve.shadow is off or nothing logs; else it follows the challenger alias on its own
         shadow = shadow_scorer_for(params.registry.model_name, params.serve, prediction_log, params.validate_.max_pixels)
+        # None without a log or stored photos; else each version served re-scores the stored photos for /review
+        rescorer = rescorer_for(
+            watcher, prediction_log, queue, params.serve.prediction_retention_hours, params.validate_.max_pixels, batcher
+        )
         app.state.services = Services(params, watcher, queue, trigger, batcher, prediction_log, shadow)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         if batcher is not None:
@@ -77,9 +82,13 @@ def create_app(
         sweeper.start()
         if shadow is not None:
             shadow.start()  # loads the challenger in the background: startup never waits for it
+        if rescorer is not None:
+            rescorer.start()  # in the background from the first version served on: startup never waits for it
         try:
             yield
         finally:
+            if rescorer is not None:
+                rescorer.close()  # before the batcher, whose model calls it uses
             if batcher is not None:
                 batcher.close()  # answers anything still queued, then stops its worker
             if shadow is not None:

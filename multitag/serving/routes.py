@@ -295,7 +295,8 @@ async def to_review(
     services: ServicesDep, n: Annotated[int, Query(ge=1, le=200, description="How many images to list.")] = 20
 ) -> schemas.ReviewList:
     """The logged images most worth a human look (active learning, feedback/review.py): champion and
-    challenger disagree, or a score sits near its threshold; none labelled already, no near-duplicates."""
+    challenger disagree, or a score sits near its threshold; none labelled already, no near-duplicates.
+    Ranks the served version's answers to users and its re-scored stored photos (serving/rescore.py)."""
     served = served_model(services)
     if services.prediction_log is None:
         message = "the review list ranks logged predictions, and this server logs none: set serve.prediction_log_hours above 0"
