@@ -1,7 +1,7 @@
 """nightly_retraining and quick_retraining: turn users' corrections into a better model, or change nothing.
 
 Two flows, one story: the nightly fine-tunes the champion on everything labelled (the full
-retrain); the quick path (minutes, on a short interval) refits only the champion's head and probe
+retrain); the quick path (minutes, on a short interval) refits only the champion's cheap member (its probe, else its head)
 on cached features, so corrections take effect the same hour, and the next nightly then trains
 them in full.
 
@@ -38,7 +38,7 @@ def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | Non
 
 @flow(name="quick-retraining", log_prints=True)
 def quick_retraining(params_path: str = "params.yaml", min_feedback: int | None = None) -> dict:
-    """Corrections in minutes: refit only the champion's head and probe on cached features of all
+    """Corrections in minutes: refit only the champion's cheap member (its probe, else its head) on cached features of all
     labelled data, then the same gate, registration and hot reload as the nightly."""
     return retrain(params_path, min_feedback, quick=True)
 

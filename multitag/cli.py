@@ -156,13 +156,13 @@ def train(
     arch: list[str] = typer.Option([], "--arch", help="Architecture(s) to train; default: train.architectures."),
     params_path: Path = ParamsOption,
     init_model: Path | None = typer.Option(None, help="A saved model.keras to warm-start from."),
-    quick: bool = typer.Option(False, "--quick", help="With --init-model: refit only its head and probe, on cached features."),
+    quick: bool = typer.Option(False, "--quick", help="With --init-model: refit only its probe (else its head) on cached features."),
 ) -> None:
     """Train architectures on data/processed (each in its own process when several)."""
     from multitag.stages import train_in_subprocess, train_stage
 
     if quick and init_model is None:
-        raise UsageError("--quick refits a trained model's head and probe: give it --init-model")
+        raise UsageError("--quick refits a trained model's probe (else its head): give it --init-model")
     params = load_params(params_path)
     names = arch or params.train.architectures
     if len(names) == 1:
@@ -491,7 +491,7 @@ def feedback_drift(
 def retrain(
     now: bool = typer.Option(False, "--now", help="Run the retraining flow here and now instead of triggering the deployment."),
     quick: bool = typer.Option(
-        False, "--quick", help="Here and now, refit only the champion's head and probe on cached features (minutes), then gate and serve."
+        False, "--quick", help="Here and now, refit only the champion's cheap member (its probe, else its head) on cached features (minutes), then gate and serve."
     ),
     params_path: Path = ParamsOption,
 ) -> None:

@@ -64,7 +64,7 @@ def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
 
 def train_stage(params: Params, architecture: str, layout: Layout = Layout(), init_model: Path | None = None, quick: bool = False) -> dict:
     """Train one architecture on the processed arrays (a warm start from `init_model`; `quick`:
-    only its head and probe); writes models/<arch>/."""
+    only its probe, else its head); writes models/<arch>/."""
     from dataclasses import asdict
 
     from multitag.modeling.train import train_architecture

@@ -72,7 +72,7 @@ def preprocess(params_path: str) -> dict:
 @task(**IO_RETRIES, **CACHED, cache_key_fn=TRAIN.key)
 def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False) -> str:
     """Train in a subprocess so TensorFlow's memory is released after each architecture; `quick`
-    refits only the head and probe of `init_model` (flows/nightly_retraining.py)."""
+    refits only the cheap member of `init_model` (its probe, else its head) (flows/nightly_retraining.py)."""
     model_dir = str(
         stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None, quick=quick)
     )

@@ -320,7 +320,7 @@ def test_retraining_module_reads_the_params_file_it_is_given(project):
 
 def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(project, live_server):
     """The whole loop: predict through the API, correct through the API, the quick retraining
-    refits the champion's head and probe, and the running API hot-reloads the new champion, which
+    refits the champion's cheap member (its probe, else its head), and the running API hot-reloads the new champion, which
     carries the feedback ids it learned from; the next nightly then owes it a full retrain."""
     import httpx
 
@@ -361,7 +361,7 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         assert new_champion.version == result["champion_version"] != champion
         assert new_champion.tags["feedback_ids"] == ",".join(map(str, pending)) and new_champion.tags["retrain"] == "quick"
         trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
-        assert trained["start"] == "quick" and trained["fine_tune_trainable_parameters"] == 0, "only the head and probe were refitted"
+        assert trained["start"] == "quick" and trained["fine_tune_trainable_parameters"] == 0, "only the cheap member was refitted"
         assert {item.id: item.state for item in queue.list_items(limit=100)}[leaked_id] == "rejected"
         assert all(item.state == "consumed" for item in queue.list_items(limit=100) if item.id in pending)
         assert stored_aliases(root / "mlflow.db")["champion"] == new_champion.version

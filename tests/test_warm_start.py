@@ -84,3 +84,32 @@ def test_a_quick_refit_trains_only_the_head_on_cached_features_of_the_champions_
         "the champion's backbone is kept as it is"
     )
     assert len(list(cache.glob("*.npz"))) == 1, "the champion's frozen features were cached"
+
+
+def test_a_quick_refit_of_an_ensemble_refits_the_probe_alone_and_keeps_the_champions_network(tmp_path: Path):
+    processed = write_processed(tmp_path)
+    params = TrainParams(
+        batch_size=12,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=1e-4,
+        fine_tune_layers=10,
+        dense_units=[],
+        weights={"mobilenetv2": None},
+        augment=False,
+        flip_average=False,
+        probe_ensemble=True,
+        probe_input_size=SIZE,
+        network_weight=0.5,
+        class_weighting="none",
+    )
+    champion, quick, cache = tmp_path / "champion", tmp_path / "quick", tmp_path / "features"
+    train_architecture("mobilenetv2", processed, champion, params, feature_cache=cache)
+    result = train_architecture("mobilenetv2", processed, quick, params, init_model=champion / MODEL_FILE, feature_cache=cache, quick=True)
+
+    assert result.start == "quick" and result.head_seconds == 0 and result.fine_tune_trainable_parameters == 0
+    assert read_history(quick) == {}, "neither the head nor the network trained"
+    served, refitted = (load_served_model(folder) for folder in (champion, quick))
+    for before, after in zip(served.get_layer("multitag_logits").weights, refitted.get_layer("multitag_logits").weights):
+        np.testing.assert_array_equal(before, after)
+    assert refitted.get_layer("probe_branch") is not None

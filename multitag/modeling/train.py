@@ -47,7 +47,7 @@ class TrainResult:
     best_val_mAP: float
     parameters: int
     fine_tune_trainable_parameters: int  # what the last phase trained: a warm start must train what the recipe trains
-    start: str  # cold | warm (fine-tuned from the champion) | quick (only its head and probe refitted)
+    start: str  # cold | warm (fine-tuned from the champion) | quick (only its probe, else its head, refitted)
 
 
 def configure_runtime(seed: int) -> bool:
@@ -228,10 +228,13 @@ def train_architecture(
 
     From `init_model` (the champion's served model) it is a warm start: the network starts from
     the champion's weights and fine-tunes what the recipe fine-tunes. `quick` (with `init_model`)
-    skips fine-tuning: only the head is refitted, on the frozen network's features, and the probe,
-    on frozen ImageNet features: minutes instead of a full run, for corrections to take effect
-    (issue 21). With a `feature_cache` folder, frozen features of photos seen before are read, not
-    recomputed."""
+    refits only the cheap member on all labelled data: the probe (frozen ImageNet features) where
+    the ensemble has one, keeping the champion's network as it is; else the head, on the frozen
+    network's features. Minutes instead of a full run, for corrections to take effect (issue 21).
+    Not the head beside a probe: refitted on features of the very photos its backbone was
+    fine-tuned on, it overfits them (voc-real: test mAP -0.03 against +0.00 for the probe alone,
+    bench/README.md). With a `feature_cache` folder, frozen features of photos seen before are read,
+    not recomputed."""
     if quick and init_model is None:
         raise ValueError("a quick refit starts from a model: pass init_model")
     configure_runtime(params.seed)
@@ -257,7 +260,8 @@ def train_architecture(
     train_batches = ImageBatches(x_train, y_train, params.batch_size, True, params.seed)
     val_batches = ImageBatches(x_val, y_val, params.batch_size, False, 0)
 
-    if quick or (arch.pretrained and init_model is None):
+    with_probe = bool(params.probe_ensemble) and arch.pretrained
+    if (quick and not with_probe) or (arch.pretrained and init_model is None):
         extractor.trainable = False
         t0 = time.perf_counter()
         report(f"{name}: frozen {name} features of {len(x_train) + len(x_val)} images at {size}px ...")
@@ -312,9 +316,7 @@ def train_architecture(
     )
     timings["fine_tune"] = time.perf_counter() - t0
 
-    probe = (
-        _probe_branch(name, size, weights, x_train, y_train, params, feature_cache) if params.probe_ensemble and arch.pretrained else None
-    )
+    probe = _probe_branch(name, size, weights, x_train, y_train, params, feature_cache) if with_probe else None
     served = models.with_sigmoid(logits_model, bool(params.flip_average), probe, float(params.network_weight))
     served.save(out_dir / MODEL_FILE)
     history = read_history(out_dir)
