@@ -96,13 +96,14 @@ def fit_scores(features: np.ndarray, y: np.ndarray, rows: np.ndarray, score_rows
     return np.clip(probe_scores(probes, features[score_rows]), 1e-3, 1 - 1e-3)
 
 
-def corrections(feedback: np.ndarray, y: np.ndarray, classes: list[str], rng: np.random.Generator) -> Stream:
-    """The honest stream (one correction per photo, some twice), with slips, plus the flood; shuffled."""
+def corrections(feedback: np.ndarray, y: np.ndarray, classes: list[str], rng: np.random.Generator, share: float = CORRUPTED) -> Stream:
+    """The honest stream (one correction per photo, some twice), with slips, plus the flood; shuffled.
+    `share` of all corrections is corrupted (0: an honest stream; bench/loop.py corrects a night at a time)."""
     present = [c for c, k in zip(classes, y.any(axis=0)) if k]
     photos = list(feedback) + list(rng.choice(feedback, int(SECOND_OPINION * len(feedback)), replace=False))
     clients = [f"user{rng.integers(CLIENTS)}" for _ in photos]
     truth = [frozenset(c for c, on in zip(classes, y[p]) if on) for p in photos]
-    n_corrupted = CORRUPTED * len(photos) / (1 - CORRUPTED * FLOOD_SHARE)  # CORRUPTED of all, the flood's extra items included
+    n_corrupted = share * len(photos) / (1 - share * FLOOD_SHARE)  # `share` of all, the flood's extra items included
     n_flood = round(FLOOD_SHARE * n_corrupted)
     n_slips = round(n_corrupted) - n_flood
     kinds = ["clean"] * len(photos)

@@ -491,7 +491,9 @@ def feedback_drift(
 def retrain(
     now: bool = typer.Option(False, "--now", help="Run the retraining flow here and now instead of triggering the deployment."),
     quick: bool = typer.Option(
-        False, "--quick", help="Here and now, refit only the champion's cheap member (its probe, else its head) on cached features (minutes), then gate and serve."
+        False,
+        "--quick",
+        help="Here and now, refit only the champion's cheap member (its probe, else its head) on cached features (minutes), then gate and serve.",
     ),
     params_path: Path = ParamsOption,
 ) -> None:
