@@ -140,7 +140,8 @@ def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example:
     tuned = evaluation.test["tuned"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        plots.training_curves(history, folder / "training_curves.png")
+        if history:  # a quick refit of the probe trains no epoch: no curve to draw
+            plots.training_curves(history, folder / "training_curves.png")
         plots.per_class_ap_bar({name: c["ap"] for name, c in tuned["per_class"].items()}, folder / "per_class_ap.png")
         plots.precision_recall_curves(evaluation.y_test, evaluation.scores_test, evaluation.classes, folder / "precision_recall.png")
         plots.confusion_counts(tuned["per_class"], folder / "confusion_counts.png")
