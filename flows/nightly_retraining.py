@@ -31,8 +31,8 @@ from tasks import pipeline as t
 @flow(name="nightly-retraining", log_prints=True)
 def nightly_retraining(params_path: str = "params.yaml", min_feedback: int | None = None) -> dict:
     """The full retrain: fine-tune the champion on everything labelled, corrections included.
-    It also runs with no pending feedback when the champion is a quick refit, whose network never
-    fine-tuned on the corrections it learned from."""
+    It also runs with no pending feedback when the last retraining was a quick refit (promoted or
+    not): no network has fine-tuned on the corrections it consumed."""
     return retrain(params_path, min_feedback, quick=False)
 
 
@@ -53,12 +53,12 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
     if held:
         logger.info("held %d feedback items for review (%s): see `multitag feedback list --state held`", len(held), held_summary(held))
     pending = fb.pending_count(params_path)
-    owed = not quick and fb.champion_is_quick(params_path)
+    owed = not quick and fb.last_retrain_was_quick(params_path)
     if pending < needed and not owed:
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked, "held": held}
     if owed:
-        logger.info("the champion is a quick refit: fine-tuning it on the corrections it learned from (%d pending too)", pending)
+        logger.info("the last retraining was a quick refit: fine-tuning on the corrections it consumed (%d pending too)", pending)
     run_id = flow_run.get_id() or "local"
     with exclusive_run(f"{kind} retraining flow"), owning_export(run_id):
         fb.claim(params_path, run_id)

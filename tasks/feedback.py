@@ -75,19 +75,15 @@ def reject_invalid(params_path: str, run_id: str) -> dict[int, str]:
 
 
 @task(retries=2, retry_delay_seconds=5)
-def champion_is_quick(params_path: str) -> bool:
-    """Whether the serving champion came from the quick path (its network never fine-tuned on the
-    corrections it learned from) and no full retrain has started from it yet: then the nightly
-    owes it one. Once tried, a refused candidate is not retried every night for nothing."""
+def last_retrain_was_quick(params_path: str) -> bool:
+    """Whether the newest retrained version came from the quick path, promoted or not: its
+    corrections are consumed, but no network has fine-tuned on them yet, so the nightly owes them a
+    full retrain. A full retrain registers a newer version (even one the gate refuses), which
+    settles the debt: a refused attempt is not retried every night for nothing."""
     from multitag.lifecycle import registry
 
-    name = load_params(params_path).registry.model_name
-    champion = registry.alias_version(name, registry.CHAMPION)
-    if champion is None or champion.tags.get(RETRAIN_TAG) != "quick":
-        return False
-    return not any(
-        v.tags.get(RETRAIN_TAG) == "full" and v.tags.get("warm_start_version") == champion.version for v in registry.list_versions(name)
-    )
+    retrained = [v for v in registry.list_versions(load_params(params_path).registry.model_name) if RETRAIN_TAG in v.tags]
+    return bool(retrained) and retrained[0].tags[RETRAIN_TAG] == "quick"  # list_versions: newest first
 
 
 @task
