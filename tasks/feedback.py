@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 
 from multitag.config import load_params
-from multitag.data.splits import joins_test, read_frozen_test
+from multitag.data.splits import read_frozen_test
 from multitag.feedback import retraining
 from multitag.layout import Layout
 
@@ -21,12 +21,9 @@ RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the night
 
 @task(retries=2, retry_delay_seconds=5)
 def reject_leaked(params_path: str) -> list[int]:
-    """Feedback images whose content is in the frozen test split never train; the corrections that
-    join the test split by choice (splits.joins_test) are no leak and stay."""
-    params = load_params(params_path)
+    """Feedback images whose content is in the frozen test split never train."""
     frozen = read_frozen_test(Layout().frozen_test) or set()
-    share = params.preprocess.feedback_test_share
-    return retraining.open_queue(params).reject_leaked(frozen, lambda sha: joins_test(sha, share))
+    return retraining.open_queue(load_params(params_path)).reject_leaked(frozen)
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -298,18 +298,6 @@ def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(new_que
     assert queue.reject_leaked(set()) == []
 
 
-def test_a_correction_the_test_split_took_by_choice_is_no_leak_when_its_run_failed(new_queue):
-    """A run froze a fully labelled correction in the test split (splits.joins_test), then failed and
-    gave the item back: it goes to test again, so the next run must not reject it as leakage. A
-    partial correction of a test image still is one (a test image needs every class's answer)."""
-    queue = new_queue()
-    full = queue.add(fake_png(1), ["cat"])
-    partial = queue.add(fake_png(2), ["dog"], absent=["cat"])
-    frozen = {full.image_sha256, partial.image_sha256}
-    assert queue.reject_leaked(frozen, test_by_choice=lambda sha: True) == [partial.id]
-    assert queue.reject_leaked(frozen, test_by_choice=lambda sha: False) == [full.id], "a source's test photo is a leak"
-
-
 def test_reject_requeue_stats_and_list(new_queue, tmp_path):
     queue = new_queue()
     ids = [queue.add(fake_png(n), labels).id for n, labels in enumerate([["cat"], ["cat", "dog"], ["dog"], ["cat"]])]

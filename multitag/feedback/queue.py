@@ -35,7 +35,7 @@ import copy
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -395,17 +395,13 @@ class FeedbackQueue:
             raise ValueError("reject needs a reason, so that whoever requeues the item later knows why")
         return self.database.write(lambda conn: _reject(conn, self._mine, [int(i) for i in ids], reason.strip()))
 
-    def reject_leaked(self, test_hashes: set[str], test_by_choice: Callable[[str], bool] = lambda sha: False) -> list[int]:
-        """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their
-        ids. A full labelling whose image is `test_by_choice` (a correction the export routes to the
-        test split itself, frozen there by a run that then failed) is no leak: it goes to test again."""
+    def reject_leaked(self, test_hashes: set[str]) -> list[int]:
+        """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids."""
         wanted = {sha.lower() for sha in test_hashes}
 
         def work(conn: Connection) -> list[int]:
-            rows = conn.execute(select(feedback.c.id, feedback.c.image_sha256, feedback.c.absent).where(self._mine, _is_open)).all()
-            leaked = sorted(
-                item_id for item_id, sha, absent in rows if sha in wanted and not (json.loads(absent) is None and test_by_choice(sha))
-            )
+            open_items = conn.execute(select(feedback.c.id, feedback.c.image_sha256).where(self._mine, _is_open)).all()
+            leaked = sorted(item_id for item_id, sha in open_items if sha in wanted)
             _reject(conn, self._mine, leaked, "leakage")
             return leaked
 
