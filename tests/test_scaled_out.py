@@ -156,8 +156,6 @@ def stack(postgres: PostgresCluster, mlflow_server: MlflowServer, tmp_path_facto
         )
         deploy = subprocess.run([sys.executable, "-m", "flows.deploy"], cwd=root, env=env, capture_output=True, text=True, check=False)
         assert deploy.returncode == 0, f"deploying prefect.yaml failed:\n{deploy.stdout[-3000:]}\n{deploy.stderr[-3000:]}"
-        # the quick path's 15-minute schedule would race the nightly this module runs by hand for the same queue
-        run([PREFECT, "deployment", "schedule", "pause", "quick-retraining/quick-retraining", "--all"], root, env)
         pool_ready = lambda: answers(f"{prefect_api}/work_pools/{POOL}", lambda body: body.get("status") == "READY")  # noqa: E731
         wait_until(pool_ready, f"worker polling {POOL}", WORKER_READY_S, worker, stack.log_tail("worker"))
         yield stack

@@ -93,7 +93,10 @@ def assign_splits(
 
 
 def corrections_in_test(frame: pd.DataFrame) -> int:
-    """How many test rows of a split manifest are users' corrections."""
+    """How many test rows of a split manifest are users' corrections (none in a manifest that
+    names no sources)."""
+    if "source" not in frame:
+        return 0
     return int(((frame["split"] == "test") & (frame["source"] == FEEDBACK)).sum())
 
 
