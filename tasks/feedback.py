@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 
 from multitag.config import load_params
-from multitag.data.splits import read_frozen_test
+from multitag.data.splits import frozen_from_corrections, read_frozen_test
 from multitag.feedback import retraining
 from multitag.layout import Layout
 
@@ -21,9 +21,10 @@ RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the night
 
 @task(retries=2, retry_delay_seconds=5)
 def reject_leaked(params_path: str) -> list[int]:
-    """Feedback images whose content is in the frozen test split never train."""
+    """Feedback images whose content is in the frozen test split never train (those a correction put
+    there go to test again: splits.frozen_from_corrections)."""
     frozen = read_frozen_test(Layout().frozen_test) or set()
-    return retraining.open_queue(load_params(params_path)).reject_leaked(frozen)
+    return retraining.open_queue(load_params(params_path)).reject_leaked(frozen, frozen_from_corrections(Layout().frozen_test))
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -298,6 +298,32 @@ def test_reject_leaked_marks_open_items_whose_image_is_in_the_test_split(new_que
     assert queue.reject_leaked(set()) == []
 
 
+def test_a_correction_the_test_split_took_is_no_leak_when_it_is_pending_again(new_queue, tmp_path):
+    """A run that froze a correction in test and then failed gives it back; the next run's leakage
+    guard must not throw it away (it goes to test again), while a correction of a dataset's own test
+    photo, or a partial labelling, is still rejected."""
+    import pandas as pd
+
+    from multitag.data.splits import frozen_from_corrections, write_frozen_test
+
+    queue = new_queue()
+    from_a_user = queue.add(fake_png(1), ["cat"])
+    partial = queue.add(fake_png(2), ["cat"], absent=[])
+    of_a_dataset_photo = queue.add(fake_png(3), ["dog"])
+    frozen = pd.DataFrame(
+        {
+            "split": ["test"] * 3,
+            "sha256": [from_a_user.image_sha256, partial.image_sha256, of_a_dataset_photo.image_sha256],
+            "image_id": [f"feedback-{from_a_user.id}", f"feedback-{partial.id}", "2008_000123"],
+        }
+    )
+    write_frozen_test(frozen, tmp_path / "frozen_test.json", "voc:photos")
+    by_users = frozen_from_corrections(tmp_path / "frozen_test.json")
+    assert by_users == {from_a_user.image_sha256, partial.image_sha256}
+    assert queue.reject_leaked(set(frozen["sha256"]), by_users) == [partial.id, of_a_dataset_photo.id]
+    assert [item.id for item in queue.list_items("pending")] == [from_a_user.id]
+
+
 def test_reject_requeue_stats_and_list(new_queue, tmp_path):
     queue = new_queue()
     ids = [queue.add(fake_png(n), labels).id for n, labels in enumerate([["cat"], ["cat", "dog"], ["dog"], ["cat"]])]

@@ -122,6 +122,18 @@ def read_frozen_test(path: Path, dataset: str | None = None) -> set[str] | None:
     return {sha for entry in stored.values() for sha in entry["sha256"]} if stored else None
 
 
+def frozen_from_corrections(path: Path) -> set[str]:
+    """The frozen test hashes a user's correction put there (splits.joins_test), over every dataset:
+    a later full labelling of one goes to test again, so it is no leak."""
+    prefix = f"{FEEDBACK}-"
+    return {
+        sha
+        for entry in _read_all(path).values()
+        for sha, image_id in zip(entry["sha256"], entry["image_id"])
+        if image_id.startswith(prefix)
+    }
+
+
 def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str) -> None:
     """Freeze this dataset's test split: its set only ever grows, so no image leaves test; the
     other datasets' sets are kept as they are."""

@@ -395,13 +395,19 @@ class FeedbackQueue:
             raise ValueError("reject needs a reason, so that whoever requeues the item later knows why")
         return self.database.write(lambda conn: _reject(conn, self._mine, [int(i) for i in ids], reason.strip()))
 
-    def reject_leaked(self, test_hashes: set[str]) -> list[int]:
-        """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids."""
+    def reject_leaked(self, test_hashes: set[str], from_corrections: set[str] = frozenset()) -> list[int]:
+        """Reject open items whose image is in the frozen test split (reason 'leakage'); returns their ids.
+
+        A full labelling of an image a correction put in test (`from_corrections`, e.g. frozen by a
+        run that then failed) is no leak: it goes to test again. A partial one still is: a test photo
+        needs every class's answer."""
         wanted = {sha.lower() for sha in test_hashes}
 
         def work(conn: Connection) -> list[int]:
-            open_items = conn.execute(select(feedback.c.id, feedback.c.image_sha256).where(self._mine, _is_open)).all()
-            leaked = sorted(item_id for item_id, sha in open_items if sha in wanted)
+            rows = conn.execute(select(feedback.c.id, feedback.c.image_sha256, feedback.c.absent).where(self._mine, _is_open)).all()
+            leaked = sorted(
+                item_id for item_id, sha, absent in rows if sha in wanted and not (sha in from_corrections and json.loads(absent) is None)
+            )
             _reject(conn, self._mine, leaked, "leakage")
             return leaked
 
