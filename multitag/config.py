@@ -168,6 +168,11 @@ class ServeParams(_Strict):
     max_upload_bytes: int = Field(10_000_000, gt=0)
     max_files: int = Field(16, ge=1)
     admin_token_env: str = "MULTITAG_ADMIN_TOKEN"
+    # Who may see other users' photos and answers (serving/access.py): the reviewer or admin token;
+    # with neither set, only clients on this machine (loopback). False behind a local reverse proxy.
+    reviewer_token_env: str = "MULTITAG_REVIEWER_TOKEN"
+    trust_loopback: bool = True
+    allowed_hosts: list[str] = []  # host names answered besides IP addresses and localhost ("*": any; ".example.org": its subdomains)
     allowed_origins: list[str] = []
     prediction_retention_hours: float = Field(24, ge=0)
     prediction_sweep_interval_s: float = Field(600, gt=0)

@@ -82,3 +82,44 @@ def test_the_review_view_lists_images_and_sends_corrections_marked_review(regist
     page.locator("#drop-zone").wait_for()
     assert page.locator("#review-view").is_hidden()
     assert errors == []
+
+
+def test_with_a_reviewer_token_set_the_review_view_asks_for_it_and_shows_the_photos(
+    registry_env,
+    live_server,
+    serve_params,
+    page,  # noqa: F811
+    monkeypatch,
+    tmp_path,
+):
+    """Issue 22: other users' photos need the reviewer token; the page asks for it, keeps it for the
+    tab, and fetches the thumbnails with it (an <img src> alone would be refused)."""
+    monkeypatch.setenv("MULTITAG_REVIEWER_TOKEN", "let-me-review")
+    params = serve_params(registry_env.name)
+    server = live_server(params)
+    queue = open_queue(params)
+    sha = queue.images.store(encode(solid("review-with-token", (160, 120)), "PNG"))
+    scores = SCORES["unsure"]
+    thresholds = dict(zip(registry_env.classes, registry_env.thresholds))
+    labels = [c for c, s in scores.items() if s >= thresholds[c]]
+    PredictionLog(queue.database, 3600).record(registry_env.name, registry_env.version, [Answer(sha, labels, scores)])
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    page.goto(f"{server.url}/#review")
+    page.locator("#review-token-form").wait_for()
+    assert page.locator("#review-list .review-item").count() == 0, "nothing is shown before the token"
+    page.fill("#review-token", "a-guess")
+    page.click("#review-token-form button")
+    page.locator("#review-message:has-text('That reviewer token was refused')").wait_for()
+    page.fill("#review-token", "let-me-review")
+    page.click("#review-token-form button")
+    card = page.locator(f"#review-list .review-item[data-sha256='{sha}']")
+    card.wait_for()
+    page.wait_for_function("[...document.querySelectorAll('#review-list .thumb')].every((img) => img.complete && img.naturalWidth > 0)")
+    assert page.locator("#review-token-form").is_hidden()
+    page.screenshot(path=str(tmp_path / "review-token.png"), full_page=True)
+    shutil.copy(tmp_path / "review-token.png", "/tmp/review-token.png")
+    page.reload()
+    card.wait_for()  # the token is kept for the tab
+    assert errors == []

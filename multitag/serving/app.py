@@ -28,6 +28,7 @@ from multitag.feedback.retention import ImageRetention
 from multitag.feedback.retraining import open_queue
 from multitag.layout import Layout
 from multitag.periodic import Every
+from multitag.serving.access import TrustedHosts
 from multitag.serving.batching import batcher_for
 from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
 from multitag.serving.limits import BodySizeLimit, body_limit_bytes
@@ -98,7 +99,8 @@ def create_app(
 
     app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
-    app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)  # added last: runs first
+    app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)
+    app.add_middleware(TrustedHosts, allowed_hosts=params.serve.allowed_hosts)  # added last: runs first
     for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500
         app.add_exception_handler(error, insufficient_storage)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

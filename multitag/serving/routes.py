@@ -5,11 +5,9 @@ model calls in the micro-batcher's worker (batching.py), so the event loop keeps
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import mimetypes
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +28,7 @@ from multitag.feedback.screen import client_hash
 from multitag.feedback.shadow import report_from_log
 from multitag.feedback.store import ImageStore, checked_sha
 from multitag.lifecycle.predictor import Predictor
-from multitag.serving import schemas
+from multitag.serving import access, schemas
 from multitag.serving.batching import MicroBatcher, score
 from multitag.serving.drift_watch import as_response, served_drift
 from multitag.serving.limits import read_uploads
@@ -78,14 +76,13 @@ def served_model(services: Services) -> ServedModel:
 
 
 def require_admin(request: Request, services: ServicesDep) -> None:
-    """Admin endpoints need `Authorization: Bearer <token>`; without a configured token they are off, never open."""
-    env_name = services.params.serve.admin_token_env
-    expected = os.environ.get(env_name, "")
-    if not expected:
-        raise http_problem(403, "disabled", f"admin endpoints are disabled: set {env_name} on the server to enable them")
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise http_problem(401, "unauthorized", "send `Authorization: Bearer <admin token>`", headers={"WWW-Authenticate": "Bearer"})
+    """Admin endpoints: `Authorization: Bearer <admin token>` (serving/access.py)."""
+    access.check_admin(request, services.params.serve)
+
+
+def require_reviewer(request: Request, services: ServicesDep) -> None:
+    """Other users' photos and answers: the reviewer or admin token, else this machine only (serving/access.py)."""
+    access.check_reviewer(request, services.params.serve)
 
 
 def parse_labels(raw: str, classes: list[str], min_labels: int = ValidateParams().min_labels) -> list[str]:
@@ -290,7 +287,7 @@ async def feedback(
     )
 
 
-@router.get("/review")
+@router.get("/review", dependencies=[Depends(require_reviewer)])
 async def to_review(
     services: ServicesDep, n: Annotated[int, Query(ge=1, le=200, description="How many images to list.")] = 20
 ) -> schemas.ReviewList:
@@ -309,7 +306,7 @@ async def to_review(
     return schemas.ReviewList(model_name=served.name, model_version=version, items=rows)
 
 
-@router.get("/images/{sha256}", response_class=FileResponse)
+@router.get("/images/{sha256}", response_class=FileResponse, dependencies=[Depends(require_reviewer)])
 def stored_image(sha256: str, services: ServicesDep) -> FileResponse:
     """An image the server stored (a /predict upload within its retention, or a queued correction's), by its sha256."""
     try:

@@ -2,7 +2,8 @@
 // Plain browser JavaScript (no build step); talks to the same API as every other client.
 "use strict";
 
-const state = { limits: { max_files: 16 }, model: null };
+const REVIEWER_TOKEN_KEY = "multitag-reviewer-token";
+const state = { limits: { max_files: 16 }, model: null, reviewerToken: sessionStorage.getItem(REVIEWER_TOKEN_KEY) || "" };
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -21,6 +22,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const error = new Error(errorText(body, response.status));
     error.status = response.status;
+    error.reason = body && body.detail && body.detail.reason;
     throw error;
   }
   return body;
@@ -198,6 +200,21 @@ function setUpDropZone() {
   });
 }
 
+/** Other users' photos need the reviewer token unless the server trusts this machine (serving/access.py). */
+function reviewerHeaders() {
+  return state.reviewerToken ? { Authorization: `Bearer ${state.reviewerToken}` } : {};
+}
+
+/** A stored photo as an object URL, fetched with the reviewer token (an <img src> cannot send it). */
+async function showStoredImage(img, url) {
+  try {
+    const response = await fetch(url, { headers: reviewerHeaders() });
+    if (response.ok) img.src = URL.createObjectURL(await response.blob());
+  } catch (error) {
+    img.alt = `${img.alt} (image unavailable: ${error.message})`;
+  }
+}
+
 /** The review view: the images the server ranks most worth a look (GET /review), corrected with origin=review. */
 async function loadReview() {
   const message = $("#review-message");
@@ -205,19 +222,34 @@ async function loadReview() {
   message.textContent = "Loading the images most worth a look…";
   try {
     if (!state.model) await refreshModel();
-    const review = await api("/review?n=20");
+    const review = await api("/review?n=20", { headers: reviewerHeaders() });
+    $("#review-token-form").hidden = true;
     $("#review-list").replaceChildren(...review.items.map(reviewCard));
     message.textContent = review.items.length
       ? `${review.items.length} image(s) worth a look, as model v${review.model_version} answered them. ${MARKING_HINT}`
       : "Nothing to review: no recent prediction is left that nobody has labelled.";
   } catch (error) {
-    message.textContent = error.message;
+    const needsToken = ["reviewer_token_required", "reviewer_token_not_set"].includes(error.reason);
+    $("#review-token-form").hidden = error.reason !== "reviewer_token_required";
+    if (needsToken) $("#review-list").replaceChildren();
+    message.textContent = error.reason === "reviewer_token_required" && state.reviewerToken
+      ? "That reviewer token was refused: enter the one set on the server (MULTITAG_REVIEWER_TOKEN)."
+      : error.message;
     message.classList.add("error");
   }
 }
 
+/** Keep the reviewer token for this tab only (sessionStorage), then load the list with it. */
+function useReviewerToken(event) {
+  event.preventDefault();
+  state.reviewerToken = $("#review-token").value.trim();
+  sessionStorage.setItem(REVIEWER_TOKEN_KEY, state.reviewerToken);
+  loadReview();
+}
+
 function reviewCard(item) {
-  const card = resultCard(item, item.image_url, item.reason);
+  const card = resultCard(item, "", item.reason);
+  showStoredImage(card.querySelector(".thumb"), item.image_url);
   card.classList.add("review-item");
   if (item.challenger_labels) {
     const challenger = item.challenger_labels.length ? item.challenger_labels.join(", ") : "nothing";
@@ -268,6 +300,7 @@ async function refreshDrift() {
 
 setUpDropZone();
 $("#review-refresh").addEventListener("click", loadReview);
+$("#review-token-form").addEventListener("submit", useReviewerToken);
 window.addEventListener("hashchange", showView);
 showView();
 refreshModel();
