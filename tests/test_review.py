@@ -20,12 +20,14 @@ from corpus import encode, solid
 from sqlalchemy import text
 from typer.testing import CliRunner
 
+from multitag.config import Params
 from multitag.feedback import review
 from multitag.feedback.predictions import CHALLENGER, RESCORED, Answer, LoggedPrediction, PredictionLog
 from multitag.feedback.queue import MIGRATIONS, FeedbackQueue
 from multitag.feedback.retraining import open_queue
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
+from multitag.serving.limits import decode_budget
 from multitag.serving.rescore import Rescorer
 from multitag.serving.watcher import ServedModel
 
@@ -275,7 +277,7 @@ def test_rescoring_goes_on_past_failures_and_stops_when_another_version_serves(t
             return np.full((len(images), 2), 0.7)
 
     watcher = SimpleNamespace(current=served(tiny_predictor(Model()), "2"), interval_s=0.1)
-    rescorer = Rescorer(watcher, log, queue, max_age_s=3600, max_pixels=10**6)
+    rescorer = Rescorer(watcher, log, queue, 3600, decode_budget(Params()))
     rescorer.batch_size = 1
     assert rescorer.rescore(watcher.current) == 3, "the failed batch is logged and skipped, the others are logged"
     assert calls == [1, 1, 1, 1]

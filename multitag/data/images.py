@@ -20,6 +20,10 @@ from multitag.config import ResizeMode
 from multitag.errors import MultitagError, Problem, UsageError
 
 DEFAULT_MAX_PIXELS = 80_000_000
+# What Pillow holds per pixel once an image of each mode is decoded (RGB is stored as 4 bytes).
+STORED_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+INSPECT_DRAFT_SIDE = 2048
+LUT_16_TO_8 = (np.arange(65536, dtype=np.float64) * (255.0 / 65535.0)).astype(np.uint8)  # 16-bit grey -> 8-bit, one table
 
 # We enforce our own pixel cap (per call) before decoding; Pillow's global guard would only warn.
 Image.MAX_IMAGE_PIXELS = None
@@ -60,10 +64,34 @@ def open_checked(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
     return image
 
 
-def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1) -> ImageInfo:
-    """Hash and fully decode the image once, so truncated or corrupt files are caught here."""
+def decoded_bytes(image: Image.Image) -> int:
+    """The memory Pillow will hold for the decoded pixels (at the size a JPEG draft set)."""
+    return image.width * image.height * STORED_BYTES_PER_PIXEL.get(image.mode, 4)
+
+
+def check_decoded_size(image: Image.Image, max_bytes: int | None) -> None:
+    """Refuse, before decoding, an image whose pixels would need more than `max_bytes` (None: no cap);
+    the pixel cap alone lets a small 16-bit PNG or a huge-canvas PNG cost gigabytes across requests."""
+    if max_bytes is None:
+        return
+    needed = decoded_bytes(image)
+    if needed > max_bytes:
+        raise ImageError(
+            "too_large_to_decode",
+            f"{image.width}x{image.height} {image.mode} needs {needed / 1e6:,.0f} MB decoded; this server decodes at most "
+            f"{max_bytes / 1e6:,.0f} MB per image (serve.max_decode_mb): send a JPEG or a smaller image",
+        )
+
+
+def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = 1, max_bytes: int | None = None) -> ImageInfo:
+    """Hash and fully decode the image once, so truncated or corrupt files are caught here. With
+    `max_bytes` (serving) a JPEG is decoded at a reduced scale (the whole stream is still read, so
+    truncation is still caught) and anything needing more memory is refused."""
     image = open_checked(data, max_pixels, min_side)
     fmt, mode, (width, height) = image.format or "", image.mode, image.size
+    if max_bytes is not None and image.format == "JPEG":
+        image.draft(image.mode, (INSPECT_DRAFT_SIDE, INSPECT_DRAFT_SIDE))
+    check_decoded_size(image, max_bytes)
     _load(image)
     return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, mode)
 
@@ -80,16 +108,19 @@ def decode(
     size: int,
     mode: ResizeMode = "stretch",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
     """Bytes -> (size, size, 3) uint8 RGB: EXIF orientation applied, any mode converted.
 
     JPEGs are decoded in draft mode at no less than twice the target size: libjpeg's DCT
     scaling skips work that the resize would throw away, and the antialiased resize from 2x
-    keeps the result visually the same as a full decode.
+    keeps the result visually the same as a full decode. `max_bytes` (serving) refuses an image
+    whose decoded pixels would need more memory (check_decoded_size).
     """
     image = open_checked(data, max_pixels)
     if image.format == "JPEG":
         image.draft("RGB", (2 * size, 2 * size))
+    check_decoded_size(image, max_bytes)
     _load(image)
     image = to_rgb(ImageOps.exif_transpose(image))
     return np.asarray(resize(image, size, mode), dtype=np.uint8)
@@ -110,11 +141,16 @@ def _load(image: Image.Image) -> None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Greyscale, palette, CMYK, 16-bit and alpha images to 8-bit RGB (alpha over white)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), "L")
+    """Greyscale, palette, CMYK, 16-bit and alpha images to 8-bit RGB (alpha over white).
+
+    High bit depths go to 8 bits without a float64 copy: 16-bit grey through one lookup table, 32-bit
+    integer or float grey scaled in place in float32 (a 16-bit bomb once cost 8 bytes a pixel here)."""
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray(LUT_16_TO_8[np.asarray(image).astype(np.uint16, copy=False)], "L")
+    elif image.mode in ("I", "F"):
+        array = np.array(image, dtype=np.float32)
+        array *= 255.0 / (65535.0 if array.max() > 255 else 255.0)
+        image = Image.fromarray(np.clip(array, 0, 255, out=array).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):

@@ -63,8 +63,8 @@ class Predictor:
             drift_reference=Reference.from_metadata(meta),
         )
 
-    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-        return decode(data, self.input_size, self.resize, max_pixels)
+    def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> np.ndarray:
+        return decode(data, self.input_size, self.resize, max_pixels, max_bytes)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 -> (N, C) float64 probabilities, one model call for the whole batch.

@@ -31,7 +31,7 @@ from multitag.periodic import Every
 from multitag.serving.access import TrustedHosts
 from multitag.serving.batching import batcher_for
 from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
-from multitag.serving.limits import BodySizeLimit, body_limit_bytes
+from multitag.serving.limits import BodySizeLimit, RequestsInFlight, body_limit_bytes, decode_budget
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
 from multitag.serving.rescore import rescorer_for
@@ -69,13 +69,12 @@ def create_app(
         early_retrain = drift_retrain_for(params, watcher, queue, prediction_log, trigger)  # None unless retrain.on_drift
         sweeper = Every(params.serve.prediction_sweep_interval_s, partial(sweep, retention, prediction_log, early_retrain), "retention")
         batcher = batcher_for(params.serve)  # None when serve.batch_max_size is 1
+        decoding = decode_budget(params)  # every decode of a sent or stored image: a few at once, each bounded
         # None when serve.shadow is off or nothing logs; else it follows the challenger alias on its own
-        shadow = shadow_scorer_for(params.registry.model_name, params.serve, prediction_log, params.validate_.max_pixels)
+        shadow = shadow_scorer_for(params.registry.model_name, params.serve, prediction_log, decoding)
         # None without a log or stored photos; else each version served re-scores the stored photos for /review
-        rescorer = rescorer_for(
-            watcher, prediction_log, queue, params.serve.prediction_retention_hours, params.validate_.max_pixels, batcher
-        )
-        app.state.services = Services(params, watcher, queue, trigger, batcher, prediction_log, shadow)
+        rescorer = rescorer_for(watcher, prediction_log, queue, params.serve.prediction_retention_hours, decoding, batcher)
+        app.state.services = Services(params, watcher, queue, trigger, decoding, batcher, prediction_log, shadow)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         if batcher is not None:
             batcher.start()
@@ -99,6 +98,7 @@ def create_app(
 
     app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
+    app.add_middleware(RequestsInFlight, limit=params.serve.max_requests_in_flight)
     app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)
     app.add_middleware(TrustedHosts, allowed_hosts=params.serve.allowed_hosts)  # added last: runs first
     for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500

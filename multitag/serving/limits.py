@@ -1,13 +1,31 @@
-"""Request size limits, enforced before a body is parsed or spooled to disk."""
+"""What one request, and all of them together, may cost the server: body size (refused before it is
+parsed or spooled to disk), requests in flight (503 with Retry-After beyond), and decoding (a few
+images at a time, none needing more than `serve.max_decode_mb` decoded).
+
+Memory is then bounded by construction: in-flight requests x the body limit for the bytes read,
+plus `serve.decode_slots` x about three times `serve.max_decode_mb` for the pixels being decoded
+(a decode holds the stored pixels, an orientation copy and a mode conversion at most), plus the
+micro-batcher's queue, at most in-flight requests x `serve.max_files` decoded model inputs.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
 from fastapi import HTTPException, UploadFile
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from multitag.config import ServeParams
+from multitag.config import Params, ServeParams
+from multitag.data import images
+from multitag.lifecycle.predictor import Predictor
 from multitag.serving.problems import http_problem, problem
+
+RETRY_AFTER_S = 1
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and small form fields around the files
 
@@ -60,3 +78,58 @@ async def read_uploads(files: list[UploadFile], limits: ServeParams) -> list[tup
                 filename=upload.filename,
             )
     return [(upload.filename or f"file{i}", await upload.read()) for i, upload in enumerate(files)]
+
+
+class RequestsInFlight:
+    """503 `busy` (with Retry-After) for a request that sends a body while `limit` such requests are
+    being served: every upload, correction and retrain holds its bytes until answered, so their
+    number bounds that memory, and the micro-batcher's queue with it."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit = app, limit
+        self._count = 0
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        with self._lock:
+            admitted = self._count < self.limit
+            self._count += admitted
+        if not admitted:
+            body = problem("busy", f"the server is answering {self.limit} uploads already: try again in {RETRY_AFTER_S} s")
+            await JSONResponse({"detail": body}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """How the server decodes images it is sent: at most `slots` at once (requests, the shadow scorer
+    and the re-scorer together), none over `max_pixels` or needing more than `max_bytes` decoded."""
+
+    max_pixels: int
+    max_bytes: int
+    slots: threading.BoundedSemaphore
+
+    def decode(self, predictor: Predictor, data: bytes) -> np.ndarray:
+        with self.slots:
+            return predictor.decode(data, self.max_pixels, self.max_bytes)
+
+    def decoder(self, predictor: Predictor) -> Callable[[bytes], np.ndarray]:
+        return partial(self.decode, predictor)
+
+    def inspect(self, data: bytes) -> images.ImageInfo:
+        """A correction's image checked whole (truncation included), within the same budget."""
+        with self.slots:
+            return images.inspect(data, self.max_pixels, max_bytes=self.max_bytes)
+
+
+def decode_budget(params: Params) -> DecodeBudget:
+    serve = params.serve
+    return DecodeBudget(params.validate_.max_pixels, int(serve.max_decode_mb * 1e6), threading.BoundedSemaphore(serve.decode_slots))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import partial
 
 import numpy as np
 
@@ -32,6 +31,7 @@ from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.store import decoded_batches
 from multitag.lifecycle.predictor import Predictor
 from multitag.serving.batching import MicroBatcher
+from multitag.serving.limits import DecodeBudget
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,12 @@ class Rescorer:
         prediction_log: PredictionLog,
         queue: FeedbackQueue,
         max_age_s: float,
-        max_pixels: int,
+        decoding: DecodeBudget,
         batcher: MicroBatcher | None = None,
         limit: int = review.SCAN_LIMIT,
     ):
         self.watcher, self.prediction_log, self.queue, self.max_age_s = watcher, prediction_log, queue, max_age_s
-        self.max_pixels, self.batcher, self.limit = max_pixels, batcher, limit
+        self.decoding, self.batcher, self.limit = decoding, batcher, limit
         self.batch_size = batcher.max_batch if batcher is not None else BATCH
         self._done_for: str | None = None  # the version whose photos were re-scored (or tried)
         self._stop = threading.Event()
@@ -85,7 +85,7 @@ class Rescorer:
         if not paths:
             return 0
         predictor, logged = served.predictor, 0
-        for hashes, images in decoded_batches(paths, partial(predictor.decode, max_pixels=self.max_pixels), self.batch_size):
+        for hashes, images in decoded_batches(paths, self.decoding.decoder(predictor), self.batch_size):
             if self._stop.is_set() or not self._serving(version):
                 log.info(
                     "re-scoring for %s version %s stopped after %d of %d photo(s): %s",
@@ -137,11 +137,11 @@ def rescorer_for(
     prediction_log: PredictionLog | None,
     queue: FeedbackQueue,
     retention_hours: float,
-    max_pixels: int,
+    decoding: DecodeBudget,
     batcher: MicroBatcher | None,
 ) -> Rescorer | None:
     """The server's re-scorer, or None when nothing would be re-scored: no prediction log
     (serve.prediction_log_hours 0), or no stored photos (serve.prediction_retention_hours 0)."""
     if prediction_log is None or retention_hours <= 0:
         return None
-    return Rescorer(watcher, prediction_log, queue, retention_hours * 3600, max_pixels, batcher)
+    return Rescorer(watcher, prediction_log, queue, retention_hours * 3600, decoding, batcher)

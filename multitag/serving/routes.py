@@ -19,7 +19,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from multitag.config import Params, ValidateParams
-from multitag.data import images
 from multitag.data.manifest import normalize_labels
 from multitag.feedback import review
 from multitag.feedback.predictions import Answer, PredictionLog
@@ -31,7 +30,7 @@ from multitag.lifecycle.predictor import Predictor
 from multitag.serving import access, schemas
 from multitag.serving.batching import MicroBatcher, score
 from multitag.serving.drift_watch import as_response, served_drift
-from multitag.serving.limits import read_uploads
+from multitag.serving.limits import DecodeBudget, read_uploads
 from multitag.serving.problems import bad_images, disk_full, http_problem, image_problem
 from multitag.serving.retrain_trigger import RetrainTrigger
 from multitag.serving.shadow import ShadowScorer
@@ -54,6 +53,7 @@ class Services:
     watcher: ChampionWatcher
     queue: FeedbackQueue
     retrain: RetrainTrigger
+    decoding: DecodeBudget  # every decode of a sent or stored image (serving/limits.py)
     batcher: MicroBatcher | None = None  # None: batching off (serve.batch_max_size 1)
     prediction_log: PredictionLog | None = None  # None: no log (serve.prediction_log_hours 0)
     shadow: ShadowScorer | None = None  # None: no shadow scoring (serve.shadow off, or no log)
@@ -110,12 +110,14 @@ def parse_labels(raw: str, classes: list[str], min_labels: int = ValidateParams(
     return labels
 
 
-def decode_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]]) -> np.ndarray:
-    """Every file decoded for the model, (N, S, S, 3) uint8; 415/422 listing each unusable file when one is."""
+def decode_uploads(decoding: DecodeBudget, predictor: Predictor, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+    """Every file decoded for the model within the server's decode budget, (N, S, S, 3) uint8;
+    415/422 listing each unusable file when one is."""
+    decode = decoding.decoder(predictor)
     try:
-        return np.stack([predictor.decode(data) for _, data in uploads])
+        return np.stack([decode(data) for _, data in uploads])
     except Exception:
-        problems = [p for name, data in uploads if (p := image_problem(predictor.decode, name, data))]
+        problems = [p for name, data in uploads if (p := image_problem(decode, name, data))]
         if problems:
             raise bad_images(problems) from None
         raise
@@ -168,7 +170,7 @@ def queue_feedback(
     labels: list[str],
     model_version: str | None,
     note: str | None,
-    max_pixels: int,
+    decoding: DecodeBudget,
     origin: Origin = "upload",
     client: str | None = None,
     absent: list[str] | None = None,
@@ -177,7 +179,7 @@ def queue_feedback(
     the sender's keyed hash (screen.client_hash), None for the admin; `absent` None: a full labelling."""
     try:
         if upload is not None:
-            problem = image_problem(lambda data: images.inspect(data, max_pixels), "file", upload)
+            problem = image_problem(decoding.inspect, "file", upload)
             if problem:
                 raise bad_images([problem])
             result = queue.add(upload, labels, model_version, note, origin, client, absent)
@@ -245,7 +247,7 @@ async def predict(
     served = served_model(services)  # read once: this version scores every file and is the one reported
     uploads = await read_uploads(files, services.params.serve)
     store = services.queue.images if services.params.serve.prediction_retention_hours > 0 else None
-    scores = await score(services.batcher, served.predictor, partial(decode_uploads, served.predictor, uploads))
+    scores = await score(services.batcher, served.predictor, partial(decode_uploads, services.decoding, served.predictor, uploads))
     predictions = await run_in_threadpool(answer_uploads, served, uploads, scores, store, services.prediction_log)
     if services.shadow is not None:  # the challenger scores them too, later, in its own thread: never waited for
         services.shadow.submit(served, uploads, [p.image_sha256 for p in predictions])
@@ -280,10 +282,19 @@ async def feedback(
         message = f"{', '.join(both)} cannot be both present (labels) and absent: mark each class one way"
         raise http_problem(422, "present_and_absent", message, classes=both)
     upload = (await read_uploads([file], services.params.serve))[0][1] if file is not None else None
-    max_pixels = services.params.validate_.max_pixels
     client = client_hash(request.client.host if request.client else None)  # the screen's flood rule counts per client
     return await run_in_threadpool(
-        queue_feedback, services.queue, upload, image_sha256, chosen, model_version, note, max_pixels, origin, client, confirmed_absent
+        queue_feedback,
+        services.queue,
+        upload,
+        image_sha256,
+        chosen,
+        model_version,
+        note,
+        services.decoding,
+        origin,
+        client,
+        confirmed_absent,
     )
 
 
@@ -377,11 +388,10 @@ async def retrain(
     if len(label_sets) == 1:  # one label set for every file
         label_sets *= len(files)
     uploads = await read_uploads(files, services.params.serve)
-    max_pixels = services.params.validate_.max_pixels
 
     def queue_all() -> list[schemas.FeedbackAccepted]:
         return [
-            queue_feedback(services.queue, data, None, chosen, None, note or f"retrain upload {name}", max_pixels)
+            queue_feedback(services.queue, data, None, chosen, None, note or f"retrain upload {name}", services.decoding)
             for (name, data), chosen in zip(uploads, label_sets)
         ]
 

@@ -30,6 +30,7 @@ import numpy as np
 from multitag.config import ServeParams
 from multitag.feedback.predictions import CHALLENGER, Answer, PredictionLog
 from multitag.lifecycle import registry
+from multitag.serving.limits import DecodeBudget
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class ShadowCounts:
 class ShadowScorer:
     """Scores handed-over requests with `watcher`'s model (the challenger) in one thread and logs the answers."""
 
-    def __init__(self, watcher: ChampionWatcher, prediction_log: PredictionLog, queue_size: int, max_pixels: int):
-        self.watcher, self.prediction_log, self.max_pixels = watcher, prediction_log, max_pixels
+    def __init__(self, watcher: ChampionWatcher, prediction_log: PredictionLog, queue_size: int, decoding: DecodeBudget):
+        self.watcher, self.prediction_log, self.decoding = watcher, prediction_log, decoding
         self._jobs: queue.Queue[ShadowJob | None] = queue.Queue(maxsize=queue_size)
         self._counts_lock = threading.Lock()
         self._scored = self._dropped = self._failed = 0
@@ -113,7 +114,7 @@ class ShadowScorer:
             return
         try:
             predictor = challenger.predictor
-            scores = predictor.predict_arrays(np.stack([predictor.decode(data, self.max_pixels) for data in job.payloads]))
+            scores = predictor.predict_arrays(np.stack([self.decoding.decode(predictor, data) for data in job.payloads]))
             answers = [predictor.labelled(row, sha) for row, sha in zip(scores, job.hashes)]
             self.prediction_log.record(
                 challenger.name,
@@ -142,7 +143,7 @@ class ShadowScorer:
                 self._last_error = error
 
 
-def shadow_scorer_for(name: str, serve: ServeParams, prediction_log: PredictionLog | None, max_pixels: int) -> ShadowScorer | None:
+def shadow_scorer_for(name: str, serve: ServeParams, prediction_log: PredictionLog | None, decoding: DecodeBudget) -> ShadowScorer | None:
     """The server's shadow scorer, or None when `serve.shadow` is off or there is no prediction log
     to record the challenger's answers in (serve.prediction_log_hours 0)."""
     if not serve.shadow:
@@ -151,4 +152,4 @@ def shadow_scorer_for(name: str, serve: ServeParams, prediction_log: PredictionL
         log.warning("serve.shadow is on but the prediction log is off (serve.prediction_log_hours: 0): no shadow scoring")
         return None
     watcher = ChampionWatcher(name, serve.reload_interval_s, alias=registry.CHALLENGER, runtime=serve.runtime, keep_when_unset=False)
-    return ShadowScorer(watcher, prediction_log, serve.shadow_queue_size, max_pixels)
+    return ShadowScorer(watcher, prediction_log, serve.shadow_queue_size, decoding)
