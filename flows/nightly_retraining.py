@@ -5,7 +5,7 @@ retrain); the quick path (minutes, on a short interval) refits only the champion
 on cached features, so corrections take effect the same hour, and the next nightly then trains
 them in full.
 
-First the screen holds suspicious pending corrections for review (likely label errors, a flooding
+First the queue forgets what no run needs (feedback retention), then the screen holds suspicious pending corrections for review (likely label errors, a flooding
 client, contradictions; multitag/feedback/screen.py). With enough pending feedback left: claim it
 (renewing the claim while the run lives), reject the items validation would quarantine, add the
 rest to the data (train/val; a stable share of the fully labelled ones joins the frozen test split),
@@ -48,6 +48,7 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
     logger = get_run_logger()
     kind = "quick" if quick else "full"
     needed = min_feedback if min_feedback is not None else load_params(params_path).retrain.min_feedback
+    fb.expire(params_path)
     leaked = fb.reject_leaked(params_path)
     held = fb.screen(params_path)
     if held:

@@ -172,6 +172,12 @@ class ServeParams(_Strict):
     max_requests_in_flight: int = Field(8, ge=1)
     decode_slots: int = Field(2, ge=1)
     max_decode_mb: float = Field(64, gt=0)
+    # What one network client may cost (serving/quotas.py; 0: no limit; loopback clients are exempt
+    # while trust_loopback is on): requests with a body per minute and their megabytes per hour
+    # (more: 429 with Retry-After), and the images its open corrections keep on disk (more: 507).
+    client_requests_per_minute: int = Field(120, ge=0)
+    client_upload_mb_per_hour: float = Field(1000, ge=0)
+    client_storage_mb: float = Field(1000, ge=0)
     admin_token_env: str = "MULTITAG_ADMIN_TOKEN"
     # Who may see other users' photos and answers (serving/access.py): the reviewer or admin token;
     # with neither set, only clients on this machine (loopback). False behind a local reverse proxy.
@@ -208,6 +214,18 @@ class FeedbackParams(_Strict):
     db_path: Path = Layout().feedback / "queue.db"
     images_dir: Path = Layout().feedback / "images"
     lease_seconds: float = Field(3600, gt=0)
+    # Retention (FeedbackQueue.expire; 0 keeps them): a held item nobody released turns rejected
+    # after held_days; rejected items and replaced consumed ones are deleted after retention_days.
+    held_days: float = Field(30, ge=0)
+    retention_days: float = Field(30, ge=0)
+
+    def expiry_cutoffs(self, now: float) -> tuple[float | None, float | None]:
+        """(held_before, decided_before) for FeedbackQueue.expire at time `now`; None: kept."""
+
+        def before(days: float) -> float | None:
+            return now - days * 86400 if days > 0 else None
+
+        return before(self.held_days), before(self.retention_days)
 
     def database(self, root: Path = Path(".")) -> str | Path:
         """Where the queue's items live: $MULTITAG_FEEDBACK_DB_URL, else `db_url` (a SQLAlchemy URL,

@@ -13,10 +13,19 @@ from prefect import task
 from multitag.config import load_params
 from multitag.data.splits import frozen_from_corrections, read_frozen_test
 from multitag.feedback import retraining
+from multitag.feedback.retention import expire_items
 from multitag.layout import Layout
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
 RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the nightly) or quick
+
+
+@task(retries=2, retry_delay_seconds=5)
+def expire(params_path: str) -> dict[str, int]:
+    """Retention, also when no server sweeps: held items nobody released for feedback.held_days are
+    rejected, decided ones older than feedback.retention_days deleted (retention.expire_items)."""
+    params = load_params(params_path)
+    return expire_items(retraining.open_queue(params), params.feedback)
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -119,6 +119,32 @@ def serve_params(tmp_path: Path) -> Callable[..., object]:
     return lambda model_name, **serve: server_params(tmp_path, model_name, **serve)
 
 
+NETWORK_CLIENT = ("203.0.113.7", 50000)  # a documentation address: a client on the network
+LOCAL_CLIENT = ("127.0.0.1", 50000)  # a client on the server's own machine
+
+
+@pytest.fixture
+def app_for(registry_env, tmp_path, monkeypatch) -> Iterator:
+    """`app_for(client, **serve)`: the API with its lifespan running in Starlette's TestClient, called
+    from `client`'s address (NETWORK_CLIENT or LOCAL_CLIENT); no token is set unless a test sets one."""
+    from fastapi.testclient import TestClient
+
+    from multitag.serving.app import create_app
+
+    monkeypatch.delenv("MULTITAG_REVIEWER_TOKEN", raising=False)
+    monkeypatch.delenv("MULTITAG_ADMIN_TOKEN", raising=False)
+    opened: list = []
+
+    def open_app(client: tuple[str, int], **serve: object):
+        app = create_app(server_params(tmp_path, registry_env.name, **serve))
+        opened.append(TestClient(app, base_url="http://127.0.0.1:8000", client=client).__enter__())
+        return opened[-1]
+
+    yield open_app
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
 @dataclass
 class LiveServer:
     """The API served by uvicorn in a thread of the test process, on its own loopback port."""

@@ -9,37 +9,14 @@ this machine (127.0.0.1).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from conftest import server_params
+from conftest import LOCAL_CLIENT, NETWORK_CLIENT
 from corpus import encode, solid
 from fastapi.testclient import TestClient
 
 from multitag.serving.access import host_name, trusted_host
 
-NETWORK_CLIENT = ("203.0.113.7", 50000)
-LOCAL_CLIENT = ("127.0.0.1", 50000)
 REVIEWER, ADMIN = "reviewer-secret", "admin-secret"
-
-
-@pytest.fixture
-def app_for(registry_env, tmp_path, monkeypatch) -> Iterator:
-    """`app_for(client, **serve)`: the API with its lifespan running, called from `client`'s address."""
-    from multitag.serving.app import create_app
-
-    monkeypatch.delenv("MULTITAG_REVIEWER_TOKEN", raising=False)
-    monkeypatch.delenv("MULTITAG_ADMIN_TOKEN", raising=False)
-    opened: list[TestClient] = []
-
-    def open_app(client: tuple[str, int], **serve: object) -> TestClient:
-        app = create_app(server_params(tmp_path, registry_env.name, **serve))
-        opened.append(TestClient(app, base_url="http://127.0.0.1:8000", client=client).__enter__())
-        return opened[-1]
-
-    yield open_app
-    for client in opened:
-        client.__exit__(None, None, None)
 
 
 def predicted_sha(client: TestClient, name: str) -> str:

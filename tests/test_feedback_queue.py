@@ -22,6 +22,7 @@ import pytest
 from multitag.feedback.database import SchemaTooNew
 from multitag.feedback.importer import import_dir
 from multitag.feedback.queue import MIGRATIONS, ClaimLost, FeedbackQueue
+from multitag.feedback.retention import GRACE_S, ImageRetention
 from multitag.feedback.store import image_extension
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -322,6 +323,33 @@ def test_a_correction_the_test_split_took_is_no_leak_when_it_is_pending_again(ne
     assert by_users == {from_a_user.image_sha256, partial.image_sha256}
     assert queue.reject_leaked(set(frozen["sha256"]), by_users) == [partial.id, of_a_dataset_photo.id]
     assert [item.id for item in queue.list_items("pending")] == [from_a_user.id]
+
+
+def test_retention_expires_stale_held_items_and_deletes_only_what_no_run_needs(new_queue, tmp_path):
+    """Held items nobody released turn rejected, then rejected items and consumed ones a newer
+    consumed correction replaced are deleted; the newest consumed correction of an image is training
+    data and stays, as do open items; the images of deleted items then go with the image sweep."""
+    queue = new_queue()
+    held = queue.add(fake_png(1), ["cat"]).id
+    queue.hold({held: "flood"})
+    rejected = queue.add(fake_png(2), ["cat"]).id
+    queue.reject([rejected], "wrong photo")
+    consumed = []
+    for labels in (["cat"], ["dog"]):  # the image corrected twice, each consumed by a run
+        consumed.append(queue.add(fake_png(3), labels).id)
+        queue.claim(f"run-{labels[0]}")
+        queue.ack(f"run-{labels[0]}", consumed[-1:])
+    pending = queue.add(fake_png(4), ["cat"]).id
+    later = time.time() + 1
+
+    assert queue.expire(held_before=None, decided_before=None) == {"held_expired": 0, "deleted": 0}, "None keeps everything"
+    assert queue.expire(held_before=later, decided_before=None) == {"held_expired": 1, "deleted": 0}
+    assert {i.id: i.reason for i in queue.list_items("rejected")} == {held: "held_expired", rejected: "wrong photo"}
+    assert queue.expire(held_before=None, decided_before=later + 1) == {"held_expired": 0, "deleted": 3}
+    assert {i.id: i.state for i in queue.list_items()} == {consumed[1]: "consumed", pending: "pending"}
+
+    swept = ImageRetention(queue, max_age_s=0).sweep(now=later + GRACE_S + 1)
+    assert sorted(swept) == sorted(hashlib.sha256(fake_png(n)).hexdigest() for n in (1, 2)), "unnamed images go, named ones stay"
 
 
 def test_reject_requeue_stats_and_list(new_queue, tmp_path):

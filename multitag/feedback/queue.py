@@ -52,9 +52,11 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    delete,
     exists,
     func,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -469,6 +471,40 @@ class FeedbackQueue:
             reason=RELEASED if state == "held" else None,  # the screen lets a released item through
             updated_at=time.time(),
         )
+
+    def expire(self, held_before: float | None, decided_before: float | None) -> dict[str, int]:
+        """Retention, in every task, of what no run needs: held items an admin left alone since
+        `held_before` are rejected ('held_expired': still requeueable until they expire in turn);
+        rejected items, and consumed ones a newer consumed correction of the same image replaced,
+        last changed before `decided_before` are deleted. None keeps them. The newest consumed
+        correction of each image is training data, like the dataset's photos, and is never deleted;
+        an image nothing names any more goes with the image sweep (feedback/retention.py)."""
+        newer = feedback.alias("newer")
+        replaced = exists().where(
+            newer.c.image_sha256 == feedback.c.image_sha256,
+            newer.c.task.is_not_distinct_from(feedback.c.task),
+            newer.c.state == "consumed",
+            newer.c.id > feedback.c.id,
+        )
+
+        def work(conn: Connection) -> dict[str, int]:
+            counts = {"held_expired": 0, "deleted": 0}
+            if held_before is not None:
+                stale = and_(feedback.c.state == "held", feedback.c.updated_at < held_before)
+                expired = update(feedback).where(stale).values(state="rejected", reason="held_expired", updated_at=time.time())
+                counts["held_expired"] = conn.execute(expired).rowcount
+            if decided_before is not None:
+                done = or_(feedback.c.state == "rejected", and_(feedback.c.state == "consumed", replaced))
+                counts["deleted"] = conn.execute(delete(feedback).where(done, feedback.c.updated_at < decided_before)).rowcount
+            return counts
+
+        return self.database.write(work)
+
+    def open_images_of(self, client: str) -> set[str]:
+        """The images of every open (pending, claimed, held) item `client` sent, in every task: what
+        its storage quota counts (serving/quotas.py)."""
+        query = select(feedback.c.image_sha256).distinct().where(feedback.c.client == client, _is_open)
+        return self.database.read(lambda conn: set(conn.scalars(query)))
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""Retention of prediction images: /predict stores every image so that a correction can name it by
-hash, but an image that no feedback item names is kept only for a while.
+"""Retention of the queue: feedback items no run needs (`expire_items`), and stored images nothing
+names (`ImageRetention`). /predict stores every image so that a correction can name it by hash, but
+an image that no feedback item names is kept only for a while.
 
 An image that any feedback item references, in any state, is never deleted: the feedback export
-and requeued items need it. An image's age is its file's mtime, which storing it again renews.
+and requeued items need it. An image's age is its file's mtime, which storing it again renews. An
+item's retention (`feedback.held_days`, `feedback.retention_days`) runs first, so the images of
+deleted items go in the same sweep once they are old enough.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, select
 
+from multitag.config import FeedbackParams
 from multitag.feedback.queue import FeedbackQueue, feedback
 
 log = logging.getLogger(__name__)
@@ -21,10 +25,23 @@ GRACE_S = 60  # an image younger than this may be on its way into the queue: nev
 BATCH = 256  # images decided per write transaction, so that feedback writes never wait long for a sweep
 
 
-class ImageRetention:
-    """Deletes the queue's stored images that are older than `max_age_s` and that no feedback item names."""
+def expire_items(queue: FeedbackQueue, params: FeedbackParams, now: float | None = None) -> dict[str, int]:
+    """Turn stale held items rejected and delete old decided ones (FeedbackQueue.expire); the counts."""
+    counts = queue.expire(*params.expiry_cutoffs(time.time() if now is None else now))
+    if any(counts.values()):
+        log.info(
+            "feedback retention: %d held item(s) older than %g days rejected, %d decided item(s) older than %g days deleted",
+            counts["held_expired"], params.held_days, counts["deleted"], params.retention_days,
+        )  # fmt: skip
+    return counts
 
-    def __init__(self, queue: FeedbackQueue, max_age_s: float):
+
+class ImageRetention:
+    """Deletes the queue's stored images that are older than `max_age_s` and that no feedback item
+    names; with `items`, first the feedback items past their retention (expire_items)."""
+
+    def __init__(self, queue: FeedbackQueue, max_age_s: float, items: FeedbackParams | None = None):
+        self.queue, self.items = queue, items
         self.images, self.max_age_s, self.database = queue.images, max_age_s, queue.database
 
     def sweep(self, now: float | None = None) -> list[str]:
@@ -44,8 +61,10 @@ class ImageRetention:
         return deleted
 
     def sweep_logged(self) -> None:
-        """`sweep`, with a failure logged instead of raised: the next sweep tries again."""
+        """`expire_items` then `sweep`, with a failure logged instead of raised: the next sweep tries again."""
         try:
+            if self.items is not None:
+                expire_items(self.queue, self.items)
             self.sweep()
         except Exception:
             log.exception("sweeping expired images under %s failed", self.images.root)

@@ -65,6 +65,13 @@ class ImageStore:
                 return path
         raise KeyError(f"image {sha} is not stored under {self.root}; send its bytes with add() or images.store() first")
 
+    def size(self, sha: str) -> int:
+        """Bytes the image takes on disk; 0 when it is not stored (a quota counts what is there)."""
+        try:
+            return self.path(sha).stat().st_size
+        except (KeyError, FileNotFoundError):
+            return 0
+
     def stored(self) -> Iterator[tuple[str, Path]]:
         """(sha256, file) of every stored image; temp files of writes in progress are not images."""
         for path in self.root.glob("??/*.*"):

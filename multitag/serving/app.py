@@ -34,6 +34,7 @@ from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
 from multitag.serving.limits import BodySizeLimit, RequestsInFlight, body_limit_bytes, decode_budget
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage
+from multitag.serving.quotas import ClientRates
 from multitag.serving.rescore import rescorer_for
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
 from multitag.serving.routes import STATIC_DIR, Services, router
@@ -63,7 +64,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         queue = open_queue(params)
         watcher = ChampionWatcher(params.registry.model_name, params.serve.reload_interval_s, runtime=params.serve.runtime)
-        retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600)
+        retention = ImageRetention(queue, params.serve.prediction_retention_hours * 3600, params.feedback)
         prediction_log = prediction_log_for(queue, params.serve)  # None when serve.prediction_log_hours is 0
         trigger = retrain_trigger or retrain_trigger_from_env(Layout().retrain_log, params_path)
         early_retrain = drift_retrain_for(params, watcher, queue, prediction_log, trigger)  # None unless retrain.on_drift
@@ -99,6 +100,7 @@ def create_app(
     app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
     app.add_middleware(RequestsInFlight, limit=params.serve.max_requests_in_flight)
+    app.add_middleware(ClientRates, serve=params.serve, largest_body=body_limit_bytes(params.serve))  # before a slot is taken
     app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)
     app.add_middleware(TrustedHosts, allowed_hosts=params.serve.allowed_hosts)  # added last: runs first
     for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500
@@ -114,8 +116,9 @@ def prediction_log_for(queue: FeedbackQueue, serve: ServeParams) -> PredictionLo
 
 
 def sweep(retention: ImageRetention, prediction_log: PredictionLog | None, early_retrain: DriftRetrain | None = None) -> None:
-    """The server's periodic clean-up: expired prediction images, then expired logged predictions;
-    then, with retrain.on_drift, the drift check that may start the retraining early."""
+    """The server's periodic clean-up: expired feedback items, then the images nothing names any
+    more, then expired logged predictions; then, with retrain.on_drift, the drift check that may
+    start the retraining early."""
     retention.sweep_logged()
     if prediction_log is not None:
         prediction_log.expire_logged()

@@ -32,6 +32,7 @@ from multitag.serving.batching import MicroBatcher, score
 from multitag.serving.drift_watch import as_response, served_drift
 from multitag.serving.limits import DecodeBudget, read_uploads
 from multitag.serving.problems import bad_images, disk_full, http_problem, image_problem
+from multitag.serving.quotas import check_storage_quota, client_key, exempt
 from multitag.serving.retrain_trigger import RetrainTrigger
 from multitag.serving.shadow import ShadowScorer
 from multitag.serving.watcher import ChampionWatcher, ServedModel
@@ -282,7 +283,10 @@ async def feedback(
         message = f"{', '.join(both)} cannot be both present (labels) and absent: mark each class one way"
         raise http_problem(422, "present_and_absent", message, classes=both)
     upload = (await read_uploads([file], services.params.serve))[0][1] if file is not None else None
-    client = client_hash(request.client.host if request.client else None)  # the screen's flood rule counts per client
+    address = request.client.host if request.client else None
+    client = client_hash(client_key(address)) if address else None  # the screen's flood rule counts per client
+    quota_client = None if exempt(address, services.params.serve) else client
+    await run_in_threadpool(check_storage_quota, services.queue, quota_client, len(upload or b""), services.params.serve)
     return await run_in_threadpool(
         queue_feedback,
         services.queue,
