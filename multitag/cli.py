@@ -365,8 +365,17 @@ def feedback_list(
         table.add_column(column)
     for item in queue.list_items(state, limit):
         absent = "(all others)" if item.absent is None else "|".join(item.absent) or "(none: the others unknown)"
-        row = (item.image_sha256[:12], item.model_version or "", item.origin, item.reason or "")
-        table.add_row(str(item.id), item.state, "|".join(item.labels), absent, *row)
+        row = (
+            str(item.id),
+            item.state,
+            "|".join(item.labels),
+            absent,
+            item.image_sha256[:12],
+            item.model_version or "",
+            item.origin,
+            item.reason or "",
+        )
+        table.add_row(*map(Text, row))  # plain text: a sender's model_version such as "[/bold]" is no Rich markup
     out.print(table)
     if not unassigned and (waiting := queue.unassigned_count()):
         console.print(f"[yellow]{waiting} item(s) belong to no task: `multitag feedback list --unassigned`, then `feedback adopt`[/]")

@@ -167,9 +167,11 @@ class ServeParams(_Strict):
     reload_interval_s: float = Field(10, gt=0)
     max_upload_bytes: int = Field(10_000_000, gt=0)
     max_files: int = Field(16, ge=1)
-    # What requests may cost together (serving/limits.py): uploads in flight (more: 503 busy),
-    # images decoded at once, and the decoded size of one image (a 16-bit or huge PNG is refused).
-    max_requests_in_flight: int = Field(8, ge=1)
+    # What requests may cost together (serving/limits.py): uploads and their megabytes in flight
+    # (more: 503 busy), images decoded at once, and the decoded size of one image (a 16-bit or huge
+    # PNG is refused).
+    max_requests_in_flight: int = Field(32, ge=1)
+    max_upload_mb_in_flight: float = Field(256, gt=0)
     decode_slots: int = Field(2, ge=1)
     max_decode_mb: float = Field(64, gt=0)
     # What one network client may cost (serving/quotas.py; 0: no limit; loopback clients are exempt

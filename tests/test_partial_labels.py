@@ -248,6 +248,21 @@ def test_feedback_list_shows_what_each_correction_confirms_absent(tmp_path, monk
     assert "dog|person" in listed.output and "(all others)" in listed.output, listed.output
 
 
+def test_feedback_list_shows_a_senders_text_as_text_not_markup(tmp_path, monkeypatch):
+    """`model_version` is free text any client sends with /feedback: "[/bold]" once crashed the list."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from multitag.cli import app
+
+    monkeypatch.setenv("COLUMNS", "250")
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump({"feedback": {"db_path": str(tmp_path / "queue.db"), "images_dir": str(tmp_path / "images")}}))
+    FeedbackQueue(tmp_path / "queue.db", tmp_path / "images", task="multitag").add(png("hostile"), ["cat"], model_version="[/bold]")
+    listed = CliRunner().invoke(app, ["feedback", "list", "--params", str(params_path)])
+    assert listed.exit_code == 0 and "[/bold]" in listed.output, listed.output
+
+
 def test_the_screen_holds_a_partial_correction_only_for_what_it_says(tmp_path):
     """An unknown class is no claim: the screen does not hold a correction for a class its sender left alone."""
     from multitag.config import RetrainParams

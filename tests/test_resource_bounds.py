@@ -1,7 +1,8 @@
 """What a request may cost the server (issue 22, part 2): an image whose decoded pixels would need
 more than `serve.max_decode_mb` is refused before decoding (a 158 KB 16-bit PNG once took a replica
 from 1 to 8 GB), high bit depths are converted without float64 copies, decodes take turns
-(`serve.decode_slots`), and uploads beyond `serve.max_requests_in_flight` get 503 with Retry-After.
+(`serve.decode_slots`), and uploads beyond `serve.max_requests_in_flight` or `serve.max_upload_mb_in_flight`
+get 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -128,3 +129,27 @@ def test_uploads_beyond_the_in_flight_limit_get_503_with_retry_after(registry_en
         assert time.monotonic() < deadline, "the slot never came back after the held upload ended"
         time.sleep(0.1)
     assert answer.status_code == 200, answer.text
+
+
+def test_the_bytes_in_flight_are_bounded_not_only_the_requests(registry_env, live_server, serve_params):
+    """With 100 KB of an upload in flight and room for 150 KB, a 60 KB upload waits (503) while a
+    small correction-sized one gets in: many small requests at once are no danger."""
+    server = live_server(serve_params(registry_env.name, max_upload_mb_in_flight=0.15))
+    big = {
+        "files": (
+            "big.png",
+            encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (140, 140, 3), dtype=np.uint8)), "PNG"),
+            "image/png",
+        )
+    }
+    small = {"files": ("small.png", encode(solid("a photo", (64, 48)), "PNG"), "image/png")}
+    held = _hold_an_upload_open(server.url)
+    try:
+        deadline = time.monotonic() + 10
+        while (busy := httpx.post(f"{server.url}/predict", files=big, timeout=30)).status_code != 503:
+            assert time.monotonic() < deadline, f"never refused: {busy.status_code}"
+            time.sleep(0.1)
+        assert busy.json()["detail"]["reason"] == "busy"
+        assert httpx.post(f"{server.url}/predict", files=small, timeout=30).status_code == 200
+    finally:
+        held.close()

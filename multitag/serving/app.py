@@ -98,9 +98,11 @@ def create_app(
             watcher.stop()
 
     app = FastAPI(title="multitag", summary="Multi-label image tagging with a hot-reloaded champion model.", lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, limit_bytes=body_limit_bytes(params.serve))
-    app.add_middleware(RequestsInFlight, limit=params.serve.max_requests_in_flight)
-    app.add_middleware(ClientRates, serve=params.serve, largest_body=body_limit_bytes(params.serve))  # before a slot is taken
+    largest_body = body_limit_bytes(params.serve)
+    app.add_middleware(BodySizeLimit, limit_bytes=largest_body)
+    in_flight_bytes = int(params.serve.max_upload_mb_in_flight * 1e6)
+    app.add_middleware(RequestsInFlight, limit=params.serve.max_requests_in_flight, max_bytes=in_flight_bytes, largest_body=largest_body)
+    app.add_middleware(ClientRates, serve=params.serve, largest_body=largest_body)  # before a slot is taken
     app.add_middleware(SameOriginPosts, allowed_origins=params.serve.allowed_origins)
     app.add_middleware(TrustedHosts, allowed_hosts=params.serve.allowed_hosts)  # added last: runs first
     for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500

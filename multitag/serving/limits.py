@@ -1,11 +1,12 @@
 """What one request, and all of them together, may cost the server: body size (refused before it is
-parsed or spooled to disk), requests in flight (503 with Retry-After beyond), and decoding (a few
+parsed or spooled to disk), requests and their bytes in flight (503 with Retry-After beyond), and decoding (a few
 images at a time, none needing more than `serve.max_decode_mb` decoded).
 
-Memory is then bounded by construction: in-flight requests x the body limit for the bytes read,
+Memory is then bounded by construction: `serve.max_upload_mb_in_flight` for the bodies read,
 plus `serve.decode_slots` x about three times `serve.max_decode_mb` for the pixels being decoded
 (a decode holds the stored pixels, an orientation copy and a mode conversion at most), plus the
-micro-batcher's queue, at most in-flight requests x `serve.max_files` decoded model inputs.
+micro-batcher's queue, at most `serve.max_requests_in_flight` x `serve.max_files` decoded model
+inputs. Counting bytes rather than requests lets many small corrections in at once.
 """
 
 from __future__ import annotations
@@ -81,31 +82,36 @@ async def read_uploads(files: list[UploadFile], limits: ServeParams) -> list[tup
 
 
 class RequestsInFlight:
-    """503 `busy` (with Retry-After) for a request that sends a body while `limit` such requests are
-    being served: every upload, correction and retrain holds its bytes until answered, so their
-    number bounds that memory, and the micro-batcher's queue with it."""
+    """503 `busy` (with Retry-After) for a request that sends a body while `limit` such requests, or
+    `max_bytes` of their bodies (as declared; a chunked one counts as `largest_body`), are being
+    served: every upload, correction and retrain holds its bytes until answered, so the bytes bound
+    that memory, and the count bounds the micro-batcher's queue (at most `serve.max_files` inputs
+    each). A request is always admitted when nothing else is in flight."""
 
-    def __init__(self, app: ASGIApp, limit: int):
-        self.app, self.limit = app, limit
-        self._count = 0
+    def __init__(self, app: ASGIApp, limit: int, max_bytes: int, largest_body: int):
+        self.app, self.limit, self.max_bytes, self.largest_body = app, limit, max_bytes, largest_body
+        self._count = self._bytes = 0
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        size = min(int(declared), self.largest_body) if declared.isdigit() else self.largest_body
         with self._lock:
-            admitted = self._count < self.limit
-            self._count += admitted
+            admitted = self._count == 0 or (self._count < self.limit and self._bytes + size <= self.max_bytes)
+            if admitted:
+                self._count, self._bytes = self._count + 1, self._bytes + size
         if not admitted:
-            body = problem("busy", f"the server is answering {self.limit} uploads already: try again in {RETRY_AFTER_S} s")
+            body = problem("busy", f"the server is answering as many uploads as it can hold: try again in {RETRY_AFTER_S} s")
             await JSONResponse({"detail": body}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)
         finally:
             with self._lock:
-                self._count -= 1
+                self._count, self._bytes = self._count - 1, self._bytes - size
 
 
 @dataclass(frozen=True)
