@@ -178,7 +178,8 @@ def feedback_flood(url: str, attack: int, label: str, clients: int, per_client: 
 
 
 def oversized(url: str, attack: int) -> list[int | str]:
-    def chunks() -> Iterator[bytes]:
+    def chunks() -> Iterator[bytes]:  # a well-formed file part that never ends: 200 MB of it
+        yield b"--x\r\nContent-Disposition: form-data; name=files; filename=big.png\r\nContent-Type: image/png\r\n\r\n"
         block = b"\0" * 1_000_000
         for _ in range(200):
             yield block

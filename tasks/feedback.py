@@ -105,7 +105,7 @@ def prepare(params_path: str, run_id: str, quick: bool = False) -> dict:
     from multitag.params_file import set_params
 
     params = load_params(params_path)
-    init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion" / run_id)
+    init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion")
     RUN_PARAMS.parent.mkdir(parents=True, exist_ok=True)
     RUN_PARAMS.write_text(Path(params_path).read_text())
     architectures = params.train.architectures if params.retrain.all_architectures and not quick else [architecture]

@@ -227,8 +227,11 @@ def feedback_records(export_dir: Path) -> list[Record]:
     return records
 
 
-def download_champion(model_name: str, dest: Path) -> tuple[Path, str, str]:
-    """The champion's Keras file for a warm start: (path, version, architecture)."""
+def download_champion(model_name: str, cache: Path) -> tuple[Path, str, str]:
+    """The champion's Keras file for a warm start: (path, version, architecture).
+
+    One folder per version under `cache` (`v<N>`), reused by every run that warm-starts from that
+    version; the other versions' folders are deleted, so retraining every night keeps one copy."""
     import mlflow
 
     from multitag.lifecycle import registry
@@ -236,6 +239,12 @@ def download_champion(model_name: str, dest: Path) -> tuple[Path, str, str]:
     champion = registry.alias_version(model_name, registry.CHAMPION)
     if champion is None:
         raise MissingInputError(f"no champion for {model_name!r} yet: run the training pipeline (make demo) before retraining")
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{champion.version}", dst_path=str(dest)))
-    keras_file = next(local.rglob("*.keras"))
+    dest = cache / f"v{champion.version}"
+    for stale in (path for path in cache.glob("*") if path != dest):
+        shutil.rmtree(stale, ignore_errors=True)
+    keras_file = next(dest.rglob("*.keras"), None)
+    if keras_file is None:  # not downloaded yet, or a download that died halfway: start over
+        shutil.rmtree(dest, ignore_errors=True)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{champion.version}", dst_path=str(dest)))
+        keras_file = next(local.rglob("*.keras"))
     return keras_file, champion.version, champion.tags.get("architecture", "")

@@ -416,7 +416,7 @@ async def retrain(
 async def admin_reload(services: ServicesDep) -> schemas.Reloaded:
     """Admin: check the champion alias now instead of waiting for the next poll."""
     watcher = services.watcher
-    changed = await run_in_threadpool(watcher.refresh_logged)
+    changed = await run_in_threadpool(watcher.refresh_logged, True)  # now, even while a failed version backs off
     if watcher.last_error:
         raise http_problem(500, "reload_failed", f"{watcher.last_error}; still serving the previous model")
     served = watcher.current
