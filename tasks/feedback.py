@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect import task
 
 from multitag.config import load_params
-from multitag.data.splits import frozen_from_corrections, read_frozen_test
+from multitag.data.splits import frozen_fingerprints, frozen_from_corrections, read_frozen_test
 from multitag.feedback import retraining
 from multitag.feedback.retention import expire_items
 from multitag.layout import Layout
@@ -31,9 +31,12 @@ def expire(params_path: str) -> dict[str, int]:
 @task(retries=2, retry_delay_seconds=5)
 def reject_leaked(params_path: str) -> list[int]:
     """Feedback images whose content is in the frozen test split never train (those a correction put
-    there go to test again: splits.frozen_from_corrections)."""
-    frozen = read_frozen_test(Layout().frozen_test) or set()
-    return retraining.open_queue(load_params(params_path)).reject_leaked(frozen, frozen_from_corrections(Layout().frozen_test))
+    there go to test again: splits.frozen_from_corrections), nor do near-duplicates of test photos."""
+    params, frozen_test = load_params(params_path), Layout().frozen_test
+    queue = retraining.open_queue(params)
+    exact = queue.reject_leaked(read_frozen_test(frozen_test) or set(), frozen_from_corrections(frozen_test))
+    near = retraining.reject_near_duplicates(queue, frozen_fingerprints(frozen_test), params.retrain.near_duplicate_bits)
+    return sorted(exact + near)
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -15,6 +15,7 @@ from queue_shapes import version_1_table
 from sqlalchemy import MetaData, create_engine, text
 
 from multitag.config import RetrainParams
+from multitag.data.images import difference_hash
 from multitag.feedback import retraining
 from multitag.feedback.predictions import Answer, PredictionLog
 from multitag.feedback.queue import MIGRATIONS, RELEASED, FeedbackQueue
@@ -22,7 +23,6 @@ from multitag.feedback.screen import (
     Correction,
     client_hash,
     contradictions,
-    difference_hash,
     flooding,
     label_issues,
     screen_queue,

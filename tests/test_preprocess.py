@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from corpus import colour_for, csv_row, encode, solid, write_bytes, write_csv
+from PIL import Image
 
 from multitag.config import DataParams, PreprocessParams, SplitRatios, ValidateParams
 from multitag.data import images, manifest
 from multitag.data.preprocess import load_split, preprocess
 from multitag.data.sources import read_source
-from multitag.data.splits import read_frozen_test
+from multitag.data.splits import frozen_fingerprints, read_frozen_test
 from multitag.data.validation import validate, write_outputs
 from multitag.errors import MissingInputError, MultitagError
 
@@ -340,3 +341,44 @@ def test_a_frozen_correction_never_trains_even_when_it_comes_back_partial(hundre
     partial_now = Validated(hundred.root, hundred.dataset, manifest.write(later, tmp_path / "partial.parquet"), hundred.classes_path)
     with pytest.raises(MultitagError, match="unknown classes"):
         partial_now.preprocess(tmp_path / "partial", frozen)
+
+
+def blob_photo(seed: int, side: int = 96) -> Image.Image:
+    """A photo-like image per seed: smooth random blobs, whose difference hash survives a resize."""
+    small = np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((side, side), Image.Resampling.BICUBIC)
+
+
+def test_a_near_duplicate_of_a_test_photo_is_rejected_as_leakage(tmp_path):
+    """A re-encoded, resized copy of a frozen test photo has another sha256: the exact-hash check
+    let it train the candidate and inflate the gate's test score. Preprocessing stores each test
+    photo's difference hash; the retraining rejects pending near-duplicates of them."""
+    from multitag.config import RetrainParams
+    from multitag.feedback.queue import FeedbackQueue
+    from multitag.feedback.retraining import reject_near_duplicates
+
+    root = tmp_path / "dataset"
+    dataset = {f"img_{i:04d}": labels_of(i) for i in range(40)}
+    for seed, image_id in enumerate(dataset):
+        write_bytes(root / f"{image_id}.png", encode(blob_photo(seed), "PNG"))
+    write_csv(root, [csv_row(f"{i}.png", labels) for i, labels in dataset.items()], CLASSES)
+    validated = Validated(tmp_path, dataset, *validate_into(root, tmp_path / "validated"))
+    frozen = tmp_path / "frozen_test.json"
+    validated.preprocess(tmp_path / "processed", frozen)
+    splits = processed_splits(tmp_path / "processed")
+    fingerprints = frozen_fingerprints(frozen)
+    assert sorted(fingerprints.values()) == sorted(splits["test"]["sha256"]), "every test photo has its hash stored"
+
+    def seed_of(row) -> int:
+        return list(dataset).index(row["image_id"])
+
+    test_row, train_row = splits["test"].iloc[0], splits["train"].iloc[0]
+    queue = FeedbackQueue(tmp_path / "queue.db", tmp_path / "images")
+    copy_of_test = queue.add(encode(blob_photo(seed_of(test_row), side=80), "JPEG", quality=80), ["cat"]).id
+    copy_of_train = queue.add(encode(blob_photo(seed_of(train_row), side=80), "JPEG", quality=80), ["cat"]).id
+    flat = queue.add(encode(solid("a blank scan", (64, 64)), "PNG"), ["cat"]).id
+    exact = queue.add((root / f"{test_row['image_id']}.png").read_bytes(), ["cat"]).id  # the exact rule's (reject_leaked)
+
+    assert reject_near_duplicates(queue, fingerprints, RetrainParams().near_duplicate_bits) == [copy_of_test]
+    assert {i.id for i in queue.list_items("pending")} == {copy_of_train, flat, exact}
+    assert queue.list_items("rejected")[0].reason.startswith("leakage")

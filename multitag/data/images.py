@@ -170,3 +170,28 @@ def resize(image: Image.Image, size: int, mode: ResizeMode) -> Image.Image:
     canvas = Image.new("RGB", (size, size))
     canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), ((size - inner[0]) // 2, (size - inner[1]) // 2))
     return canvas
+
+
+MIN_HASH_BITS = 8  # fewer set (or unset) bits than this: a flat image, whose hash names no photo
+
+
+def difference_hash(path: Path) -> int:
+    """A 64-bit dHash of the image: resized, recompressed or slightly edited copies of one photo
+    differ in a few bits, different photos in about half of them. A JPEG is read at a reduced
+    scale first (draft): the hash needs 9 x 8 pixels."""
+    with Image.open(path) as image:
+        image.draft("L", (64, 64))
+        pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
+    bits = (pixels[:, 1:] > pixels[:, :-1]).ravel()
+    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
+
+
+def hash_distance(a: int, b: int) -> int:
+    """How many of two difference hashes' 64 bits differ."""
+    return (a ^ b).bit_count()
+
+
+def informative_hash(value: int) -> bool:
+    """Whether a difference hash tells photos apart: a flat image (a solid colour, a blank scan)
+    has almost no gradients, so its hash is near 0 and near every other flat image's."""
+    return MIN_HASH_BITS <= value.bit_count() <= 64 - MIN_HASH_BITS

@@ -16,7 +16,7 @@ import pandas as pd
 
 from multitag.config import PreprocessParams, ResizeMode
 from multitag.data import manifest, splits
-from multitag.data.images import ImageError, decode_file
+from multitag.data.images import ImageError, decode_file, difference_hash, informative_hash
 from multitag.data.manifest import SPLITS
 from multitag.data.parallel import chunks, run_chunks
 from multitag.errors import MissingInputError, MultitagError
@@ -53,7 +53,7 @@ def preprocess(
     )
     splits.require_nonempty(frame, dataset, params.split_ratios, len(frozen) if frozen is not None else None)
     refuse_partial_outside_train(frame)
-    splits.write_frozen_test(frame, frozen_test_path, dataset)
+    splits.write_frozen_test(frame, frozen_test_path, dataset, test_fingerprints(frame))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"dataset": dataset, "image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
     for split in SPLITS:
@@ -65,6 +65,14 @@ def preprocess(
     manifest.write_classes(classes, out_dir / "classes.json")
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def test_fingerprints(frame: pd.DataFrame) -> dict[str, int]:
+    """{sha256: difference hash} of the test rows: what the leakage check compares corrections with
+    (a re-encoded or resized copy of a test photo has another sha256 but nearly the same hash)."""
+    test = frame[frame["split"] == "test"]
+    hashes = zip(test["sha256"], map(difference_hash, test["path"]))
+    return {sha: value for sha, value in hashes if informative_hash(value)}
 
 
 def write_split(rows: pd.DataFrame, classes: list[str], out_dir: Path, split: str, params: PreprocessParams) -> None:

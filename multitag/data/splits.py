@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +135,33 @@ def frozen_from_corrections(path: Path) -> set[str]:
     }
 
 
-def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str) -> None:
+def write_frozen_test(frame: pd.DataFrame, path: Path, dataset: str, fingerprints: Mapping[str, int] | None = None) -> None:
     """Freeze this dataset's test split: its set only ever grows, so no image leaves test; the
-    other datasets' sets are kept as they are."""
+    other datasets' sets are kept as they are. `fingerprints` ({sha256: difference hash}) are
+    stored beside the hashes, so that a near-duplicate of a test photo is caught as leakage too
+    (frozen_fingerprints); a hash stored before is kept."""
     stored = _read_all(path)
     previous = stored.get(dataset, {"image_id": [], "sha256": []})
     frozen = dict(zip(previous["sha256"], previous["image_id"]))
+    hashes = {sha: int(value, 16) for sha, value in zip(previous["sha256"], previous.get("dhash", [])) if value}
     test = frame[frame["split"] == "test"]
     frozen.update({sha: frozen.get(sha, image_id) for sha, image_id in zip(test["sha256"], test["image_id"])})
+    hashes = {**(fingerprints or {}), **hashes}
     ordered = sorted(frozen.items())
-    stored[dataset] = {"image_id": [i for _, i in ordered], "sha256": [s for s, _ in ordered]}
+    stored[dataset] = {
+        "image_id": [i for _, i in ordered],
+        "sha256": [s for s, _ in ordered],
+        "dhash": [f"{hashes[s]:016x}" if s in hashes else "" for s, _ in ordered],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"datasets": stored})
+
+
+def frozen_fingerprints(path: Path) -> dict[int, str]:
+    """{difference hash: sha256} of every frozen test photo that has one, over every dataset."""
+    return {
+        int(value, 16): sha for entry in _read_all(path).values() for sha, value in zip(entry["sha256"], entry.get("dhash", [])) if value
+    }
 
 
 def refuse_silent_redraw(summary_path: Path, frozen_test_path: Path, dataset: str) -> None:

@@ -16,11 +16,12 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 from multitag.config import Params, ValidateParams
+from multitag.data.images import difference_hash, hash_distance, informative_hash
 from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
 from multitag.data.sources.csv_folder import FULL
 from multitag.errors import MissingInputError, Problem
@@ -177,6 +178,34 @@ def reject_invalid(queue: FeedbackQueue, run_id: str, classes: list[str], params
     for item_id, reason in reasons.items():
         queue.reject([item_id], reason)
     return reasons
+
+
+def reject_near_duplicates(queue: FeedbackQueue, frozen: Mapping[int, str], max_bits: int) -> list[int]:
+    """Reject pending items whose photo is a near-duplicate of a frozen test photo (difference hashes
+    at most `max_bits` apart; `frozen` is splits.frozen_fingerprints): a re-encoded or resized copy
+    has another sha256, would train the candidate and inflate the gate's own test score. Exact
+    copies are FeedbackQueue.reject_leaked's (which lets some through on purpose); ids rejected."""
+    exact = set(frozen.values())
+    leaked = [
+        item.id
+        for item in queue.list_items("pending", limit=10**9)
+        if item.image_sha256 not in exact
+        and (fingerprint := _fingerprint(queue, item.image_sha256)) is not None
+        and informative_hash(fingerprint)
+        and any(hash_distance(fingerprint, other) <= max_bits for other in frozen)
+    ]
+    if leaked:
+        queue.reject(leaked, "leakage: a near-duplicate of a frozen test photo")
+        logger.info("rejected %d correction(s) of near-duplicates of frozen test photos", len(leaked))
+    return leaked
+
+
+def _fingerprint(queue: FeedbackQueue, sha: str) -> int | None:
+    """The stored image's difference hash; None when it is gone or unreadable (validation says why later)."""
+    try:
+        return difference_hash(queue.images.path(sha))
+    except (KeyError, OSError):
+        return None
 
 
 def _record(queue: FeedbackQueue, item: FeedbackItem) -> Record:

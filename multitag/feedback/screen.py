@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from multitag.config import RetrainParams
+from multitag.data.images import difference_hash, hash_distance
 from multitag.feedback.predictions import CHAMPION, PredictionLog
 from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue, Truth
 from multitag.feedback.store import decoded_batches
@@ -98,22 +99,11 @@ def client_hash(address: str | None) -> str | None:
     return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def difference_hash(path: Path) -> int:
-    """A 64-bit dHash of the image: resized, recompressed or slightly edited copies of one photo
-    differ in a few bits, different photos in about half of them."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.int16)
-    bits = (pixels[:, 1:] > pixels[:, :-1]).ravel()
-    return int(sum(1 << i for i, bit in enumerate(bits) if bit))
-
-
 def near_identical(a: Correction, b: Correction, max_bits: int) -> bool:
     """Same image content, or difference hashes at most `max_bits` apart."""
     if a.image_sha256 == b.image_sha256:
         return True
-    return a.fingerprint is not None and b.fingerprint is not None and (a.fingerprint ^ b.fingerprint).bit_count() <= max_bits
+    return a.fingerprint is not None and b.fingerprint is not None and hash_distance(a.fingerprint, b.fingerprint) <= max_bits
 
 
 def strongest_disagreement(item: Correction, classes: Sequence[str]) -> tuple[str, bool, float]:
