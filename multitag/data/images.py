@@ -11,7 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast, get_args
+from typing import BinaryIO, cast, get_args
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -175,7 +175,7 @@ def resize(image: Image.Image, size: int, mode: ResizeMode) -> Image.Image:
 MIN_HASH_BITS = 8  # fewer set (or unset) bits than this: a flat image, whose hash names no photo
 
 
-def difference_hash(path: Path) -> int:
+def difference_hash(path: Path | BinaryIO) -> int:
     """A 64-bit dHash of the image: resized, recompressed or slightly edited copies of one photo
     differ in a few bits, different photos in about half of them. A JPEG is read at a reduced
     scale first (draft): the hash needs 9 x 8 pixels."""
