@@ -63,9 +63,12 @@ class StageCache:
     inputs: Callable[[dict], list[str]]
     outputs: Callable[[dict], list[str]]
     args: tuple[str, ...] = ()
+    reusable: Callable[[dict], bool] = lambda _: True  # False: run the task whatever the cache holds
 
     def key(self, context: Any, parameters: dict) -> str | None:
         """The Prefect cache_key_fn."""
+        if not self.reusable(parameters):
+            return None
         inputs_key = self.inputs_key(parameters)
         stamp = STAMPS / f"{inputs_key}.json"
         if not stamp.exists():

@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from multitag import stages
 from multitag.config import load_params
+from multitag.feedback.retraining import unfinished_export_owner
 from multitag.layout import Layout
 from tasks.caching import StageCache, stage_code
 
@@ -35,6 +36,8 @@ VALIDATE = StageCache(
     ["data", "validate"],
     lambda p: [str(load_params(p["params_path"]).data.path), str(Layout().feedback_export), *stage_code("validate")],
     lambda _: [str(Layout().validated)],
+    # an export a killed retraining left behind is no input: only the stage itself takes it out again
+    reusable=lambda _: unfinished_export_owner(Layout().feedback_export) is None,
 )
 PREPROCESS = StageCache(
     "preprocess", ["preprocess"], lambda _: [str(Layout().validated), *stage_code("preprocess")], lambda _: [str(Layout().processed)]

@@ -75,6 +75,25 @@ def test_validate_never_reuses_a_result_whose_outputs_another_dataset_overwrote(
     assert t.validate.cache_key_fn(context, {"params_path": "params.yaml"}) is None
 
 
+def test_validate_never_reuses_a_result_while_a_killed_retraining_owns_the_export(workspace):
+    """A nightly killed in training leaves its export (items it never consumed). Its validate had
+    recorded a result for exactly that export, so the next pipeline run hit the cache and never ran
+    the stage that takes such an export out again: the model trained on unconsumed feedback."""
+    from multitag.feedback.retraining import OWNER_FILE, owning_export
+
+    export = workspace / "data" / "feedback" / "export"
+    export.mkdir(parents=True)
+    (export / "labels.csv").write_text("filename,labels\nfb1.png,cat\n")
+    (export / OWNER_FILE).write_text('{"run": "killed-run"}')
+    (workspace / "data" / "validated").mkdir(parents=True)
+    (workspace / "data" / "validated" / "manifest.parquet").write_bytes(b"rows with the killed run's feedback")
+    context = SimpleNamespace(task=SimpleNamespace(name="validate"))
+    with owning_export("killed-run"):  # the run itself, before it was killed
+        t.VALIDATE.record({"params_path": "params.yaml"})
+        assert t.validate.cache_key_fn(context, {"params_path": "params.yaml"}) is not None, "its own export is its data"
+    assert t.validate.cache_key_fn(context, {"params_path": "params.yaml"}) is None, "another run: the stage must run"
+
+
 def test_two_runs_started_together_one_holds_the_workspace_the_other_is_told_who(tmp_path):
     """Two real `multitag data validate` processes on one workspace: one runs, the other is
     refused at once with a message naming the running one (its pid), and loses nothing."""
