@@ -216,3 +216,62 @@ def test_a_retried_register_reuses_the_versions_and_does_not_promote_again(regis
     assert again == first and first["champion_version"] == first["selected_version"]
     assert [v.version for v in registry.list_versions(name)] == [first["selected_version"]]
     assert stored_aliases(registry_of.database, name) == {registry.CHAMPION: first["selected_version"]}
+
+
+def three_versions(registry_of: Registry) -> list[str]:
+    from multitag.lifecycle import registry
+
+    return [registry.register(registry_of.model_uri, registry_of.name, {"n": str(n)}) for n in range(3)]
+
+
+def test_a_promotion_killed_between_its_alias_moves_is_finished_before_the_next_one(registry_of):
+    """Killed after previous-champion moved and before champion did, a promotion left both on the
+    same version, and the rollback target it overwrote was lost. Its journal (a model tag) lets the
+    next promotion or rollback finish it first: the rollback then goes back to the right version."""
+    from mlflow import MlflowClient
+
+    from multitag.lifecycle import registry
+
+    first, second, third = three_versions(registry_of)
+    registry.promote(registry_of.name, first)
+    registry.promote(registry_of.name, second)
+    assert registry.PROMOTION_TAG not in MlflowClient().get_registered_model(registry_of.name).tags, (
+        "a finished promotion leaves no journal"
+    )
+    # what `promote(third)` leaves when killed between its two alias writes
+    client = MlflowClient()
+    client.set_registered_model_tag(registry_of.name, registry.PROMOTION_TAG, json.dumps({"former": second, "to": third}))
+    client.set_registered_model_alias(registry_of.name, registry.PREVIOUS, second)
+
+    assert registry.rollback(registry_of.name) == (third, second), "finished first, then rolled back one step"
+    assert registry.alias_version(registry_of.name, registry.CHAMPION).version == second
+    assert registry.PROMOTION_TAG not in client.get_registered_model(registry_of.name).tags
+
+
+def test_promotions_on_two_hosts_sharing_the_postgresql_queue_take_turns(registry_of, postgres_url, monkeypatch, tmp_path):
+    """Each host's file lock covers only that host: with the queue on PostgreSQL, promotion takes
+    a PostgreSQL advisory lock that every host shares. Another host holding it (this test's own
+    connection) keeps a promotion waiting, with no alias moved, until it lets go."""
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from multitag.lifecycle import registry
+
+    first, second, _ = three_versions(registry_of)
+    registry.promote(registry_of.name, first)
+    monkeypatch.setenv("MULTITAG_FEEDBACK_DB_URL", postgres_url)
+    monkeypatch.setenv("MULTITAG_REGISTRY_LOCK", str(tmp_path / "this-host-only.lock"))
+    other_host = create_engine(postgres_url).connect()
+    other_host.execute(text("SELECT pg_advisory_lock(:key)"), {"key": registry.PROMOTION_LOCK_KEY})
+    promoting = threading.Thread(target=registry.promote, args=(registry_of.name, second))
+    promoting.start()
+    try:
+        promoting.join(timeout=3)
+        assert promoting.is_alive(), "the promotion went ahead while another host held the lock"
+        assert registry.alias_version(registry_of.name, registry.CHAMPION).version == first
+    finally:
+        other_host.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": registry.PROMOTION_LOCK_KEY})
+        other_host.close()
+    promoting.join(timeout=30)
+    assert not promoting.is_alive() and registry.alias_version(registry_of.name, registry.CHAMPION).version == second

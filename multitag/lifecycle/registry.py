@@ -9,6 +9,7 @@ registry failure raises RegistryUnavailableError, so nothing is judged or promot
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
+from multitag.config import QUEUE_URL_ENV
 from multitag.errors import RegistryUnavailableError, StaleVerdictError, UsageError
 
 CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
@@ -27,6 +29,8 @@ CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous-champion", "challenger"
 # never set (INVALID_PARAMETER_VALUE); an alias naming a deleted version also gives
 # RESOURCE_DOES_NOT_EXIST, so a "not found" counts only once the model's own alias list confirms it.
 NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+PROMOTION_TAG = "multitag.promotion"  # the journal of a promotion in progress: {"former": ..., "to": ...}
+PROMOTION_LOCK_KEY = 0x6D756C7469746167  # "multitag": the PostgreSQL advisory lock every host's promotion takes
 ANY_CHAMPION = "any"  # `promote` without a compare-and-set (a person's explicit `registry promote`)
 
 
@@ -136,11 +140,17 @@ def _info(version) -> VersionInfo:
 
 @contextmanager
 def _promotion_lock() -> Iterator[None]:
-    """Serialise alias moves: two concurrent promotions cannot interleave their two steps.
+    """Serialise alias moves: two concurrent promotions cannot interleave their steps.
 
-    A file lock covers every process on this machine (the embedded default); with a remote
-    registry shared by several machines, run promotions from one orchestrator.
+    With the queue on PostgreSQL ($MULTITAG_FEEDBACK_DB_URL, as every host of a scaled-out set-up
+    has it) a PostgreSQL advisory lock on that database covers every host, and dies with its
+    holder; otherwise a file lock covers every process on this machine (the embedded default).
     """
+    url = os.environ.get(QUEUE_URL_ENV, "")
+    if url.startswith("postgresql"):
+        with _advisory_lock(url):
+            yield
+        return
     lock_path = Path(os.environ.get("MULTITAG_REGISTRY_LOCK", ".multitag-registry.lock"))
     with lock_path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -148,6 +158,26 @@ def _promotion_lock() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _advisory_lock(url: str) -> Iterator[None]:
+    """PostgreSQL's session advisory lock PROMOTION_LOCK_KEY, held on one connection while inside."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PROMOTION_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PROMOTION_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def promote(name: str, version: str, expected_champion: str | None = ANY_CHAMPION) -> VersionInfo | None:
@@ -159,10 +189,15 @@ def promote(name: str, version: str, expected_champion: str | None = ANY_CHAMPIO
     gate judged against, None for none) it is a compare-and-set: if the champion has moved since,
     StaleVerdictError and no alias moves. Promoting the champion again changes nothing, so a
     retry is safe. Returns the former champion (None if there was none or nothing changed).
+
+    The two alias moves are journalled (a model tag written before, deleted after): a promotion
+    killed between them left previous-champion equal to champion, and the rollback target lost;
+    the next promotion or rollback now finishes it first (`_finish_interrupted`).
     """
     version = str(version)
     with _promotion_lock(), _failing_closed(f"promote version {version} of {name}"):
         mlflow_client = client()
+        _finish_interrupted(mlflow_client, name)
         former = alias_version(name, CHAMPION)
         if former is not None and former.version == version:
             return None
@@ -172,13 +207,35 @@ def promote(name: str, version: str, expected_champion: str | None = ANY_CHAMPIO
                 f"now {former.version if former else '(none)'}: another run promoted meanwhile, so no alias was moved. "
                 "Run `multitag gate` and `multitag register` again to judge it against the current champion"
             )
-        if former is not None:
-            mlflow_client.set_registered_model_alias(name, PREVIOUS, former.version)
-        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
-        challenger = alias_version(name, CHALLENGER)
-        if challenger is not None and challenger.version == version:
-            mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+        mlflow_client.set_registered_model_tag(
+            name, PROMOTION_TAG, json.dumps({"former": former.version if former else None, "to": version})
+        )
+        _move_aliases(mlflow_client, name, former.version if former else None, version)
         return former
+
+
+def _move_aliases(mlflow_client: MlflowClient, name: str, former: str | None, version: str) -> None:
+    """The journalled steps of a promotion, safe to repeat: previous-champion, champion, challenger, journal."""
+    if former is not None:
+        mlflow_client.set_registered_model_alias(name, PREVIOUS, former)
+    mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    challenger = alias_version(name, CHALLENGER)
+    if challenger is not None and challenger.version == version:
+        mlflow_client.delete_registered_model_alias(name, CHALLENGER)
+    mlflow_client.delete_registered_model_tag(name, PROMOTION_TAG)
+
+
+def _finish_interrupted(mlflow_client: MlflowClient, name: str) -> None:
+    """Complete a promotion that was killed between its alias moves (its journal tag is still there)."""
+    try:
+        journal = mlflow_client.get_registered_model(name).tags.get(PROMOTION_TAG)
+    except MlflowException as err:
+        if err.error_code in NOT_FOUND:
+            return  # no model yet: nothing was ever promoted
+        raise
+    if journal:
+        step = json.loads(journal)
+        _move_aliases(mlflow_client, name, step["former"], step["to"])
 
 
 def mark_challenger(name: str, version: str) -> None:
@@ -194,6 +251,7 @@ def rollback(name: str) -> tuple[str, str]:
     """
     with _promotion_lock(), _failing_closed(f"roll back {name}"):
         mlflow_client = client()
+        _finish_interrupted(mlflow_client, name)
         current, previous = alias_version(name, CHAMPION), alias_version(name, PREVIOUS)
         if previous is None or current is None:
             raise UsageError(f"model {name!r} has no previous-champion to roll back to; use `multitag registry promote VERSION`")
