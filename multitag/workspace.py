@@ -5,7 +5,8 @@ The nightly flow, `/retrain`, the training-pipeline flow, `multitag pipeline` an
 takes this lock first: an OS file lock (fcntl) that the kernel releases when its holder dies,
 so a killed run never leaves a stale lock. A second run is refused at once with a message naming
 the running one. The holder's child processes (the per-architecture training subprocesses) are
-part of its run: they inherit `MULTITAG_WORKSPACE_RUN` and do not lock again.
+part of its run: they inherit `MULTITAG_WORKSPACE_RUN` and do not lock again. A run that DVC did
+not start is refused too while DVC holds its repository lock (`dvc repro` between two stages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from multitag.errors import MultitagError
 from multitag.layout import Layout
 
 HELD_ENV = "MULTITAG_WORKSPACE_RUN"
+DVC_STAGE_ENV = "DVC_STAGE"  # set by `dvc repro` in each stage's command: it holds DVC's lock already
 
 
 class WorkspaceBusy(MultitagError, RuntimeError):
@@ -48,6 +50,8 @@ def exclusive_run(what: str, layout: Layout = Layout()) -> Iterator[None]:
             raise WorkspaceBusy(
                 f"another run holds this workspace ({holder(path)}); wait for it to finish, or stop it, then run {what!r} again"
             ) from None
+        if not os.environ.get(DVC_STAGE_ENV):
+            refuse_while_dvc_runs(layout, what)
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "run": what, "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
@@ -59,6 +63,26 @@ def exclusive_run(what: str, layout: Layout = Layout()) -> Iterator[None]:
             del os.environ[HELD_ENV]
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def refuse_while_dvc_runs(layout: Layout, what: str) -> None:
+    """WorkspaceBusy while a `dvc repro` (or any DVC command) holds the repository's lock: each of
+    its stages takes the workspace lock only while it runs, and a nightly slipping in between
+    validate and preprocess would mix two runs' data. DVC holds its own lock for the whole
+    command, so a run started by neither DVC nor this lock's holder checks it (a quick probe:
+    DVC retries its lock for a few seconds)."""
+    path = layout.root / ".dvc" / "tmp" / "lock"
+    if not path.exists():
+        return
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceBusy(
+                f"a DVC command (`dvc repro`?) holds this workspace ({path.read_text().strip() or 'no pid written'}); "
+                f"wait for it to finish, then run {what!r} again"
+            ) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def holder(path: Path) -> str:

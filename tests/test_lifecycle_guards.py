@@ -94,6 +94,29 @@ def test_validate_never_reuses_a_result_while_a_killed_retraining_owns_the_expor
     assert t.validate.cache_key_fn(context, {"params_path": "params.yaml"}) is None, "another run: the stage must run"
 
 
+def test_no_run_slips_in_between_the_stages_of_a_dvc_repro(workspace, monkeypatch):
+    """`dvc repro` runs one stage command at a time, each holding the workspace lock only while
+    it runs; DVC itself holds its repository lock (zc.lockfile on .dvc/tmp/lock) throughout. A
+    nightly started in between is refused; the stage commands DVC starts (DVC_STAGE set) are not."""
+    import zc.lockfile
+
+    from multitag.workspace import WorkspaceBusy, exclusive_run
+
+    (workspace / ".dvc" / "tmp").mkdir(parents=True)
+    dvc_lock = zc.lockfile.LockFile(str(workspace / ".dvc" / "tmp" / "lock"))  # what `dvc repro` holds
+    try:
+        with pytest.raises(WorkspaceBusy, match="dvc repro"), exclusive_run("full retraining flow"):
+            pass
+        monkeypatch.setenv("DVC_STAGE", "preprocess")
+        with exclusive_run("multitag data preprocess"):
+            pass
+        monkeypatch.delenv("DVC_STAGE")
+    finally:
+        dvc_lock.close()
+    with exclusive_run("full retraining flow"):  # DVC done: free again
+        pass
+
+
 def test_two_runs_started_together_one_holds_the_workspace_the_other_is_told_who(tmp_path):
     """Two real `multitag data validate` processes on one workspace: one runs, the other is
     refused at once with a message naming the running one (its pid), and loses nothing."""
