@@ -180,6 +180,9 @@ class ServeParams(_Strict):
     client_requests_per_minute: int = Field(120, ge=0)
     client_upload_mb_per_hour: float = Field(1000, ge=0)
     client_storage_mb: float = Field(1000, ge=0)
+    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips): list a load
+    # balancer on another host, or every client shares its address, and its budget.
+    trusted_proxies: list[str] = ["127.0.0.1"]
     admin_token_env: str = "MULTITAG_ADMIN_TOKEN"
     # Who may see other users' photos and answers (serving/access.py): the reviewer or admin token;
     # with neither set, only clients on this machine (loopback). False behind a local reverse proxy.

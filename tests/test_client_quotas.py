@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from conftest import LOCAL_CLIENT, NETWORK_CLIENT
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -91,3 +92,32 @@ def test_a_bucket_bursts_its_capacity_then_refills_evenly():
 def test_an_ipv6_client_is_one_client_across_its_64_block():
     assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") != client_key("2001:db8:1:3::1")
     assert client_key("::ffff:203.0.113.7") == "203.0.113.7" == client_key("203.0.113.7")
+
+
+@pytest.mark.parametrize(("proxies", "answers"), [(["127.0.0.1"], [200, 200, 429]), ([], [200, 429, 429])])
+def test_multitag_serve_takes_the_client_from_x_forwarded_for_only_from_a_trusted_proxy(registry_env, tmp_path, proxies, answers):
+    """Behind a load balancer every request comes from its address: `multitag serve` takes the
+    client from X-Forwarded-For when the sender is in serve.trusted_proxies (then each client keeps
+    its own budget), and ignores the header from anyone else (a client cannot pick its own name)."""
+    import os
+
+    import httpx
+    import yaml
+    from engines import ApiServer
+
+    settings = {
+        "registry": {"model_name": registry_env.name},
+        "serve": {"trust_loopback": False, "client_requests_per_minute": 1, "trusted_proxies": proxies},
+        "feedback": {"db_path": str(tmp_path / "queue.db"), "images_dir": str(tmp_path / "images")},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(settings))
+    server = ApiServer.start(tmp_path, {**os.environ, **registry_env.env}, tmp_path / "serve.log")
+    try:
+
+        def from_client(address: str) -> int:
+            files = {"files": ("photo.png", noise_png(7, 12), "image/png")}
+            return httpx.post(f"{server.url}/predict", files=files, headers={"X-Forwarded-For": address}, timeout=60).status_code
+
+        assert [from_client("203.0.113.1"), from_client("203.0.113.2"), from_client("203.0.113.1")] == answers
+    finally:
+        server.stop()

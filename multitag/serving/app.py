@@ -133,4 +133,9 @@ def serve(host: str | None = None, port: int | None = None, params_path: Path | 
     import uvicorn
 
     params = params_or_defaults(params_path)
-    uvicorn.run(create_app(params, params_path), host=host or params.serve.host, port=port or params.serve.port)
+    uvicorn.run(
+        create_app(params, params_path),
+        host=host or params.serve.host,
+        port=port or params.serve.port,
+        forwarded_allow_ips=params.serve.trusted_proxies,  # who may name the client: the per-client limits key on it
+    )
