@@ -131,6 +131,7 @@ class GateParams(_Strict):
     min_improvement: float = Field(0.005, ge=-1, le=1)
     require_confident_gain: bool = False  # promote only when the gain's bootstrap interval's lower bound clears min_improvement
     max_class_regression: float = Field(0.1, ge=0)
+    allow_dropping_classes: bool = False  # a candidate that tags fewer of the champion's classes may replace it
     smoke_latency_ms: float = Field(2000, gt=0)
     register_failed_as_challenger: bool = True
     shadow_min_agreement: float | None = Field(None, ge=0, le=1)  # promoting the challenger needs this shadow agreement; null: no check

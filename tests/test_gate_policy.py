@@ -98,3 +98,14 @@ def test_a_slow_or_broken_smoke_test_fails_the_candidate():
     assert not slow.passed and slow.reasons == ["smoke test failed: latency 250 ms over budget 100 ms"]
     broken = decide(CandidateScores({"mAP": 0.9}, [], {"ok": False, "error": "no such model"}), None, params, "mAP")
     assert broken.reasons == ["smoke test failed: no such model"]
+
+
+def test_a_candidate_that_drops_classes_replaces_the_champion_only_when_allowed():
+    """Judged on the shared classes, a model that no longer tags `dog` could win and silently stop
+    tagging it everywhere: it needs gate.allow_dropping_classes."""
+    candidate = CandidateScores({"mAP": 0.9}, [], SMOKE_OK)
+    fewer = ChampionScores("3", "class-list migration", {"mAP": 0.8}, {"mAP": 0.7}, {"cat": 0.8}, {"cat": 0.7}, dropped=("dog",))
+    refused = decide(candidate, fewer, GateParams(), "mAP")
+    assert not refused.passed and refused.checks["keeps_the_champions_classes"] is False
+    assert "does not tag dog" in refused.reasons[0] and "gate.allow_dropping_classes" in refused.reasons[0]
+    assert decide(candidate, fewer, GateParams(allow_dropping_classes=True), "mAP").passed

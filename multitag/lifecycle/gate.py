@@ -189,8 +189,16 @@ def compare_with_champion(
         champion.thresholds[champ_cols],
         primary,
     )
+    dropped = tuple(c for c in champion.classes if c not in candidate.classes)
     return policy.ChampionScores(
-        str(champion_version), task, ours, theirs, dict(zip(shared, map(float, our_ap))), dict(zip(shared, map(float, their_ap))), interval
+        str(champion_version),
+        task,
+        ours,
+        theirs,
+        dict(zip(shared, map(float, our_ap))),
+        dict(zip(shared, map(float, their_ap))),
+        interval,
+        dropped,
     )
 
 

@@ -40,6 +40,7 @@ class ChampionScores:
     candidate_ap: dict[str, float] = field(default_factory=dict)  # per shared class
     champion_ap: dict[str, float] = field(default_factory=dict)
     gain_interval: GainInterval | None = None  # of the primary metric's gain, candidate over champion, on the shared classes
+    dropped: tuple[str, ...] = ()  # the champion's classes the candidate does not tag at all
 
     @property
     def comparable(self) -> bool:
@@ -74,6 +75,9 @@ def decide(candidate: CandidateScores, champion: ChampionScores | None, params: 
         passed, why, regressions = champion_checks(champion, params, primary)
         checks.update(passed)
         reasons += why
+        if champion.dropped:
+            checks["keeps_the_champions_classes"] = params.allow_dropping_classes
+            reasons += [] if params.allow_dropping_classes else [dropping_classes(champion)]
     checks["smoke_test"], why = smoke_check(candidate.smoke, params)
     reasons += why
     return Decision(all(checks.values()), checks, reasons, regressions, baseline_scores)
@@ -158,6 +162,14 @@ def smoke_check(smoke: dict, params: GateParams) -> tuple[bool, list[str]]:
         return True, []
     why = smoke.get("error") or f"latency {smoke.get('latency_ms_max', float('nan')):.0f} ms over budget {params.smoke_latency_ms:.0f} ms"
     return False, [f"smoke test failed: {why}"]
+
+
+def dropping_classes(champion: ChampionScores) -> str:
+    """Why a candidate that tags fewer classes does not replace the champion on its own."""
+    return (
+        f"it does not tag {', '.join(champion.dropped)}, which champion version {champion.version} tags: judged on the shared "
+        "classes only, it would silently stop tagging them; set gate.allow_dropping_classes: true to replace the champion anyway"
+    )
 
 
 def class_list_change(old: list[str], new: list[str]) -> str:
