@@ -520,6 +520,19 @@ def test_a_queue_from_a_newer_multitag_is_refused_not_misread(new_queue, queue_d
         new_queue()
 
 
+def test_a_replica_left_behind_by_a_rolling_upgrade_is_told_to_upgrade_not_a_database_error(new_queue, queue_db):
+    """Another host's newer multitag migrated the queue while this one runs (its migration v4
+    rebuilt the unique index this code's ON CONFLICT names): the failed write is re-checked
+    against the schema version and refused with what to do, not a bare database error."""
+    queue = new_queue()
+    queue.add(fake_png(1), ["cat"])
+    with queue.database.engine.begin() as conn:  # what a newer multitag's migration could do
+        conn.exec_driver_sql("DROP INDEX feedback_open_once")
+        conn.exec_driver_sql("UPDATE multitag_schema SET version = version + 1 WHERE component = 'feedback'")
+    with pytest.raises(SchemaTooNew, match="another host upgraded it; upgrade this one's multitag"):
+        queue.add(fake_png(2), ["cat"])
+
+
 def _try(call):
     try:
         return call()

@@ -234,3 +234,18 @@ def test_disk_full_knows_the_os_and_sqlite_errors_for_it(tmp_path):
         conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
     assert disk_full(no_space.value) and disk_full(sqlite_full.value)
     assert not disk_full(PermissionError(errno.EACCES, "denied")) and not disk_full(sqlite3.OperationalError("locked"))
+
+
+def test_a_replica_left_behind_by_a_rolling_upgrade_answers_503_upgrade_required(app_for, registry_env):
+    """Every /feedback of an old replica once returned 500 after a newer one migrated the queue."""
+    from conftest import LOCAL_CLIENT
+
+    client = app_for(LOCAL_CLIENT)
+    with client.app.state.services.queue.database.engine.begin() as conn:  # a newer multitag's migration, elsewhere
+        conn.exec_driver_sql("DROP INDEX feedback_open_once")
+        conn.exec_driver_sql("UPDATE multitag_schema SET version = version + 1 WHERE component = 'feedback'")
+    answer = client.post(
+        "/feedback", data={"labels": registry_env.classes[0]}, files={"file": ("a.png", png("after the upgrade"), "image/png")}
+    )
+    assert answer.status_code == 503 and answer.json()["detail"]["reason"] == "upgrade_required", answer.text
+    assert "upgrade this one's multitag" in answer.json()["detail"]["message"] and answer.headers["Retry-After"]

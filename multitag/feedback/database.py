@@ -61,12 +61,17 @@ class Database:
         self.url = url
         self.engine = _engine(url)
         self.dialect = self.engine.dialect.name
+        self.known: dict[str, int] = {}  # component: the schema version this multitag writes
         self.migrate(component, migrations)
 
     def read(self, work: Work[T]) -> T:
         """Run `work` in one read transaction (SQLite WAL: never waits for the writer)."""
-        with self.engine.connect() as conn, conn.begin():
-            return work(conn)
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                return work(conn)
+        except DBAPIError as err:
+            self.refuse_if_upgraded(err)
+            raise
 
     def write(self, work: Work[T]) -> T:
         """Run `work` in one write transaction, retried as a whole while SQLite is locked.
@@ -80,7 +85,24 @@ class Database:
             with self.engine.connect().execution_options(multitag_write=True) as conn, conn.begin():
                 return work(conn)
 
-        return retry_locked(attempt)
+        try:
+            return retry_locked(attempt)
+        except DBAPIError as err:
+            self.refuse_if_upgraded(err)
+            raise
+
+    def refuse_if_upgraded(self, err: DBAPIError) -> None:
+        """SchemaTooNew when a statement failed because a newer multitag upgraded the schema since
+        this process opened it (a rolling upgrade: the other replicas still run the old code),
+        instead of the bare database error (an ON CONFLICT naming an index that was rebuilt)."""
+        try:
+            with self.engine.connect() as conn:
+                stored = dict(conn.execute(select(_versions.c.component, _versions.c.version)).tuples().all())
+        except DBAPIError:
+            return  # the database itself is unreachable: the original error says so
+        for component, known in self.known.items():
+            if stored.get(component, 0) > known:
+                raise SchemaTooNew(_too_new(self.engine, component, stored[component], known)) from err
 
     def lock_images(self, conn: Connection, exclusive: bool) -> None:
         """Order this transaction against the image sweep: shared for writers that name an image,
@@ -106,10 +128,7 @@ class Database:
             _versions.create(conn, checkfirst=True)
             version = conn.scalar(select(_versions.c.version).where(_versions.c.component == component))
             if version is not None and version > len(migrations):
-                raise SchemaTooNew(
-                    f"the {component} schema at {self.engine.url.render_as_string(hide_password=True)} is version {version}, "
-                    f"newer than this multitag knows ({len(migrations)}): upgrade multitag instead of opening it with this one"
-                )
+                raise SchemaTooNew(_too_new(self.engine, component, version, len(migrations)))
             for step in migrations[version or 0 :]:
                 step(conn)
             if version is None:
@@ -118,6 +137,14 @@ class Database:
                 conn.execute(update(_versions).where(_versions.c.component == component).values(version=len(migrations)))
 
         self.write(work)
+        self.known[component] = len(migrations)
+
+
+def _too_new(engine: Engine, component: str, version: int, known: int) -> str:
+    return (
+        f"the {component} schema at {engine.url.render_as_string(hide_password=True)} is version {version}, newer than this "
+        f"multitag knows ({known}): another host upgraded it; upgrade this one's multitag (and restart it) instead of using it"
+    )
 
 
 def sqlite_url(path: Path) -> str:

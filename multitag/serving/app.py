@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
 from multitag.config import Params, ServeParams, load_params
+from multitag.feedback.database import SchemaTooNew
 from multitag.feedback.predictions import PredictionLog
 from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.retention import ImageRetention
@@ -33,7 +34,7 @@ from multitag.serving.batching import batcher_for
 from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
 from multitag.serving.limits import BodySizeLimit, RequestsInFlight, body_limit_bytes, decode_budget
 from multitag.serving.origin import SameOriginPosts
-from multitag.serving.problems import insufficient_storage
+from multitag.serving.problems import insufficient_storage, upgrade_required
 from multitag.serving.quotas import ClientRates
 from multitag.serving.rescore import rescorer_for
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
@@ -107,6 +108,7 @@ def create_app(
     app.add_middleware(TrustedHosts, allowed_hosts=params.serve.allowed_hosts)  # added last: runs first
     for error in (OSError, DBAPIError):  # a full disk is a 507 that says so; any other such error stays a 500
         app.add_exception_handler(error, insufficient_storage)
+    app.add_exception_handler(SchemaTooNew, upgrade_required)  # a replica left behind by a rolling upgrade
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
     return app

@@ -65,3 +65,9 @@ async def insufficient_storage(request: Request, err: Exception) -> JSONResponse
         "of the feedback images and queue database, or lower serve.prediction_retention_hours"
     )
     return JSONResponse({"detail": problem("insufficient_storage", message)}, status_code=507)
+
+
+async def upgrade_required(request: Request, err: Exception) -> JSONResponse:
+    """503 while another host has upgraded the queue's schema and this replica still runs the old
+    code (a rolling upgrade): it says what to do, where the bare database error was a 500."""
+    return JSONResponse({"detail": problem("upgrade_required", str(err))}, status_code=503, headers={"Retry-After": "60"})
