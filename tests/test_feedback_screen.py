@@ -25,6 +25,7 @@ from multitag.feedback.screen import (
     contradictions,
     flooding,
     label_issues,
+    relabels,
     screen_queue,
     verdicts,
 )
@@ -181,6 +182,20 @@ def test_verdicts_join_every_rule_and_leave_clean_items_out():
     assert reasons[0].split("; ")[0].startswith("flood") and "contradiction" in reasons[0] and "label issue" in reasons[0]
 
 
+def test_relabelling_another_clients_trained_photo_is_held_unless_the_model_or_a_third_client_agrees():
+    sha = "ab" * 32
+    trained = {sha: item(1, {"cat"}, client="alice", sha=sha)}  # consumed: the model learned 'cat'
+    hostile = item(10, {"dog"}, client="mallory", sha=sha)
+    held = relabels([hostile], trained, [], CLASSES, {})
+    assert "relabels a photo already trained on ('cat' removed, 'dog' added)" in held[10]
+    assert relabels([hostile], trained, [], CLASSES, {sha: scores(0.2, 0.8, 0.1)}) == {}, "the model agrees with the change"
+    third = item(11, {"dog"}, client="carol", sha=sha)
+    assert relabels([hostile], trained, [third], CLASSES, {}) == {}, "another client says the same"
+    assert relabels([hostile], trained, [item(12, {"dog"}, client="mallory", sha=sha)], CLASSES, {}) != {}, "not the same client twice"
+    assert relabels([item(13, {"dog"}, client="alice", sha=sha)], trained, [], CLASSES, {}) == {}, "alice fixing her own label"
+    assert relabels([item(14, {"cat"}, client="mallory", sha=sha)], trained, [], CLASSES, {}) == {}, "the same labels: no change"
+
+
 def test_client_hashes_are_stable_keyed_and_hide_the_address(monkeypatch):
     assert client_hash(None) is None
     plain = client_hash("203.0.113.7")
@@ -232,6 +247,23 @@ def test_held_items_are_never_claimed_nor_exported_until_released(queue, tmp_pat
     assert released.reason == RELEASED
     assert screen_queue(queue, CLASSES, SETTINGS, log, "m", champion) == {}, "a released item is not held again"
     assert [i.id for i in queue.claim("run-3")] == [slipped.id]
+
+
+def test_the_screen_holds_a_relabelling_of_a_photo_the_model_trained_on(queue):
+    """Through the queue: alice's 'cat' was consumed (trained); mallory's 'dog' for the same photo
+    would replace it in every later export. The champion, scoring the stored image, still says cat."""
+    trained = queue.add(photo(1), ["cat"], client="alice")
+    queue.claim("run-1")
+    queue.ack("run-1", [trained.id])
+    hostile = queue.add(photo(1), ["dog"], client="mallory")
+    fixed = queue.add(photo(2), ["dog"], client="bob")  # an ordinary new correction
+
+    def champion(paths):
+        return {sha: {"cat": 0.9, "dog": 0.1, "person": 0.1} for sha in paths}
+
+    held = screen_queue(queue, CLASSES, SETTINGS, None, "m", champion)
+    assert list(held) == [hostile.id] and "relabels a photo already trained on" in held[hostile.id]
+    assert fixed.id not in held
 
 
 def test_an_admin_can_reject_a_held_item(queue):

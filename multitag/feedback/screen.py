@@ -3,7 +3,7 @@
 A correction is a user's word against the model's, and most are right: that is why they are
 worth training on. A few are not, and a model fitted on them learns the mistake: a label slipped
 or missed by accident, or labels sent on purpose to poison the next champion. Right before each
-nightly claim, every pending item is scored by three rules; an item any rule flags moves to
+nightly claim, every pending item is scored by four rules; an item any rule flags moves to
 `held` with the rule's reason, waits for an admin (`multitag feedback list --state held`, then
 `requeue --state held` to release or `reject`), and never trains meanwhile.
 
@@ -24,6 +24,9 @@ nightly claim, every pending item is scored by three rules; an item any rule fla
   from a crowd: with fewer than `flood_min_other_clients` other clients (a photographer alone, a
   small team) volume alone holds nothing, and the label rules are what screen their corrections.
   Numbers on voc-real with 20% corrupted corrections: bench/README.md.
+- Relabelling: a correction that changes labels another client's consumed correction trained the
+  model on (the newest correction wins in every export) is held unless the model (in-sample) or
+  a third client agrees with the change; a client correcting its own earlier correction is not.
 - Contradiction: a label the model is confident against AND every other correction of the same
   or a near-identical image (a 64-bit difference hash within `near_duplicate_bits`) from another
   client disagrees with, too. Either alone is ordinary: users correct confident mistakes, and
@@ -224,10 +227,50 @@ def contradictions(
     return reasons
 
 
-def verdicts(items: Sequence[Correction], others: Sequence[Correction], classes: Sequence[str], settings: RetrainParams) -> dict[int, str]:
-    """Every rule's reasons per flagged item, joined: {id: reason}. Items no rule flags are absent."""
+def relabels(
+    items: Sequence[Correction],
+    trained: Mapping[str, Correction],
+    others: Sequence[Correction],
+    classes: Sequence[str],
+    in_sample: Mapping[str, np.ndarray],
+) -> dict[int, str]:
+    """Items that change labels another client's consumed correction trained the model on, with
+    neither the model (its score on the image, in-sample: it learned the old labels) nor a third
+    client's correction of the image agreeing with the change: {id: reason}. The newest correction
+    wins in every later export, so without this rule one hostile client could overwrite anyone's
+    good labels. A client correcting its own earlier correction, and the operator, are not held."""
+    reasons: dict[int, str] = {}
+    for item in items:
+        before = trained.get(item.image_sha256)
+        if before is None or item.client is None or before.client == item.client:
+            continue
+        changed = [n for n in classes if item.knows(n) and before.knows(n) and (n in item.labels) != (n in before.labels)]
+        scores = in_sample.get(item.image_sha256)
+        model_agrees = scores is not None and all((score >= 0.5) == (n in item.labels) for n, score in zip(classes, scores) if n in changed)
+        backed = any(
+            other.image_sha256 == item.image_sha256
+            and other.client not in (None, item.client, before.client)
+            and all(other.knows(n) and (n in other.labels) == (n in item.labels) for n in changed)
+            for other in others
+        )
+        if changed and not model_agrees and not backed:
+            said = ", ".join(f"'{n}' {'added' if n in item.labels else 'removed'}" for n in changed)
+            reasons[item.id] = f"relabels a photo already trained on ({said}); neither the model nor another client agrees"
+    return reasons
+
+
+def verdicts(
+    items: Sequence[Correction],
+    others: Sequence[Correction],
+    classes: Sequence[str],
+    settings: RetrainParams,
+    relabelled: Mapping[int, str] | None = None,
+) -> dict[int, str]:
+    """Every rule's reasons per flagged item, joined: {id: reason}. Items no rule flags are absent.
+    `relabelled` is the `relabels` rule's answer (it needs what trained, which only the queue knows)."""
     found: dict[int, list[str]] = {}
-    for rule in (flooding(items, settings), contradictions(items, others, classes, settings), label_issues(items, classes, settings)):
+    rules = (flooding(items, settings), contradictions(items, others, classes, settings), label_issues(items, classes, settings))
+    for rule in (*rules, relabelled or {}):
         for item_id, reason in rule.items():
             found.setdefault(item_id, []).append(reason)
     return {item_id: "; ".join(reasons) for item_id, reasons in sorted(found.items())}
@@ -287,7 +330,12 @@ def screen_queue(
             item.id, item.image_sha256, frozenset(item.labels), item.client, item_scores, fingerprints[item.image_sha256], absent
         )
 
-    reasons = verdicts([correction(item, True) for item in pending], [correction(item, False) for item in others], classes, settings)
+    items, peers = [correction(item, True) for item in pending], [correction(item, False) for item in others]
+    consumed = sorted((item for item in everything if item.state == "consumed"), key=lambda item: item.id)
+    trained_as = {item.image_sha256: correction(item, False) for item in consumed}  # the newest consumed correction wins
+    relabelling = [item for item in pending if item.image_sha256 in trained_as]
+    in_sample = out_of_sample_scores(relabelling, set(), log, model_name, classes, score_images, queue.images.path) if relabelling else {}
+    reasons = verdicts(items, peers, classes, settings, relabels(items, trained_as, peers, classes, in_sample))
     queue.hold(reasons)
     return reasons
 
