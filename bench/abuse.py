@@ -14,7 +14,10 @@ Attacks, one after another against each server:
 - a /feedback flood from one client (300 corrections of distinct photos) and from 16 clients
   (20 each, from 16 addresses);
 - oversized bodies (a declared 1 GB, and a 200 MB chunked stream), malformed multipart bodies;
-- path traversal on /images, and requests under a rebinding Host name.
+- path traversal on /images, and requests under a rebinding Host name;
+- schemathesis: `--fuzz` (1,200) requests generated from the server's own /openapi.json, every
+  operation, against a project server with the per-client rate limits off (one address would
+  otherwise be throttled before its requests reach the code).
 
 For each: requests sent, answers by status, 5xx count (target 0), the server's peak RSS (target:
 under 1.5 GB with 8 concurrent bomb clients), bytes written under its data folder, and whether
@@ -24,8 +27,7 @@ passes `--rss-cap-gb` is killed: its row then says so.
     .venv/bin/python bench/abuse.py                  # both servers, every attack
     .venv/bin/python bench/abuse.py --bomb-requests 1 --variants project
 
-Writes bench/results/abuse.json. Not covered: schemathesis-generated requests (not in the lock),
-two replicas on PostgreSQL.
+Writes bench/results/abuse.json. Not covered: two replicas on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -279,26 +282,49 @@ def attack_table(url: str, data_dir: Path, label: str, args: argparse.Namespace)
     }
     rows = {}
     for number, (name, attack) in enumerate(attacks.items(), start=1):
-        before, started = folder_bytes(data_dir), time.monotonic()
-        watch = Watch(url, server_pid(url), int(args.rss_cap_gb * 2**30))
-        with watch.watching():
-            statuses = attack(number)
-        counts = Counter(str(s) for s in statuses)
-        rows[name] = {
-            "requests": len(statuses),
-            "answers": dict(sorted(counts.items())),
-            "5xx": sum(n for s, n in counts.items() if s.isdigit() and int(s) >= 500),
-            "peak_rss_gb": round(watch.peak_rss / 2**30, 2),
-            "disk_written_mb": round((folder_bytes(data_dir) - before) / 1e6, 1),
-            "health_failures": watch.health_failures,
-            "killed_at_rss_cap": watch.killed,
-            "seconds": round(time.monotonic() - started, 1),
-        }
-        print(f"  {name:<42} {json.dumps(rows[name])}", flush=True)
-        if watch.killed:
+        rows[name] = measured(url, data_dir, name, partial(attack, number), args.rss_cap_gb)
+        if rows[name]["killed_at_rss_cap"]:
             print(f"  the server passed {args.rss_cap_gb} GB and was killed: the remaining attacks are not run", flush=True)
             break
     return rows
+
+
+def measured(url: str, data_dir: Path, name: str, attack: Callable[[], list[int | str]], rss_cap_gb: float) -> dict:
+    """One attack's row: the answers by status, 5xx, the server's peak RSS, disk written, /health."""
+    before, started = folder_bytes(data_dir), time.monotonic()
+    watch = Watch(url, server_pid(url), int(rss_cap_gb * 2**30))
+    with watch.watching():
+        statuses = attack()
+    counts = Counter(str(s) for s in statuses)
+    row = {
+        "requests": len(statuses),
+        "answers": dict(sorted(counts.items())),
+        "5xx": sum(n for s, n in counts.items() if s.isdigit() and int(s) >= 500),
+        "peak_rss_gb": round(watch.peak_rss / 2**30, 2),
+        "disk_written_mb": round((folder_bytes(data_dir) - before) / 1e6, 1),
+        "health_failures": watch.health_failures,
+        "killed_at_rss_cap": watch.killed,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(f"  {name:<42} {json.dumps(row)}", flush=True)
+    return row
+
+
+def fuzz(url: str, examples: int) -> list[int | str]:
+    """Requests schemathesis generates from the server's /openapi.json, every operation, sent as they come."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    statuses: list[int | str] = []
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(case=schema.as_strategy())
+    def send(case) -> None:
+        statuses.append(status_of(lambda: case.call(base_url=url, timeout=60)))
+
+    send()
+    return statuses
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:
@@ -328,6 +354,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", default=["project", "baseline"], choices=["project", "baseline"])
     parser.add_argument("--bomb-requests", type=int, default=2, help="requests of 16 bombs per bomb client")
     parser.add_argument("--rss-cap-gb", type=float, default=10.0, help="kill a server whose RSS passes this")
+    parser.add_argument("--fuzz", type=int, default=1200, help="schemathesis-generated requests (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     return parser.parse_args()
 
@@ -370,6 +397,14 @@ def main() -> None:
         print(f"{variant}: {serve}", flush=True)
         with running(command, scratch, scratch / f"{variant}.log", env={PARAMS_ENV: str(params)}) as url:
             results[variant] = attack_table(url, scratch / "data" / variant, VOC_CLASSES[0], args)
+    if args.fuzz:  # the per-client rate limits off: else the fuzzer's one address is throttled before it reaches the code
+        serve = {"trust_loopback": False, "client_requests_per_minute": 0, "client_upload_mb_per_hour": 0}
+        params = write_params(scratch, "fuzz", 16, **serve)
+        with running(command, scratch, scratch / "fuzz.log", env={PARAMS_ENV: str(params)}) as url:
+            name = f"schemathesis, {args.fuzz} generated (rate limits off)"
+            results.setdefault("project", {})[name] = measured(
+                url, scratch / "data" / "fuzz", name, partial(fuzz, url, args.fuzz), args.rss_cap_gb
+            )
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "machine": machine_info()}, indent=1) + "\n")
