@@ -412,3 +412,40 @@ def test_the_api_records_a_keyed_hash_of_the_sender_never_its_address(tiny_serve
     assert item.client == client_hash("127.0.0.1") and "127.0.0.1" not in item.client
     queue.hold({item.id: "test"})
     assert httpx.get(f"{tiny_server.url}/feedback/stats").json()["held"] == 1
+
+
+def test_fingerprints_are_computed_once_per_image_and_kept_in_the_queue(queue, tmp_path):
+    """Each retraining once re-read every image ever received to hash it again."""
+    from multitag.feedback.fingerprints import FingerprintStore
+
+    added = [queue.add(photo(i), ["cat"]) for i in range(3)]
+    opened: list[str] = []
+
+    def image_path(sha: str) -> Path:
+        opened.append(sha)
+        return queue.images.path(sha)
+
+    shas = [a.image_sha256 for a in added]
+    first = FingerprintStore(queue.database).of(shas, image_path)
+    assert sorted(opened) == sorted(shas) and all(first[sha] is not None for sha in shas)
+    again = FingerprintStore(queue.database).of([*shas, "ff" * 32], image_path)  # a new handle: read from the database
+    assert again == {**first, "ff" * 32: None} and sorted(opened) == sorted([*shas, "ff" * 32]), "only the unknown image is opened"
+
+
+def test_banded_near_pairs_find_exactly_what_comparing_every_pair_finds():
+    import random
+
+    from multitag.feedback.fingerprints import near_pairs
+
+    rng = random.Random(0)
+    base = [rng.getrandbits(64) for _ in range(300)]
+    hashes = {i: value for i, value in enumerate(base)}
+    hashes.update({1000 + i: value ^ sum(1 << rng.randrange(64) for _ in range(rng.randrange(8))) for i, value in enumerate(base[:100])})
+    hashes[5000] = None
+    for max_bits in (0, 3, 6, 12):
+        brute = {
+            a: {b for b in hashes if b != a and hashes[b] is not None and (hashes[a] ^ hashes[b]).bit_count() <= max_bits}
+            for a in hashes
+            if hashes[a] is not None
+        }
+        assert near_pairs(hashes, max_bits) == {a: near for a, near in brute.items() if near}, max_bits

@@ -21,10 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from multitag.config import Params, ValidateParams
-from multitag.data.images import difference_hash, hash_distance, informative_hash
+from multitag.data.images import hash_distance, informative_hash
 from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
 from multitag.data.sources.csv_folder import FULL
 from multitag.errors import MissingInputError, Problem
+from multitag.feedback.fingerprints import FingerprintStore
 from multitag.feedback.queue import FeedbackItem, FeedbackQueue
 from multitag.periodic import Every
 from multitag.reports import write_json
@@ -186,11 +187,12 @@ def reject_near_duplicates(queue: FeedbackQueue, frozen: Mapping[int, str], max_
     has another sha256, would train the candidate and inflate the gate's own test score. Exact
     copies are FeedbackQueue.reject_leaked's (which lets some through on purpose); ids rejected."""
     exact = set(frozen.values())
+    pending = [item for item in queue.list_items("pending", limit=10**9) if item.image_sha256 not in exact]
+    hashes = FingerprintStore(queue.database).of((item.image_sha256 for item in pending), queue.images.path)
     leaked = [
         item.id
-        for item in queue.list_items("pending", limit=10**9)
-        if item.image_sha256 not in exact
-        and (fingerprint := _fingerprint(queue, item.image_sha256)) is not None
+        for item in pending
+        if (fingerprint := hashes[item.image_sha256]) is not None
         and informative_hash(fingerprint)
         and any(hash_distance(fingerprint, other) <= max_bits for other in frozen)
     ]
@@ -198,14 +200,6 @@ def reject_near_duplicates(queue: FeedbackQueue, frozen: Mapping[int, str], max_
         queue.reject(leaked, "leakage: a near-duplicate of a frozen test photo")
         logger.info("rejected %d correction(s) of near-duplicates of frozen test photos", len(leaked))
     return leaked
-
-
-def _fingerprint(queue: FeedbackQueue, sha: str) -> int | None:
-    """The stored image's difference hash; None when it is gone or unreadable (validation says why later)."""
-    try:
-        return difference_hash(queue.images.path(sha))
-    except (KeyError, OSError):
-        return None
 
 
 def _record(queue: FeedbackQueue, item: FeedbackItem) -> Record:

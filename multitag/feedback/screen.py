@@ -46,7 +46,7 @@ import logging
 import os
 import statistics
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from multitag.config import RetrainParams
-from multitag.data.images import difference_hash, hash_distance
+from multitag.feedback.fingerprints import FingerprintStore, near_pairs
 from multitag.feedback.predictions import CHAMPION, PredictionLog
 from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue, Truth
 from multitag.feedback.store import decoded_batches
@@ -100,13 +100,6 @@ def client_hash(address: str | None) -> str | None:
         return None
     key = os.environ.get(CLIENT_SALT_ENV, _DEFAULT_SALT).encode()
     return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()[:32]
-
-
-def near_identical(a: Correction, b: Correction, max_bits: int) -> bool:
-    """Same image content, or difference hashes at most `max_bits` apart."""
-    if a.image_sha256 == b.image_sha256:
-        return True
-    return a.fingerprint is not None and b.fingerprint is not None and hash_distance(a.fingerprint, b.fingerprint) <= max_bits
 
 
 def strongest_disagreement(item: Correction, classes: Sequence[str]) -> tuple[str, bool, float]:
@@ -199,17 +192,16 @@ def contradictions(
     """Items with a label the model is confident against and every other client's correction of
     the same or a near-identical image disagrees with too: {id: reason}."""
     reasons: dict[int, str] = {}
-    pool = {other.id: other for other in [*others, *items]}.values()
+    pool = {other.id: other for other in [*others, *items]}
+    neighbours = near_pairs({c.id: c.fingerprint for c in pool.values()}, settings.near_duplicate_bits)  # banded: not every pair
+    same_image: dict[str, set[int]] = defaultdict(set)
+    for other in pool.values():
+        same_image[other.image_sha256].add(other.id)
     for item in items:
         if item.scores is None:
             continue
-        peers = [
-            other
-            for other in pool
-            if other.id != item.id
-            and not (item.client and other.client == item.client)
-            and near_identical(item, other, settings.near_duplicate_bits)
-        ]
+        near = (neighbours.get(item.id, set()) | same_image[item.image_sha256]) - {item.id}
+        peers = [pool[i] for i in sorted(near) if not (item.client and pool[i].client == item.client)]
         if not peers:
             continue
         for name, score in zip(classes, item.scores):
@@ -321,7 +313,7 @@ def screen_queue(
     others = [item for item in everything if item.state in ("pending", "claimed", "consumed") and item.id not in screened]
     trained = {item.image_sha256 for item in everything if item.state == "consumed"}
     scores = out_of_sample_scores(pending, trained, log, model_name, classes, score_images, queue.images.path)
-    fingerprints = {sha: _fingerprint(queue.images.path, sha) for sha in {item.image_sha256 for item in [*pending, *others]}}
+    fingerprints = FingerprintStore(queue.database).of((item.image_sha256 for item in [*pending, *others]), queue.images.path)
 
     def correction(item: FeedbackItem, with_scores: bool) -> Correction:
         item_scores = scores.get(item.image_sha256) if with_scores else None
@@ -344,16 +336,6 @@ def _stored(image_path: Callable[[str], Path], sha: str) -> Path | None:
     try:
         return image_path(sha)
     except KeyError:  # the image is gone: validation rejects the item later
-        return None
-
-
-def _fingerprint(image_path: Callable[[str], Path], sha: str) -> int | None:
-    path = _stored(image_path, sha)
-    if path is None:
-        return None
-    try:
-        return difference_hash(path)
-    except OSError:  # unreadable: validation rejects it with a reason later
         return None
 
 
