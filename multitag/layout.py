@@ -51,6 +51,11 @@ class Layout:
         return self.root / ".multitag" / "features"
 
     @property
+    def model_cache(self) -> Path:
+        """Models downloaded from a remote artefact store, one folder per URI (tracking.download_model): a cache, safe to delete."""
+        return self.root / ".multitag" / "downloaded-models"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

@@ -66,3 +66,30 @@ def test_retraining_keeps_one_downloaded_champion_per_version_and_only_the_curre
             assert keras_file.exists() and served == version and architecture == "small_cnn"
         assert sorted(p.name for p in cache.iterdir()) == [f"v{version}"]
     assert len(downloads) == 2, "one download per version"
+
+
+def test_models_from_a_remote_store_are_downloaded_once_per_uri_and_the_cache_is_bounded(mlflow_server, monkeypatch, tmp_path):
+    """From a tracking server's artefact store every load once left a new temporary copy, never
+    deleted: now one folder per model URI, reused, and at most MODEL_CACHE_KEEP of them."""
+    import mlflow
+    import mlflow.artifacts
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    monkeypatch.chdir(tmp_path)
+    tracking.configure()
+    uris = []
+    for n in range(tracking.MODEL_CACHE_KEEP + 2):
+        with mlflow.start_run(run_name=f"model-{n}") as run:
+            mlflow.log_text(f"flavors: {{}}\nrun: {n}\n", "model/MLmodel")
+        uris.append(f"runs:/{run.info.run_id}/model")
+    downloads: list[str] = []
+    download = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", lambda **kw: downloads.append(kw["artifact_uri"]) or download(**kw))
+    cache = tmp_path / "cache"
+
+    first = tracking.download_model(uris[0], cache)
+    assert (first / "MLmodel").read_text().endswith("run: 0\n") and tracking.download_model(uris[0], cache) == first
+    assert downloads == [uris[0]], "the second load reuses the copy"
+    for uri in uris[1:]:
+        tracking.download_model(uri, cache)
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == tracking.MODEL_CACHE_KEEP, "the least recently used go"

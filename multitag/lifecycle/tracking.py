@@ -8,8 +8,10 @@ Defaults to the embedded backend (`sqlite:///mlflow.db`, artefacts in `mlartifac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ import mlflow
 import numpy as np
 
 from multitag.errors import UsageError
+from multitag.layout import Layout
 from multitag.lifecycle import drift
 from multitag.modeling import metrics, plots
 from multitag.modeling.evaluate import Evaluation
@@ -157,11 +160,42 @@ def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example:
         mlflow.log_artifacts(str(folder), "plots")
 
 
-def download_model(model_uri: str) -> Path:
+MODEL_CACHE_KEEP = 4  # downloaded models kept: the champion, the challenger, a candidate and one more
+
+
+def download_model(model_uri: str, cache: Path | None = None) -> Path:
     """The logged model's folder on this machine, from any MLflow model URI (runs:/, models:/, m-...):
-    the folder itself for a local artefact store, a downloaded copy otherwise. One download serves
-    the metadata, the Keras model and any export beside it."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    the folder itself for a local artefact store; from a remote one, a copy per URI under `cache`
+    (Layout().model_cache) that every later load reuses, the least recently used beyond
+    MODEL_CACHE_KEEP deleted (a server once left a new temporary copy per load, never deleted).
+    A URI through an alias (`@champion`) or `latest` names no fixed model: it is downloaded anew,
+    into the cache all the same. One download serves the metadata, the Keras model and any export."""
+    if _local_store(model_uri):
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    cache = cache or Layout().model_cache
+    fixed = "@" not in model_uri and not model_uri.rstrip("/").endswith("/latest")
+    target = cache / hashlib.sha256(model_uri.encode()).hexdigest()[:24]
+    if not fixed or not (target / "MLmodel").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as partial:
+            downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=partial))
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(downloaded, target)  # whole or not at all: a reader never sees half a model
+    os.utime(target)  # recently used
+    for stale in sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)[
+        :-MODEL_CACHE_KEEP
+    ]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
+def _local_store(model_uri: str) -> bool:
+    """Whether the model's artefacts are files on this machine already (the embedded default)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    repository = get_artifact_repository(model_uri)
+    return isinstance(getattr(repository, "repo", repository), LocalArtifactRepository)
 
 
 def logged_metadata(folder: Path) -> dict:
