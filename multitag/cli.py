@@ -214,6 +214,38 @@ def predict(
         out.print(f"{path}: [bold]{', '.join(result.labels) or '(no label)'}[/bold]  ({probabilities})")
 
 
+@app.command("tag")
+def tag(
+    paths: list[str] = typer.Argument(..., help="Photos, folders (searched recursively) or glob patterns ('photos/**/*.jpg')."),
+    out_path: Path = typer.Option(..., "--out", help="Where the tags go: a .csv or a .jsonl file (re-runs skip what it holds)."),
+    model_uri: str | None = typer.Option(None, "--model", help="MLflow model URI; default: the champion of params' model."),
+    workers: int = typer.Option(4, min=1, help="Threads that read and decode photos."),
+    params_path: Path = ParamsOption,
+) -> None:
+    """Tag a photo library: every photo's labels and scores into a CSV or JSON Lines file, resumable."""
+    from multitag.lifecycle import registry
+    from multitag.lifecycle.predictor import Predictor
+    from multitag.tagging import photos_under, tag_library
+
+    name = load_params(params_path).registry.model_name
+    if model_uri is None:
+        champion = registry.alias_version(name, registry.CHAMPION)
+        if champion is None:
+            raise UsageError(f"no champion of {name} to tag with: run `make demo` or `multitag pipeline` first, or pass --model")
+        model_uri, version = f"models:/{name}/{champion.version}", champion.version
+    else:
+        name, version = model_uri, "-"
+    photos = photos_under(paths)
+    predictor = Predictor.from_uri(model_uri)
+    console.print(f"{len(photos)} photo(s); {model_uri} through {predictor.info['runtime']}")
+    summary = tag_library(predictor, name, version, photos, out_path, workers)
+    counts = ", ".join(f"{label} {count}" for label, count in summary.per_class.most_common()) or "none"
+    console.print(f"tagged {summary.tagged}, unchanged and skipped {summary.skipped}, failed {len(summary.failed)}; labels: {counts}")
+    for row in summary.failed[:20]:
+        console.print(Text(f"{row.path}: {row.error}", style="red"))  # a file name is no markup
+    console.print(f"tags written to {out_path}")
+
+
 @app.command("gate")
 @exclusive
 def gate(params_path: Path = ParamsOption) -> None:
