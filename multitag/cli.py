@@ -220,6 +220,8 @@ def tag(
     out_path: Path = typer.Option(..., "--out", help="Where the tags go: a .csv or a .jsonl file (re-runs skip what it holds)."),
     model_uri: str | None = typer.Option(None, "--model", help="MLflow model URI; default: the champion of params' model."),
     workers: int = typer.Option(4, min=1, help="Threads that read and decode photos."),
+    xmp: bool = typer.Option(False, "--xmp", help="Also write the labels into each photo's XMP sidecar (photo.xmp), merged."),
+    xmp_root: str = typer.Option("multitag", help="The sidecars' hierarchical keyword root (multitag|cat)."),
     params_path: Path = ParamsOption,
 ) -> None:
     """Tag a photo library: every photo's labels and scores into a CSV or JSON Lines file, resumable."""
@@ -238,12 +240,12 @@ def tag(
     photos = photos_under(paths)
     predictor = Predictor.from_uri(model_uri)
     console.print(f"{len(photos)} photo(s); {model_uri} through {predictor.info['runtime']}")
-    summary = tag_library(predictor, name, version, photos, out_path, workers)
+    summary = tag_library(predictor, name, version, photos, out_path, workers, xmp_root=xmp_root if xmp else None)
     counts = ", ".join(f"{label} {count}" for label, count in summary.per_class.most_common()) or "none"
     console.print(f"tagged {summary.tagged}, unchanged and skipped {summary.skipped}, failed {len(summary.failed)}; labels: {counts}")
     for row in summary.failed[:20]:
         console.print(Text(f"{row.path}: {row.error}", style="red"))  # a file name is no markup
-    console.print(f"tags written to {out_path}")
+    console.print(f"tags written to {out_path}" + (f"; {summary.sidecars} XMP sidecar(s) written or updated" if xmp else ""))
 
 
 @app.command("gate")

@@ -33,6 +33,7 @@ from multitag.data.images import ImageError
 from multitag.data.parallel import chunks, progress_bar
 from multitag.errors import UsageError
 from multitag.lifecycle.predictor import Predictor
+from multitag.xmp import write_keywords
 
 PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 BATCH = 32
@@ -58,6 +59,7 @@ class Summary:
     skipped: int = 0
     failed: list[Tagged] = field(default_factory=list)
     per_class: Counter = field(default_factory=Counter)
+    sidecars: int = 0  # XMP sidecars written or updated
 
 
 def photos_under(paths: Iterable[str]) -> list[Path]:
@@ -86,9 +88,17 @@ def read_rows(out: Path) -> dict[str, Tagged]:
 
 
 def tag_library(
-    predictor: Predictor, model: str, version: str, photos: Sequence[Path], out: Path, workers: int = 4, batch: int = BATCH
+    predictor: Predictor,
+    model: str,
+    version: str,
+    photos: Sequence[Path],
+    out: Path,
+    workers: int = 4,
+    batch: int = BATCH,
+    xmp_root: str | None = None,
 ) -> Summary:
-    """Tag the photos the output file does not already hold for this version and content; returns the counts."""
+    """Tag the photos the output file does not already hold for this version and content; returns
+    the counts. With `xmp_root`, every tagged photo's XMP sidecar then holds its labels (xmp.py)."""
     if out.suffix not in (".csv", ".jsonl", ".json"):
         raise UsageError(f"{out}: write tags to a .csv or a .jsonl file")
     done = read_rows(out)
@@ -118,6 +128,11 @@ def tag_library(
                 summary.per_class.update(row.labels)
             progress.advance(task, len(group))
     write_rows(out, list(done.values()), predictor.classes)
+    if xmp_root is not None:  # every photo of this run, skipped ones too: an earlier run may have written no sidecars
+        wanted = {str(path) for path in photos}
+        summary.sidecars = sum(
+            write_keywords(Path(row.path), row.labels, xmp_root) for row in done.values() if row.path in wanted and not row.error
+        )
     return summary
 
 

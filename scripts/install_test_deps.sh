@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the tests that drive real engines have them: Chromium at /usr/bin/chromium (the browser
-# test, Debian's `chromium`) and PostgreSQL's server binaries, initdb and pg_ctl (the private
-# clusters of tests/engines.py, Debian's `postgresql`). Whatever is missing comes in one apt-get call.
+# test, Debian's `chromium`), PostgreSQL's server binaries, initdb and pg_ctl (the private
+# clusters of tests/engines.py, Debian's `postgresql`) and exiftool (the XMP sidecar test, Debian's
+# `libimage-exiftool-perl`). Whatever is missing comes in one apt-get call.
 # Idempotent, and never fails the build: without root or apt the tests that need a missing engine
 # skip with a reason (which fails under CI=true, tests/conftest.py).
 set -u
@@ -30,6 +31,12 @@ if bindir=$(postgres_bindir); then
     echo "install_test_deps: PostgreSQL server binaries present in $bindir ($("$bindir/initdb" --version 2>/dev/null || echo 'version unknown'))"
 else
     missing+=(postgresql)
+fi
+
+if command -v exiftool >/dev/null 2>&1; then
+    echo "install_test_deps: exiftool present ($(exiftool -ver 2>/dev/null || echo 'version unknown'))"
+else
+    missing+=(libimage-exiftool-perl)  # reads back the XMP sidecars `multitag tag --xmp` writes
 fi
 
 [ ${#missing[@]} -eq 0 ] && exit 0

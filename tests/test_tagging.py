@@ -82,3 +82,55 @@ def test_paths_can_be_files_folders_and_globs_and_a_missing_one_is_an_error(tmp_
     assert photos_under([str(one), str(root / "2025")]) == sorted({one, *photos_under([str(root / "2025")])})
     with pytest.raises(UsageError, match="no such file or folder"):
         photos_under([str(tmp_path / "nowhere")])
+
+
+def exiftool(*arguments: str) -> str:
+    """Debian's exiftool, the reader photo managers' metadata is checked against (skip without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool missing: run `bash scripts/install_test_deps.sh` as root (Debian's libimage-exiftool-perl)")
+    return subprocess.run(["exiftool", *arguments], capture_output=True, text=True, check=True).stdout
+
+
+def read_xmp(*sidecars: str) -> list[dict]:
+    """Every property exiftool reads from the sidecars, by group and name (XMP-dc:Subject, ...)."""
+    return json.loads(exiftool("-j", "-G1", *sidecars))
+
+
+def as_list(value) -> list[str]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_xmp_sidecars_carry_the_labels_and_keep_what_a_person_wrote(registry_env, tmp_path):
+    """A sidecar a photo manager made (a creator, a rating, a keyword of the person's own) keeps all
+    of it; the model's keywords are added, and replaced, not piled up, when the labels change."""
+    from multitag.xmp import sidecar_path, write_keywords
+
+    photo = tmp_path / "holiday.jpg"
+    photo.write_bytes(encode(solid("beach", (40, 30)), "JPEG"))
+    exiftool("-o", str(sidecar_path(photo)), "-XMP-dc:Creator=Ann", "-XMP-xmp:Rating=4", "-XMP-dc:Subject=holiday", str(photo))
+    assert write_keywords(photo, ["cat", "dog"])
+    (read,) = read_xmp(str(sidecar_path(photo)))
+    assert sorted(as_list(read["XMP-dc:Subject"])) == ["cat", "dog", "holiday"]
+    assert sorted(as_list(read["XMP-lr:HierarchicalSubject"])) == ["multitag|cat", "multitag|dog"]
+    assert read["XMP-dc:Creator"] == "Ann" and read["XMP-xmp:Rating"] == 4, "the person's fields stay"
+    assert write_keywords(photo, ["person"]) and not write_keywords(photo, ["person"]), "an unchanged sidecar is not rewritten"
+    (read,) = read_xmp(str(sidecar_path(photo)))
+    assert sorted(as_list(read["XMP-dc:Subject"])) == ["holiday", "person"], "the model's old keywords go, the person's stay"
+    assert as_list(read["XMP-lr:HierarchicalSubject"]) == ["multitag|person"]
+    assert photo.read_bytes() == encode(solid("beach", (40, 30)), "JPEG"), "the photo itself is never touched"
+
+
+def test_tag_with_xmp_writes_a_sidecar_per_tagged_photo(registry_env, tmp_path):
+    photos = photos_under([str(library(tmp_path / "library"))])
+    predictor = Predictor.from_uri(registry_env.model_uri)
+    summary = tag_library(predictor, "m", "1", photos, tmp_path / "tags.csv", xmp_root="multitag")
+    assert summary.sidecars == 6 and not (tmp_path / "library" / "2025" / "broken.xmp").exists()
+    rows = read_rows(tmp_path / "tags.csv")
+    read = {Path(r["SourceFile"]).stem: r for r in read_xmp(*(str(p.with_suffix(".xmp")) for p in photos if p.name != "broken.jpg"))}
+    for path, row in rows.items():
+        if not row.error:
+            found = as_list(read[Path(path).stem].get("XMP-lr:HierarchicalSubject", []))
+            assert sorted(found) == sorted(f"multitag|{label}" for label in row.labels)
