@@ -280,13 +280,14 @@ def registry_list(params_path: Path = ParamsOption) -> None:
     name = load_params(params_path).registry.model_name
     table = Table(title=f"registered model {name}")
     for column in ("version", "aliases", "architecture", "test_mAP", "verdict", "data_hash"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "aliases", overflow="fold")  # an alias is read whole, never cut
     for v in registry.list_versions(name):
+        test_map = v.tags.get("test_mAP", "")
         table.add_row(
             v.version,
-            ", ".join(v.aliases),
+            "\n".join(v.aliases),
             v.tags.get("architecture", ""),
-            v.tags.get("test_mAP", ""),
+            f"{float(test_map):.4f}" if test_map else "",
             v.tags.get("gate_verdict", ""),
             v.tags.get("data_hash", "")[:12],
         )
