@@ -275,3 +275,21 @@ def test_promotions_on_two_hosts_sharing_the_postgresql_queue_take_turns(registr
         other_host.close()
     promoting.join(timeout=30)
     assert not promoting.is_alive() and registry.alias_version(registry_of.name, registry.CHAMPION).version == second
+
+
+def test_registry_list_reads_in_an_80_column_terminal(registry_of, tmp_path, monkeypatch):
+    """It once showed `0.516201487…` and `previous-ch…`."""
+    from typer.testing import CliRunner
+
+    from multitag.cli import app
+    from multitag.lifecycle import registry
+
+    first, second, _ = three_versions(registry_of)
+    for version in (first, second):
+        registry.client().set_model_version_tag(registry_of.name, version, "test_mAP", "0.503579234924")
+        registry.promote(registry_of.name, version)
+    (tmp_path / "params.yaml").write_text(f"registry:\n  model_name: {registry_of.name}\n")
+    monkeypatch.setenv("COLUMNS", "80")
+    listed = CliRunner().invoke(app, ["registry", "list", "--params", str(tmp_path / "params.yaml")])
+    assert listed.exit_code == 0, listed.output
+    assert "0.5036" in listed.output and "previous-champion" in listed.output and "…" not in listed.output, listed.output
