@@ -27,7 +27,11 @@ passes `--rss-cap-gb` is killed: its row then says so.
     .venv/bin/python bench/abuse.py                  # both servers, every attack
     .venv/bin/python bench/abuse.py --bomb-requests 1 --variants project
 
-Writes bench/results/abuse.json. Not covered: two replicas on PostgreSQL.
+`--replicas` adds two `multitag serve` replicas sharing one queue on a private PostgreSQL cluster
+(and one image folder): the bombs split across them, and one client's /feedback flood sent to
+both (each replica keeps its own rate budget; the storage quota, here 5 MB, is the queue's, shared).
+
+Writes bench/results/abuse.json.
 """
 
 from __future__ import annotations
@@ -290,24 +294,10 @@ def attack_table(url: str, data_dir: Path, label: str, args: argparse.Namespace)
 
 
 def measured(url: str, data_dir: Path, name: str, attack: Callable[[], list[int | str]], rss_cap_gb: float) -> dict:
-    """One attack's row: the answers by status, 5xx, the server's peak RSS, disk written, /health."""
-    before, started = folder_bytes(data_dir), time.monotonic()
+    """One attack's row against one server, its RSS and /health watched meanwhile."""
     watch = Watch(url, server_pid(url), int(rss_cap_gb * 2**30))
     with watch.watching():
-        statuses = attack()
-    counts = Counter(str(s) for s in statuses)
-    row = {
-        "requests": len(statuses),
-        "answers": dict(sorted(counts.items())),
-        "5xx": sum(n for s, n in counts.items() if s.isdigit() and int(s) >= 500),
-        "peak_rss_gb": round(watch.peak_rss / 2**30, 2),
-        "disk_written_mb": round((folder_bytes(data_dir) - before) / 1e6, 1),
-        "health_failures": watch.health_failures,
-        "killed_at_rss_cap": watch.killed,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    print(f"  {name:<42} {json.dumps(row)}", flush=True)
-    return row
+        return watched_row(data_dir, name, attack, [watch])
 
 
 def fuzz(url: str, examples: int) -> list[int | str]:
@@ -325,6 +315,64 @@ def fuzz(url: str, examples: int) -> list[int | str]:
 
     send()
     return statuses
+
+
+def replicas_table(command: list[str], scratch: Path, label: str, args: argparse.Namespace) -> dict[str, dict]:
+    """Two replicas sharing one queue on PostgreSQL (a private cluster, tests/engines.py) and one
+    image folder, with the defaults: the bombs split across them, and one client's /feedback flood
+    and storage sent to both. A row per attack; RSS is the larger replica's peak."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from engines import PostgresCluster
+
+    from multitag.serving.app import PARAMS_ENV
+
+    cluster_root = Path(tempfile.mkdtemp(prefix="multitag-bench-postgres-"))
+    cluster = PostgresCluster.start(cluster_root)
+    try:
+        env = {
+            PARAMS_ENV: str(write_params(scratch, "replicas", 16, trust_loopback=False, client_storage_mb=5)),
+            "MULTITAG_FEEDBACK_DB_URL": cluster.create_database("feedback"),
+            "MULTITAG_FEEDBACK_IMAGES_DIR": str(scratch / "data" / "replicas" / "images"),
+        }
+        with contextlib.ExitStack() as stack:
+            urls = [stack.enter_context(running(command, scratch, scratch / f"replica{i}.log", env=env)) for i in range(2)]
+            attacks: dict[str, Callable[[int], list[int | str]]] = {
+                f"bit-depth bombs, {BOMB_CLIENTS} clients over 2 replicas": lambda n: [
+                    status for url in urls for status in bomb_requests(url, n, grey16_bomb(), BOMB_CLIENTS // 2, args.bomb_requests)
+                ],
+                "/feedback flood, 1 client x 300 over 2 replicas": lambda n: [
+                    status for i, url in enumerate(urls) for status in feedback_flood(url, n, label, 1, 150, 20_000 + i * 150)
+                ],
+            }
+            rows = {}
+            for number, (name, attack) in enumerate(attacks.items(), start=30):
+                watches = [Watch(url, server_pid(url), int(args.rss_cap_gb * 2**30)) for url in urls]
+                with watches[0].watching(), watches[1].watching():
+                    rows[name] = watched_row(scratch / "data" / "replicas", name, partial(attack, number), watches)
+            return rows
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster_root, ignore_errors=True)
+
+
+def watched_row(data_dir: Path, name: str, attack: Callable[[], list[int | str]], watches: list[Watch]) -> dict:
+    """Run one attack while the caller's watches run: the answers by status, 5xx, the largest peak RSS,
+    disk written, every /health failure."""
+    before, started = folder_bytes(data_dir), time.monotonic()
+    statuses = attack()
+    counts = Counter(str(s) for s in statuses)
+    row = {
+        "requests": len(statuses),
+        "answers": dict(sorted(counts.items())),
+        "5xx": sum(n for s, n in counts.items() if s.isdigit() and int(s) >= 500),
+        "peak_rss_gb": round(max(w.peak_rss for w in watches) / 2**30, 2),
+        "disk_written_mb": round((folder_bytes(data_dir) - before) / 1e6, 1),
+        "health_failures": sum(w.health_failures for w in watches),
+        "killed_at_rss_cap": any(w.killed for w in watches),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    print(f"  {name:<42} {json.dumps(row)}", flush=True)
+    return row
 
 
 def print_table(results: dict[str, dict[str, dict]]) -> None:
@@ -355,6 +403,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bomb-requests", type=int, default=2, help="requests of 16 bombs per bomb client")
     parser.add_argument("--rss-cap-gb", type=float, default=10.0, help="kill a server whose RSS passes this")
     parser.add_argument("--fuzz", type=int, default=1200, help="schemathesis-generated requests (0: none)")
+    parser.add_argument("--replicas", action="store_true", help="also two replicas on one PostgreSQL queue (needs initdb/pg_ctl)")
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     return parser.parse_args()
 
@@ -405,6 +454,9 @@ def main() -> None:
             results.setdefault("project", {})[name] = measured(
                 url, scratch / "data" / "fuzz", name, partial(fuzz, url, args.fuzz), args.rss_cap_gb
             )
+    if args.replicas:
+        print("two replicas on one PostgreSQL queue", flush=True)
+        results["replicas"] = replicas_table(command, scratch, VOC_CLASSES[0], args)
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "machine": machine_info()}, indent=1) + "\n")
