@@ -24,11 +24,28 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from multitag.config import Params, ServeParams
 from multitag.data import images
 from multitag.lifecycle.predictor import Predictor
+from multitag.serving.origin import SAFE_METHODS
 from multitag.serving.problems import http_problem, problem
 
 RETRY_AFTER_S = 1
 
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart headers and small form fields around the files
+
+
+def sends_body(scope: Scope) -> bool:
+    """An HTTP request whose body the server will hold: any method but origin.SAFE_METHODS."""
+    return scope["type"] == "http" and scope["method"] not in SAFE_METHODS
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The body's Content-Length; None when it declares none (a chunked body)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    return int(declared) if declared.isdigit() else None
+
+
+def retry_later(status: int, reason: str, message: str, seconds: int) -> JSONResponse:
+    """A refusal the client should repeat after `seconds` (503 busy, 429 rate limited)."""
+    return JSONResponse({"detail": problem(reason, message)}, status_code=status, headers={"Retry-After": str(seconds)})
 
 
 def body_limit_bytes(limits: ServeParams) -> int:
@@ -46,8 +63,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit_bytes:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.limit_bytes:
             await JSONResponse({"detail": self._too_large()}, status_code=413)(scope, receive, send)
             return
         received = 0
@@ -94,18 +111,18 @@ class RequestsInFlight:
         self._lock = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+        if not sends_body(scope):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        size = min(int(declared), self.largest_body) if declared.isdigit() else self.largest_body
+        declared = declared_length(scope)
+        size = self.largest_body if declared is None else min(declared, self.largest_body)
         with self._lock:
             admitted = self._count == 0 or (self._count < self.limit and self._bytes + size <= self.max_bytes)
             if admitted:
                 self._count, self._bytes = self._count + 1, self._bytes + size
         if not admitted:
-            body = problem("busy", f"the server is answering as many uploads as it can hold: try again in {RETRY_AFTER_S} s")
-            await JSONResponse({"detail": body}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+            message = f"the server is answering as many uploads as it can hold: try again in {RETRY_AFTER_S} s"
+            await retry_later(503, "busy", message, RETRY_AFTER_S)(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)

@@ -22,13 +22,13 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from multitag.config import ServeParams
 from multitag.feedback.queue import FeedbackQueue
 from multitag.serving.access import is_loopback
-from multitag.serving.problems import http_problem, problem
+from multitag.serving.limits import declared_length, retry_later, sends_body
+from multitag.serving.problems import http_problem
 
 MAX_CLIENTS = 10_000
 MB = 1_000_000
@@ -81,16 +81,15 @@ class ClientRates:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         address = scope["client"][0] if scope.get("client") else None
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS") or exempt(address, self.serve):
+        if not sends_body(scope) or exempt(address, self.serve):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        size = int(declared) if declared.isdigit() else self.largest_body
-        wait = self._take(client_key(address), size)
+        declared = declared_length(scope)
+        wait = self._take(client_key(address), self.largest_body if declared is None else declared)
         if wait > 0:
             retry = max(1, math.ceil(wait))
-            body = problem("rate_limited", f"this client sent more than its share of requests or bytes: try again in {retry} s")
-            await JSONResponse({"detail": body}, status_code=429, headers={"Retry-After": str(retry)})(scope, receive, send)
+            message = f"this client sent more than its share of requests or bytes: try again in {retry} s"
+            await retry_later(429, "rate_limited", message, retry)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
