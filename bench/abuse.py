@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import RESULTS_DIR, ROOT, machine_info
-from serve import JPEG_DIR, WEIGHTS, build_model, register_champion, running, stage_weights, write_params
+from serve import JPEG_DIR, PROJECT_SERVER, WEIGHTS, build_model, register_champion, running, throwaway_workspace, write_params
 
 RESULTS_PATH = RESULTS_DIR / "abuse.json"
 BOMB_CLIENTS = 8
@@ -415,30 +415,10 @@ def main() -> None:
     from multitag.data.sources.voc import VOC_CLASSES
     from multitag.serving.app import PARAMS_ENV
 
-    scratch = Path(tempfile.mkdtemp(prefix="multitag-bench-abuse-"))
-    keras_home = Path(os.environ.get("KERAS_HOME", ROOT / ".keras"))
-    os.environ.update(
-        {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
-            "MULTITAG_REGISTRY_LOCK": str(scratch / "registry.lock"),
-            "KERAS_HOME": str(keras_home),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-    )
-    stage_weights(keras_home)
+    scratch = throwaway_workspace("multitag-bench-abuse-")
     print("registering a MobileNetV2 224 champion in a throwaway registry ...", flush=True)
     register_champion(scratch, build_model(), [p.read_bytes() for p in sorted(JPEG_DIR.glob("*.jpg"))[:16]])
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "multitag.serving.app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warning",
-    ]
+    command = PROJECT_SERVER
     results: dict[str, dict[str, dict]] = {}
     for variant in args.variants:
         serve = {"trust_loopback": False, **(UNBOUNDED if variant == "baseline" else {})}

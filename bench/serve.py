@@ -83,6 +83,23 @@ def stage_weights(keras_home: Path) -> None:
         shutil.copy(WEIGHTS, target)
 
 
+def throwaway_workspace(prefix: str) -> Path:
+    """A scratch folder holding this process's registry (MLflow on SQLite, its lock), with the
+    offline ImageNet weights where Keras looks; returns the folder."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    keras_home = Path(os.environ.get("KERAS_HOME", ROOT / ".keras"))
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
+            "MULTITAG_REGISTRY_LOCK": str(scratch / "registry.lock"),
+            "KERAS_HOME": str(keras_home),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
+    stage_weights(keras_home)
+    return scratch
+
+
 def build_model():
     """MobileNetV2 224 (ImageNet) + an untrained 20-class head: the served graph's cost, not its accuracy."""
     from multitag.modeling import models
@@ -235,23 +252,27 @@ def interleaved(rounds: int, cases: list, measure_one: Callable[[object], dict])
     return samples
 
 
+# The project's API in a uvicorn process of its own (`running` adds --port); PARAMS_ENV picks its params.
+PROJECT_SERVER = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--factory",
+    "multitag.serving.app:create_app",
+    "--host",
+    "127.0.0.1",
+    "--log-level",
+    "warning",
+]
+
+
 def server_commands(scratch: Path, model_uri: str, max_files: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Each variant's server: its command and extra environment. The project servers differ only in
     `serve.batch_max_size` and `serve.runtime`; `unbatched` is the path before micro-batching and the
     export (one Keras call per request). Each has its own feedback store."""
     from multitag.serving.app import PARAMS_ENV
 
-    project = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "multitag.serving.app:create_app",
-        "--host",
-        "127.0.0.1",
-        "--log-level",
-        "warning",
-    ]
+    project = PROJECT_SERVER
     return {
         "project": (project, {PARAMS_ENV: str(write_params(scratch, "project", max_files))}),
         "batched-keras": (project, {PARAMS_ENV: str(write_params(scratch, "batched-keras", max_files, runtime="keras"))}),
@@ -494,17 +515,7 @@ def main() -> None:
         return
     if not (JPEG_DIR.is_dir() and WEIGHTS.exists()):
         sys.exit(f"needs {JPEG_DIR} and {WEIGHTS} (the ../shared folder next to the repository)")
-    scratch = Path(tempfile.mkdtemp(prefix="multitag-bench-serve-"))
-    keras_home = Path(os.environ.get("KERAS_HOME", ROOT / ".keras"))
-    os.environ.update(
-        {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
-            "MULTITAG_REGISTRY_LOCK": str(scratch / "registry.lock"),
-            "KERAS_HOME": str(keras_home),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-    )
-    stage_weights(keras_home)
+    scratch = throwaway_workspace("multitag-bench-serve-")
     model = build_model()
     if args.runtime:
         photos = [p.read_bytes() for p in sorted(JPEG_DIR.glob("*.jpg"))[:RUNTIME_BATCH]]

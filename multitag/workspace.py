@@ -15,9 +15,10 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from multitag.errors import MultitagError
 from multitag.layout import Layout
@@ -44,12 +45,9 @@ def exclusive_run(what: str, layout: Layout = Layout()) -> Iterator[None]:
     path = lock_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceBusy(
-                f"another run holds this workspace ({holder(path)}); wait for it to finish, or stop it, then run {what!r} again"
-            ) from None
+        lock_or_refuse(
+            handle, lambda: f"another run holds this workspace ({holder(path)}); wait for it to finish, or stop it, then run {what!r} again"
+        )
         if not os.environ.get(DVC_STAGE_ENV):
             refuse_while_dvc_runs(layout, what)
         handle.seek(0)
@@ -75,14 +73,22 @@ def refuse_while_dvc_runs(layout: Layout, what: str) -> None:
     if not path.exists():
         return
     with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceBusy(
+        lock_or_refuse(
+            handle,
+            lambda: (
                 f"a DVC command (`dvc repro`?) holds this workspace ({path.read_text().strip() or 'no pid written'}); "
                 f"wait for it to finish, then run {what!r} again"
-            ) from None
+            ),
+        )
         fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def lock_or_refuse(handle: IO, refusal: Callable[[], str]) -> None:
+    """Take the file's lock at once, or raise WorkspaceBusy with `refusal()` (who holds it)."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise WorkspaceBusy(refusal()) from None
 
 
 def holder(path: Path) -> str:
