@@ -122,6 +122,7 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             model = load_served_model(model_dir)
             evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
             run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
+            log_scores(model_uri, evaluation, layout, int(example.shape[1]), params.preprocess.resize)
             rows.append(comparison_row(evaluation, train_info))
             defaulted[architecture] = evaluation.default_threshold_classes
             primary = params.evaluate.primary_metric  # the gate selects on its validation value
@@ -150,6 +151,21 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
     tracking.write_json(layout.metrics / "candidates.json", summary)
     return summary
+
+
+def log_scores(model_uri: str, evaluation, layout: Layout, image_size: int, resize: str) -> None:
+    """Store the candidate's validation and test answers with it (lifecycle/scores.py): the gate
+    reuses them and the results browser shows them."""
+    import numpy as np
+    import pandas as pd
+
+    from multitag.data.manifest import read
+    from multitag.lifecycle import scores
+
+    manifest = read(layout.processed / "manifest.parquet")
+    rows = pd.concat([manifest[manifest["split"] == split] for split in ("val", "test")])
+    answers = np.concatenate([evaluation.scores_val, evaluation.scores_test])
+    scores.log_with_model(model_uri, scores.table(rows, answers, evaluation.classes, image_size, resize))
 
 
 def select_candidate(candidates: list[dict], primary_metric: str) -> dict:

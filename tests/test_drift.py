@@ -135,7 +135,7 @@ def referenced_champion(tiny_champion, tmp_path_factory):
 
     thresholds = [0.5, 0.5, 0.5]
     scores = np.array([[0.9 if name in labels else 0.1 for name in CLASSES] for labels in stream(300, RATES)])
-    evaluation = Evaluation("small_cnn", CLASSES, thresholds, [], {}, {}, 1.0, 1.0, np.zeros_like(scores), scores)
+    evaluation = Evaluation("small_cnn", CLASSES, thresholds, [], {}, {}, 1.0, 1.0, np.zeros_like(scores), scores, scores)
     name = f"drift-{time.time_ns()}"
     with pytest.MonkeyPatch.context() as patch:
         for key, value in tiny_champion.env.items():

@@ -135,7 +135,9 @@ def write_test_split(root: Path, images: np.ndarray, labels: np.ndarray) -> None
         paths.append(str(root / f"test-{index}.png"))
         Image.fromarray(image).save(paths[-1])
     names = [[c for c, on in zip(CLASSES, row) if on] for row in labels]
-    pd.DataFrame({"path": paths, "labels": names, "split": "test"}).to_parquet(processed / "manifest.parquet")
+    hashes = [f"{index:064x}" for index in range(len(images))]
+    rows = {"path": paths, "labels": names, "split": "test", "sha256": hashes, "image_id": [f"test-{i}" for i in range(len(images))]}
+    pd.DataFrame(rows).to_parquet(processed / "manifest.parquet")
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +251,50 @@ def test_the_api_reports_the_runtime_that_serves_and_serve_runtime_keras_forces_
         while (answer := httpx.get(f"{server.url}/model", timeout=30)).status_code == 503 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert answer.status_code == 200 and answer.json()["runtime"] == runtime, (setting, answer.text)
+
+
+def test_the_gate_reuses_the_test_scores_stored_with_each_model_and_never_trusts_a_wrong_table(registry_env, tmp_path, monkeypatch):
+    """lifecycle/scores.py: the candidate's scores from `evaluate` are checked through its export's
+    parity, the champion scores only the test photos its table lacks, and a table that does not
+    match its model is replaced by the model's own answers."""
+    import pandas as pd
+
+    from multitag.config import GateParams
+    from multitag.layout import Layout
+    from multitag.lifecycle import gate, scores
+    from multitag.lifecycle.tflite import TFLiteModel
+    from multitag.modeling import evaluate
+
+    images, labels = labelled_images(TEST_IMAGES, seed=8)
+    write_test_split(tmp_path, images, labels)
+    rows = pd.read_parquet(tmp_path / "data" / "processed" / "manifest.parquet")
+    candidate, champion = served_model("small_cnn", seed=0), served_model("small_cnn", seed=2)
+    answers = {
+        name: model.predict_on_batch(images.astype("float32")).astype("float64")
+        for name, model in (("cand", candidate), ("champ", champion))
+    }
+    candidate_uri, champion_uri = log_model(candidate), log_model(champion)
+    scores.log_with_model(champion_uri, scores.table(rows.iloc[4:], answers["champ"][4:], CLASSES, SIZE, "stretch"))
+
+    predicted = []  # rows each Keras model was asked about (the TFLite export's own check is not counted)
+    real_predict = evaluate.predict
+
+    def counted(model, x, **kw):
+        if not isinstance(model, TFLiteModel):
+            predicted.append(len(x))
+        return real_predict(model, x, **kw)
+
+    monkeypatch.setattr(evaluate, "predict", counted)
+
+    def judge(table_scores: np.ndarray):
+        predicted.clear()
+        scores.log_with_model(candidate_uri, scores.table(rows, table_scores, CLASSES, SIZE, "stretch"))
+        return gate.judge(candidate_uri, champion_uri, "1", GateParams(), "mAP", Layout(tmp_path))
+
+    honest = judge(answers["cand"])
+    assert honest.export.passed and predicted == [4], "the candidate's stored scores reused; only the champion's 4 missing photos scored"
+    wrong = answers["cand"].copy()
+    wrong[:, 0] = 1 - wrong[:, 0]
+    tampered = judge(wrong)
+    assert predicted == [TEST_IMAGES, 4], "a table its export disagrees with: the candidate is scored now"
+    assert tampered.export.passed and tampered.candidate == honest.candidate and tampered.champion == honest.champion

@@ -67,6 +67,27 @@ def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
     assert f"{logged['test_mAP']:.6f}" == f"{float(champion.tags['test_mAP']):.6f}" and "val_mAP" in logged and "val_at05_mAP" in logged
 
 
+def test_the_champion_carries_each_val_and_test_photo_s_scores_and_labels(project):
+    """lifecycle/scores.py: the gate reuses them and the results browser shows them; the stored test
+    rows reproduce the champion's own test mAP."""
+    from multitag.data.manifest import label_matrix, read
+    from multitag.lifecycle import registry, scores, tracking
+    from multitag.modeling.metrics import compute_metrics
+
+    root, _ = project
+    champion = registry.alias_version("multitag", registry.CHAMPION)
+    table = scores.stored(tracking.download_model(f"models:/multitag/{champion.version}"))
+    manifest = read(root / "data" / "processed" / "manifest.parquet")
+    held_out = manifest[manifest["split"].isin(["val", "test"])]
+    assert table is not None and sorted(table.frame["sha256"]) == sorted(held_out["sha256"])
+    assert (table.image_size, table.resize) == (_params().preprocess.image_size, _params().preprocess.resize)
+    test = table.frame[table.frame["split"] == "test"]
+    truth = dict(zip(held_out["sha256"], held_out["labels"].map(sorted)))
+    assert all(sorted(labels) == truth[sha] for sha, labels in zip(test["sha256"], test["labels"]))
+    y, stored = label_matrix(test["labels"], table.classes), np.stack(test["scores"].to_numpy())
+    assert f"{compute_metrics(y, stored, 0.5, table.classes)['mAP']:.4f}" == f"{float(champion.tags['test_mAP']):.4f}"
+
+
 def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
     root, _ = project
     env = project_env(root)

@@ -11,6 +11,7 @@ paired-bootstrap interval of the primary metric's gain over the champion.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 
 from multitag.config import GateParams
 from multitag.layout import Layout
-from multitag.lifecycle import policy
+from multitag.lifecycle import policy, scores
 from multitag.lifecycle.export import Parity, export_for_serving
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
@@ -28,6 +29,8 @@ from multitag.modeling.baselines import Baseline
 from multitag.reports import markdown_table
 
 SMOKE_IMAGES = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,26 +82,70 @@ class Verdict:
         return out
 
 
-def test_split(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true, uint8 images) of the frozen test split at the model's own input size: the processed
-    arrays (memory-mapped) when their size matches, else the test photos decoded now."""
+@dataclass(frozen=True)
+class TestPhotos:
+    """The frozen test split as one model sees it: labels, uint8 pixels, each photo's sha256, and the
+    resize mode the pixels were made with (with the size, what a stored score is valid for)."""
+
+    y_true: np.ndarray
+    images: np.ndarray
+    hashes: list[str]
+    resize: str
+
+
+def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
+    """The frozen test split at the model's own input size: the processed arrays (memory-mapped)
+    when their size matches, else the test photos decoded now."""
+    import json
+
     from multitag.data.manifest import label_matrix, read
     from multitag.data.preprocess import load_split
 
+    test = read(layout.processed / "manifest.parquet").query("split == 'test'")
+    hashes = list(test["sha256"]) if "sha256" in test else [""] * len(test)
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] == predictor.input_size:
-        return np.asarray(y_test), x_test
-    test = read(layout.processed / "manifest.parquet").query("split == 'test'")
+        summary = layout.processed / "summary.json"
+        resize = json.loads(summary.read_text()).get("resize", predictor.resize) if summary.exists() else predictor.resize
+        return TestPhotos(np.asarray(y_test), x_test, hashes, resize)
     images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
-    return label_matrix(test["labels"], predictor.classes), images
+    return TestPhotos(label_matrix(test["labels"], predictor.classes), images, hashes, predictor.resize)
 
 
-def test_scores(predictor: Predictor, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true, scores) on the frozen test split, decoded at the model's own input size."""
+def test_scores(predictor: Predictor, photos: TestPhotos) -> np.ndarray:
+    """The model's scores on the test photos: those stored with it (scores.py) where they apply,
+    the rest predicted now (photos that joined the split since it was scored)."""
     from multitag.modeling.evaluate import predict
 
-    y_true, images = test_split(predictor, layout)
-    return y_true, predict(predictor.model, images)
+    table = scores.stored(predictor.folder) if predictor.folder else None
+    if table is None:
+        return predict(predictor.model, photos.images)
+    known, found = table.scores_for(photos.hashes, predictor.classes, int(photos.images.shape[1]), photos.resize)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        known[missing] = predict(predictor.model, np.asarray(photos.images[missing]))
+    log.info("%s: %d test scores stored with the model, %d predicted now", predictor.uri, int(found.sum()), len(missing))
+    return known
+
+
+def checked_candidate_scores(candidate: Predictor, candidate_uri: str, photos: TestPhotos) -> tuple[np.ndarray, Parity | None]:
+    """The candidate's test scores and its export's parity check.
+
+    Stored scores (from `evaluate`) are what the export is checked against, so a parity that holds
+    also proves they are this logged model's answers. Should it fail against stored scores, the
+    model is scored now and exported again: a stale table can never decide a verdict.
+    """
+    from multitag.modeling.evaluate import predict
+
+    reference = test_scores(candidate, photos)
+    parity = export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, reference, candidate.classes)
+    if parity is None or parity.passed or parity.error or candidate.folder is None:
+        return reference, parity
+    fresh = predict(candidate.model, photos.images)
+    if np.array_equal(fresh, reference):
+        return reference, parity
+    log.warning("%s: stored test scores differ from the model's own; scored now and exported again", candidate_uri)
+    return fresh, export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, fresh, candidate.classes)
 
 
 def summary_metrics(y_true: np.ndarray, scores: np.ndarray, predictor: Predictor) -> tuple[dict, np.ndarray]:
@@ -127,14 +174,12 @@ def judge(
     and logged inside its model folder only when parity holds (export.py), before the smoke test,
     so the fresh process answers through the runtime the API will serve.
     """
-    from multitag.modeling.evaluate import predict
-
     candidate = Predictor.from_uri(candidate_uri, runtime="keras")
-    y_true, images = test_split(candidate, layout)
-    scores = predict(candidate.model, images)
+    photos = test_split(candidate, layout)
+    y_true = photos.y_true
+    scores, parity = checked_candidate_scores(candidate, candidate_uri, photos)
     cand_metrics, _ = summary_metrics(y_true, scores, candidate)
-    comparison = compare_with_champion(candidate, y_true, scores, champion_uri, champion_version, layout, primary) if champion_uri else None
-    parity = export_for_serving(candidate.model, candidate_uri, images, y_true, scores, candidate.classes)
+    comparison = compare_with_champion(candidate, photos, scores, champion_uri, champion_version, layout, primary) if champion_uri else None
     smoke = smoke_test(candidate_uri, layout)
     decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
     return Verdict(
@@ -160,7 +205,7 @@ def judge(
 
 def compare_with_champion(
     candidate: Predictor,
-    y_true: np.ndarray,
+    photos: TestPhotos,
     scores: np.ndarray,
     champion_uri: str,
     champion_version: str | None,
@@ -175,7 +220,8 @@ def compare_with_champion(
     shared = [c for c in candidate.classes if c in champion.classes]
     if not shared:
         return policy.ChampionScores(str(champion_version), task)
-    _, champ_scores = test_scores(champion, layout)
+    champ_scores = test_scores(champion, test_split(champion, layout))
+    y_true = photos.y_true
     cand_cols = [candidate.classes.index(c) for c in shared]
     champ_cols = [champion.classes.index(c) for c in shared]
     y_shared = y_true[:, cand_cols]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class Predictor:
     uri: str = ""
     info: dict = field(default_factory=dict)
     drift_reference: Reference | None = None  # None: logged before models carried one (drift.py)
+    folder: Path | None = None  # the downloaded model's folder (its export and stored scores live there)
 
     @classmethod
     def from_uri(cls, model_uri: str, runtime: Runtime = "auto") -> Predictor:
@@ -61,6 +63,7 @@ class Predictor:
             uri=model_uri,
             info={**meta, "runtime": export.RUNTIME if exported else "keras"},
             drift_reference=Reference.from_metadata(meta),
+            folder=folder,
         )
 
     def decode(self, data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ class Evaluation:
     size_mb: float
     y_test: np.ndarray
     scores_test: np.ndarray
+    scores_val: np.ndarray
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -70,6 +71,7 @@ def evaluate_model(
         size_mb=model_file.stat().st_size / 1e6,
         y_test=np.asarray(y_test),
         scores_test=scores_test,
+        scores_val=scores_val,
     )
 
 
