@@ -180,10 +180,18 @@ def evaluate(
     params_path: Path = ParamsOption,
     run_name: str = typer.Option("pipeline", help="Name of the MLflow parent run."),
     tag: list[str] = typer.Option([], help="Extra KEY=VALUE tags for the MLflow runs."),
+    report: bool = typer.Option(
+        False, "--report", help="Score nothing: write reports/results.html, where the champion (and challenger) is wrong."
+    ),
 ) -> None:
     """Score models on the frozen test split (thresholds tuned on validation)."""
     params = load_params(params_path)
-    if model_uri is None:
+    if report:
+        from multitag.lifecycle.results import registry_report
+
+        path = registry_report(params.registry.model_name, Layout().reports / "results.html")
+        console.print(f"Wrote {path}: per-class results and the photos behind each error; open it in a browser.")
+    elif model_uri is None:
         from multitag.stages import evaluate_stage
 
         summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
