@@ -276,6 +276,10 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
             **(extra_tags or {}),
         }
         versions[candidate["architecture"]] = registry.register_run(candidate["model_uri"], name, candidate["run_id"], tags)
+        evidence = gate_result.get("evidence", "") if selected else ""
+        registry.describe(
+            name, versions[candidate["architecture"]], card(name, versions[candidate["architecture"]], candidate, tags, evidence, layout)
+        )
     selected_version = versions[judged["architecture"]]
     passed = gate_result["verdict"]["passed"]
     if passed:
@@ -295,6 +299,41 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     }
     write_json(layout.reports / "registration.json", result)
     return result
+
+
+def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidence: str, layout: Layout) -> str:
+    """The version's model card (lifecycle/model_card.py) from what the stages wrote: the processed
+    data's summary, the training record, the run's evaluation and the gate's tags."""
+    import json
+
+    import mlflow
+
+    from multitag.lifecycle.model_card import CardFacts, model_card
+
+    data = json.loads((layout.processed / "summary.json").read_text())
+    trained = json.loads((layout.models / candidate["architecture"] / "train_info.json").read_text())
+    test = mlflow.artifacts.load_dict(f"runs:/{candidate['run_id']}/evaluation.json")["test"]["tuned"]
+    exported = tags.get("export_parity") == "passed"
+    runtime = f"TFLite (parity with Keras held, max score difference {tags.get('export_max_score_difference')})" if exported else "Keras"
+    facts = CardFacts(
+        name=name,
+        version=str(version),
+        architecture=candidate["architecture"],
+        run_id=candidate["run_id"],
+        dataset=data["dataset"],
+        splits=data["splits"],
+        test_from_corrections=int(data.get("test_from_corrections", 0)),
+        corrections_used=len([i for i in tags.get("feedback_ids", "").split(",") if i]),
+        start=trained.get("start", "cold"),
+        warm_start_version=tags.get("warm_start_version"),
+        headline={k: test[k] for k in ("mAP", "macro_f1", "micro_f1")},
+        per_class=test["per_class"],
+        verdict=tags["gate_verdict"],
+        reasons=tags.get("gate_reasons", ""),
+        evidence=evidence,
+        runtime=runtime,
+    )
+    return model_card(facts)
 
 
 def gate_record(summary: dict, best: dict, verdict) -> dict:

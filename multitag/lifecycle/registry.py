@@ -238,6 +238,12 @@ def _finish_interrupted(mlflow_client: MlflowClient, name: str) -> None:
         _move_aliases(mlflow_client, name, step["former"], step["to"])
 
 
+def describe(name: str, version: str, description: str) -> None:
+    """Set a version's description (its model card, markdown; the MLflow UI shows it)."""
+    with _failing_closed(f"describe {name} version {version}"):
+        client().update_model_version(name, str(version), description=description)
+
+
 def mark_challenger(name: str, version: str) -> None:
     with _failing_closed(f"mark version {version} of {name} as challenger"):
         client().set_registered_model_alias(name, CHALLENGER, str(version))
