@@ -107,11 +107,20 @@ def build_feature_extractor(name: str, input_size: int, weights: str | None) -> 
     arch = architecture(name)
     backbone = arch.build(input_size, None if weights not in (None, "imagenet") else weights)
     if weights not in (None, "imagenet"):
-        backbone.load_weights(weights, skip_mismatch=True)
+        load_weights_file(backbone, name, weights)
     inputs = keras.Input((input_size, input_size, 3), name="image")
     pool = layers.GlobalMaxPooling2D if arch.pooling == "max" else layers.GlobalAveragePooling2D
     features = pool(name="pool")(backbone(arch.normalise(inputs)))
     return keras.Model(inputs, features, name=f"{name}_features")
+
+
+def load_weights_file(backbone: keras.Model, name: str, path: str) -> None:
+    """A user's weights file, every layer of it: a file for another variant (MobileNetV2 alpha 0.35
+    for 1.0) is an error naming the setting, never a backbone left partly random in silence."""
+    try:
+        backbone.load_weights(path)
+    except ValueError as err:
+        raise UsageError(f"train.weights.{name} = {path} does not fit {backbone.name}: {str(err).splitlines()[0]}") from err
 
 
 def build_head(feature_dim: int, n_classes: int, dense_units: list[int], dropout: float) -> keras.Model:
