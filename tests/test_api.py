@@ -234,6 +234,19 @@ def test_retrain_queues_images_and_triggers_a_run(registry_env, live_server, ser
         files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))),
     )
     assert mismatch.status_code == 422 and mismatch.json()["detail"]["reason"] == "labels_mismatch"
+    nested = httpx.post(  # the original API's form: one JSON list of label lists, one per file
+        f"{server.url}/retrain",
+        headers=auth,
+        data={"labels": '[["person", "cat"], ["dog"]]'},
+        files=as_files(("c.png", png("retrain-c")), ("d.png", png("retrain-d"))),
+        timeout=30,
+    )
+    assert nested.status_code == 202, nested.text
+    assert httpx.get(f"{server.url}/feedback/stats").json()["pending_labels"] == {"cat": 3, "dog": 3, "person": 1}
+    one_short = httpx.post(
+        f"{server.url}/retrain", headers=auth, data={"labels": '[["dog"]]'}, files=as_files(("c.png", png("e")), ("d.png", png("f")))
+    )
+    assert one_short.status_code == 202, "a single nested set is one label set for every file, as a flat one is"
 
 
 def test_retrain_trigger_follows_the_environment(monkeypatch, tmp_path):

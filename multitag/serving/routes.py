@@ -86,6 +86,21 @@ def require_reviewer(request: Request, services: ServicesDep) -> None:
     access.check_reviewer(request, services.params.serve)
 
 
+def unnest_label_sets(fields: list[str]) -> list[str]:
+    """The original API's form, one field holding a JSON list of label lists (`[["person","chair"],
+    ["dog"]]`, one per file), as the per-file fields the rest of /retrain reads; any other form
+    passes unchanged."""
+    if len(fields) != 1 or not fields[0].lstrip().startswith("[["):
+        return fields
+    try:
+        nested = json.loads(fields[0])
+    except ValueError as err:
+        raise http_problem(422, "bad_labels", f"labels look like JSON but do not parse: {err}") from None
+    if not all(isinstance(item, list) for item in nested):
+        raise http_problem(422, "bad_labels", "labels as nested JSON must be a list of label lists, one per file")
+    return [json.dumps(item) for item in nested]
+
+
 def parse_labels(raw: str, classes: list[str], min_labels: int = ValidateParams().min_labels) -> list[str]:
     """A JSON list (`["cat", "dog"]`) or `cat|dog`; 422 naming any class the model does not know, or
     when there are fewer than `min_labels` (validate.min_labels: validation would quarantine them)."""
@@ -385,6 +400,7 @@ async def retrain(
     note: Annotated[str | None, Form()] = None,
 ) -> schemas.RetrainAccepted:
     """Admin: queue labelled images, then start the retraining flow without waiting for it."""
+    labels = unnest_label_sets(labels)
     if len(labels) not in (1, len(files)):
         raise http_problem(422, "labels_mismatch", f"{len(files)} files but {len(labels)} label sets; send one or one per file")
     classes = served_model(services).predictor.classes
