@@ -86,6 +86,24 @@ def test_the_champion_carries_each_val_and_test_photo_s_scores_and_labels(projec
     assert all(sorted(labels) == truth[sha] for sha, labels in zip(test["sha256"], test["labels"]))
     y, stored = label_matrix(test["labels"], table.classes), np.stack(test["scores"].to_numpy())
     assert f"{compute_metrics(y, stored, 0.5, table.classes)['mAP']:.4f}" == f"{float(champion.tags['test_mAP']):.4f}"
+    printed = run([sys.executable, "-m", "multitag.cli", "evaluate", "--report"], root).stdout
+    page = (root / "reports" / "results.html").read_text()
+    assert "results.html" in printed and f"multitag v{champion.version} (champion) ({len(test)} test photos)" in page
+    assert all(f"id='class-{name}'" in page for name in table.classes)
+
+
+def test_each_registered_version_carries_a_model_card(project):
+    import mlflow
+
+    from multitag.lifecycle import registry
+
+    champion = registry.alias_version("multitag", registry.CHAMPION)
+    card = mlflow.MlflowClient().get_model_version("multitag", champion.version).description
+    assert card.startswith(f"# multitag version {champion.version}: small_cnn")
+    assert "- **Gate**: passed: promoted to champion. Evidence: judged on" in card and "- **Serves through**: TFLite" in card
+    assert f"mAP {float(champion.tags['test_mAP']):.4f}" in card and "| class | AP | F1 | threshold | test positives" in card
+    classes = json.loads((project[0] / "data" / "processed" / "classes.json").read_text())
+    assert all(f"| {name} |" in card for name in classes)
 
 
 def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
