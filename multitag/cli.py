@@ -210,8 +210,10 @@ def predict(
 ) -> None:
     """Print each image's predicted labels and every class probability."""
     from multitag.lifecycle.predictor import Predictor
+    from multitag.native_logs import tensorflow_quietly
 
-    predictor = Predictor.from_uri(model_uri)
+    with tensorflow_quietly():
+        predictor = Predictor.from_uri(model_uri)
     for path in images:
         try:
             result = predictor.predict_bytes([path.read_bytes()])[0]
@@ -235,6 +237,7 @@ def tag(
     """Tag a photo library: every photo's labels and scores into a CSV or JSON Lines file, resumable."""
     from multitag.lifecycle import registry
     from multitag.lifecycle.predictor import Predictor
+    from multitag.native_logs import tensorflow_quietly
     from multitag.tagging import photos_under, tag_library
 
     name = load_params(params_path).registry.model_name
@@ -246,7 +249,8 @@ def tag(
     else:
         name, version = model_uri, "-"
     photos = photos_under(paths)
-    predictor = Predictor.from_uri(model_uri)
+    with tensorflow_quietly():
+        predictor = Predictor.from_uri(model_uri)
     console.print(f"{len(photos)} photo(s); {model_uri} through {predictor.info['runtime']}")
     summary = tag_library(predictor, name, version, photos, out_path, workers, xmp_root=xmp_root if xmp else None)
     counts = ", ".join(f"{label} {count}" for label, count in summary.per_class.most_common()) or "none"

@@ -185,6 +185,10 @@ def test_the_deployed_pipeline_registers_a_champion_through_the_tracking_server(
     assert sources and all(source.startswith("mlflow-artifacts:") for source in sources), sources
     assert list(mlflow_server.artifacts.rglob("MLmodel")), "the logged models are in the server's artifacts destination"
     assert_nothing_stored_locally(stack.root)
+    # Prefect's own everyday listings against this server (they answered 422 with FastAPI 0.151+).
+    wide = {**stack.env, "COLUMNS": "200"}
+    assert "training-pipeline" in run([PREFECT, "deployment", "ls"], stack.root, wide).stdout
+    assert "Completed" in run([PREFECT, "flow-run", "ls"], stack.root, wide).stdout
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -23,8 +24,10 @@ import numpy as np
 from multitag.errors import UsageError
 from multitag.layout import Layout
 from multitag.lifecycle import drift
-from multitag.modeling import metrics, plots
-from multitag.modeling.evaluate import Evaluation
+from multitag.modeling import metrics
+
+if TYPE_CHECKING:  # evaluate.py imports Keras (6 s): `registry list` and the server's registry calls need none of it
+    from multitag.modeling.evaluate import Evaluation
 
 EXPERIMENT = "multitag"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -140,6 +143,8 @@ def _log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
 
 
 def _log_plots(evaluation: Evaluation, history: dict[str, list[float]], example: np.ndarray) -> None:
+    from multitag.modeling import plots  # matplotlib: only where plots are drawn
+
     tuned = evaluation.test["tuned"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
