@@ -86,7 +86,8 @@ def test_the_champion_carries_each_val_and_test_photo_s_scores_and_labels(projec
     assert all(sorted(labels) == truth[sha] for sha, labels in zip(test["sha256"], test["labels"]))
     y, stored = label_matrix(test["labels"], table.classes), np.stack(test["scores"].to_numpy())
     assert f"{compute_metrics(y, stored, 0.5, table.classes)['mAP']:.4f}" == f"{float(champion.tags['test_mAP']):.4f}"
-    printed = run([sys.executable, "-m", "multitag.cli", "evaluate", "--report"], root).stdout
+    done = run([sys.executable, "-m", "multitag.cli", "evaluate", "--report"], root)
+    printed = done.stdout + done.stderr
     page = (root / "reports" / "results.html").read_text()
     assert "results.html" in printed and f"multitag v{champion.version} (champion) ({len(test)} test photos)" in page
     assert all(f"id='class-{name}'" in page for name in table.classes)
