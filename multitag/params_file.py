@@ -7,7 +7,6 @@ describes what was really run and `dvc status` stays clean after a flow run.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,7 +85,15 @@ def _set_one(text: str, dotted: str, value: object) -> str:
     current = line.search(block.group(1))
     if current is not None and not current.group(2).strip():
         raise _BlockValue(dotted)
-    body, found = line.subn(lambda m: f"{m.group(1)} {json.dumps(value)}{m.group(3) or ''}", block.group(1), count=1)
+    if current is not None and yaml.safe_load(current.group(2)) == value:
+        return text  # the same value: the line (its quoting, its comment) stays as the person wrote it
+    body, found = line.subn(lambda m: f"{m.group(1)} {yaml_value(value)}{m.group(3) or ''}", block.group(1), count=1)
     if not found:
-        body = block.group(1) + f"  {key}: {json.dumps(value)}\n"
+        body = block.group(1) + f"  {key}: {yaml_value(value)}\n"
     return text[: block.start(1)] + body + text[block.end(1) :]
+
+
+def yaml_value(value: object) -> str:
+    """A value as a person would write it on one line: `synthetic`, `[small_cnn, mobilenetv2]`,
+    quoted only where YAML needs it (`'null'` for the string null)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).removesuffix("\n...\n").strip()

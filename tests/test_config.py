@@ -63,3 +63,30 @@ def test_params_yaml_writes_out_exactly_the_defaults_of_config():
     stated = _leaves(yaml.safe_load(Path("params.yaml").read_text()))
     assert {k: (defaults[k], written[k]) for k in defaults if defaults[k] != written[k]} == {}
     assert sorted(k for k in defaults if not any(k == s or k.startswith(s + ".") for s in stated)) == []
+
+
+def test_the_demo_s_dataset_choice_leaves_the_shipped_params_file_as_it_is(tmp_path):
+    """`make demo` once rewrote params.yaml with every value it set quoted: a diff with no change in it."""
+    import shutil
+
+    from multitag.cli import dataset_choice
+    from multitag.params_file import set_params
+
+    shipped = Path(__file__).resolve().parents[1] / "params.yaml"
+    params = shutil.copy(shipped, tmp_path / "params.yaml")
+    choice = dataset_choice(load_params(params), "synthetic", None, None, None, [])
+    assert set_params(params, choice) is False and params.read_text() == shipped.read_text()
+
+
+def test_a_changed_value_is_written_as_a_person_would_and_keeps_its_comment(tmp_path):
+    from multitag.params_file import set_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "data:\n  source: synthetic   # the format\n  path: data/raw/synthetic\ntrain:\n  architectures: [small_cnn]  # list\n"
+    )
+    assert set_params(params, {"data.source": "voc", "data.path": "/data/voc 2012", "train.architectures": ["mobilenetv2", "resnet50"]})
+    assert params.read_text() == (
+        "data:\n  source: voc   # the format\n  path: /data/voc 2012\ntrain:\n  architectures: [mobilenetv2, resnet50]  # list\n"
+    )
+    assert set_params(params, {"data.path": "null"}) and "  path: 'null'\n" in params.read_text(), "the string, not YAML's null"
