@@ -55,9 +55,13 @@ def test_each_class_lists_its_false_positives_and_negatives_most_confident_first
     assert person.threshold == 0.3 and cat.f1 == pytest.approx(2 * 1 / (2 * 1 + 2 + 1))
 
 
-def test_only_the_test_rows_count(tmp_path):
+def test_only_the_test_rows_count_and_two_models_are_compared_on_the_photos_both_were_scored_on(tmp_path):
     table = photo_table(tmp_path, LABELS, ANSWERS, split="val")
     assert results.results(table, THRESHOLDS, "m").photos == 0
+    shared = {f"{i:064x}" for i in (2, 3)}
+    found = results.results(photo_table(tmp_path, LABELS, ANSWERS), THRESHOLDS, "m", only=shared)
+    assert found.photos == 2 and [m.image_id for m in found.by_name()["cat"].false_positives] == ["photo-2", "photo-3"]
+    assert found.by_name()["cat"].false_negatives == [], "photo-1 is not among the shared photos"
 
 
 def test_the_page_escapes_what_users_wrote_and_shows_two_models_side_by_side(tmp_path):

@@ -62,12 +62,14 @@ class Results:
         return {c.name: c for c in self.classes}
 
 
-def results(table: ScoreTable, thresholds: np.ndarray, model: str, split: str = "test") -> Results:
-    """Per-class results of `table`'s `split` rows at the model's own (served) thresholds."""
+def results(table: ScoreTable, thresholds: np.ndarray, model: str, split: str = "test", only: set[str] | None = None) -> Results:
+    """Per-class results of `table`'s `split` rows (`only` these photo hashes, if given) at the
+    model's own (served) thresholds."""
     from multitag.data.manifest import label_matrix
     from multitag.modeling.metrics import compute_metrics
 
-    rows = table.frame[table.frame["split"] == split].reset_index(drop=True)
+    rows = table.frame[(table.frame["split"] == split) & (table.frame["sha256"].isin(only) if only is not None else True)]
+    rows = rows.reset_index(drop=True)
     if rows.empty:
         return Results(model, 0, [])
     y = label_matrix(rows["labels"], table.classes).astype(bool)
@@ -189,34 +191,36 @@ figure img{width:112px;height:auto}figcaption{font-size:11px}
 """
 
 
-def of_model(model_uri: str, label: str) -> Results | None:
-    """The results of the logged model at `model_uri` from its stored answers; None when it has none
-    (logged before models carried them: `multitag evaluate` it again)."""
+def stored_answers(model_uri: str) -> tuple[ScoreTable, np.ndarray] | None:
+    """The answers stored with the logged model at `model_uri` and its served thresholds; None when
+    it has none (logged before models carried them: `multitag evaluate` it again)."""
     from multitag.lifecycle import scores, tracking
 
     folder = tracking.download_model(model_uri)
     table = scores.stored(folder)
     if table is None:
         return None
-    thresholds = np.asarray(tracking.logged_metadata(folder)["thresholds"], dtype="float64")
-    return results(table, thresholds, label)
+    return table, np.asarray(tracking.logged_metadata(folder)["thresholds"], dtype="float64")
 
 
 def registry_report(model_name: str, path: Path) -> Path:
     """reports/results.html for the registry's champion, with its challenger side by side when
-    there is one (UsageError when neither has stored answers)."""
+    there is one, both on the test photos both were scored on (the split grows with corrections, so
+    an older version's table may lack the newest); UsageError when neither has stored answers."""
     from multitag.errors import UsageError
     from multitag.lifecycle import registry
 
-    compared = []
+    found = {}
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         version = registry.alias_version(model_name, alias)
-        if version is not None:
-            found = of_model(f"models:/{model_name}/{version.version}", f"{model_name} v{version.version} ({alias})")
-            compared += [found] if found is not None else []
-    if not compared:
+        answers = stored_answers(f"models:/{model_name}/{version.version}") if version is not None else None
+        if answers is not None:
+            found[f"{model_name} v{version.version} ({alias})"] = answers
+    if not found:
         raise UsageError(
             f"{model_name} has no champion or challenger with stored test answers: run the pipeline "
             "(or `multitag evaluate` and `multitag register`) with this version of multitag first"
         )
+    shared = set.intersection(*(set(table.frame.loc[table.frame["split"] == "test", "sha256"]) for table, _ in found.values()))
+    compared = [results(table, thresholds, label, only=shared) for label, (table, thresholds) in found.items()]
     return write_report(compared, f"Where {model_name} is wrong", path)
