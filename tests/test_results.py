@@ -96,3 +96,40 @@ def test_the_report_reads_in_chromium_with_each_mistake_s_photo(tmp_path, page):
     assert loaded and all(loaded), "every mistake's thumbnail decodes"
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
     assert not errors
+
+
+def test_the_page_s_results_view_shows_where_the_served_model_is_wrong(
+    registry_env,
+    fresh_model_name,
+    live_server,
+    serve_params,
+    page,  # noqa: F811
+    tmp_path,
+):
+    """GET /results through the web page's Results view, in Chromium: the served champion's stored answers."""
+    import time
+
+    import httpx
+    from test_export import log_model, served_model
+
+    from multitag.lifecycle import registry
+
+    model_uri = log_model(served_model("small_cnn", seed=0))  # the same three classes, thresholds 0.5
+    scores.log_with_model(model_uri, photo_table(tmp_path, LABELS, ANSWERS))
+    registry.promote(fresh_model_name, registry.register(model_uri, fresh_model_name, {}))
+    server = live_server(serve_params(fresh_model_name))
+    deadline = time.monotonic() + 60
+    while httpx.get(f"{server.url}/model", timeout=30).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{server.url}/#model-results")
+    frame = page.frame_locator("#model-results-frame")
+    frame.locator("#class-cat").wait_for()
+    assert frame.locator("#classes tr").count() == 2 + len(CLASSES)
+    assert "(champion), false positives: 2" in frame.locator("#class-cat .strip").nth(0).inner_text()
+    loaded = frame.locator("#class-cat img").evaluate_all("images => images.map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded and all(loaded)
+    assert page.locator("nav a.active").inner_text() == "Results"
+    page.screenshot(path=str(tmp_path / "results-view.png"), full_page=True)
+    assert not errors

@@ -11,6 +11,7 @@ and its challenger), both side by side on the same photos.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from collections import Counter
@@ -203,19 +204,26 @@ def stored_answers(model_uri: str) -> tuple[ScoreTable, np.ndarray] | None:
     return table, np.asarray(tracking.logged_metadata(folder)["thresholds"], dtype="float64")
 
 
-def registry_report(model_name: str, path: Path) -> Path:
-    """reports/results.html for the registry's champion, with its challenger side by side when
-    there is one, both on the test photos both were scored on (the split grows with corrections, so
-    an older version's table may lack the newest); UsageError when neither has stored answers."""
-    from multitag.errors import UsageError
+def compared_versions(model_name: str) -> dict[str, str]:
+    """{alias: version} of the registry's champion and challenger, those that exist."""
     from multitag.lifecycle import registry
 
+    found = {alias: registry.alias_version(model_name, alias) for alias in (registry.CHAMPION, registry.CHALLENGER)}
+    return {alias: version.version for alias, version in found.items() if version is not None}
+
+
+@functools.lru_cache(maxsize=4)
+def report_html(model_name: str, versions: tuple[tuple[str, str], ...]) -> str:
+    """The page for these (alias, version) pairs, both models on the test photos both were scored on
+    (the split grows with corrections, so an older version's table may lack the newest). Cached by
+    the versions: a version's stored answers never change. UsageError when none has stored answers."""
+    from multitag.errors import UsageError
+
     found = {}
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        version = registry.alias_version(model_name, alias)
-        answers = stored_answers(f"models:/{model_name}/{version.version}") if version is not None else None
+    for alias, version in versions:
+        answers = stored_answers(f"models:/{model_name}/{version}")
         if answers is not None:
-            found[f"{model_name} v{version.version} ({alias})"] = answers
+            found[f"{model_name} v{version} ({alias})"] = answers
     if not found:
         raise UsageError(
             f"{model_name} has no champion or challenger with stored test answers: run the pipeline "
@@ -223,4 +231,11 @@ def registry_report(model_name: str, path: Path) -> Path:
         )
     shared = set.intersection(*(set(table.frame.loc[table.frame["split"] == "test", "sha256"]) for table, _ in found.values()))
     compared = [results(table, thresholds, label, only=shared) for label, (table, thresholds) in found.items()]
-    return write_report(compared, f"Where {model_name} is wrong", path)
+    return html_report(compared, f"Where {model_name} is wrong")
+
+
+def registry_report(model_name: str, path: Path) -> Path:
+    """reports/results.html for the registry's champion, with its challenger side by side when there is one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_html(model_name, tuple(compared_versions(model_name).items())))
+    return path

@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from multitag.config import Params, ValidateParams
 from multitag.data.manifest import normalize_labels
@@ -334,6 +334,23 @@ async def to_review(
     items = await run_in_threadpool(review.suggest, services.prediction_log, services.queue, served.name, version, thresholds, n, max_age_s)
     rows = [schemas.ReviewItem(**row, image_url=f"/images/{row['image_sha256']}") for row in review.as_rows(items)]
     return schemas.ReviewList(model_name=served.name, model_version=version, items=rows)
+
+
+@router.get("/results", response_class=HTMLResponse, dependencies=[Depends(require_reviewer)])
+async def model_results(services: ServicesDep) -> HTMLResponse:
+    """Where the served model is wrong (lifecycle/results.py): per-class results on the frozen test
+    split and the photos behind each error, the champion beside its challenger. A reviewer's page:
+    it shows test photos, users' corrections among them."""
+    from multitag.errors import UsageError
+    from multitag.lifecycle import results
+
+    name = served_model(services).name
+    try:
+        versions = await run_in_threadpool(results.compared_versions, name)
+        page = await run_in_threadpool(results.report_html, name, tuple(versions.items()))
+    except UsageError as err:
+        raise http_problem(404, "no_stored_results", str(err)) from None
+    return HTMLResponse(page)
 
 
 @router.get("/images/{sha256}", response_class=FileResponse, dependencies=[Depends(require_reviewer)])

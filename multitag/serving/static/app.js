@@ -259,13 +259,37 @@ function reviewCard(item) {
   return card;
 }
 
-/** Show the view the address names (#review, else tagging), so a link or a reload opens it again. */
+/** The results view: the server's page of per-class results and mistakes (GET /results, a reviewer's
+ * page), shown in a frame; fetched with the reviewer token, which an iframe src could not send. */
+async function loadModelResults() {
+  const message = $("#model-results-message");
+  const frame = $("#model-results-frame");
+  message.textContent = "Loading the results (the first time for a version takes a few seconds) …";
+  const response = await fetch("/results", { headers: reviewerHeaders() });
+  if (!response.ok) {
+    const body = await response.json().catch(() => null);
+    frame.hidden = true;
+    message.textContent = body && body.detail && body.detail.reason === "reviewer_token_required"
+      ? "Results show test photos, users' corrections among them: enter the reviewer token in the Review view first."
+      : errorText(body, response.status);
+    return;
+  }
+  frame.srcdoc = await response.text();
+  frame.hidden = false;
+  message.textContent = "";
+}
+
+const VIEWS = { "#review": "review", "#model-results": "model-results" };
+
+/** Show the view the address names (#review, #model-results, else tagging), so a link or a reload opens it again. */
 function showView() {
-  const view = location.hash === "#review" ? "review" : "tag";
+  const view = VIEWS[location.hash] || "tag";
   $("#tag-view").hidden = view !== "tag";
   $("#review-view").hidden = view !== "review";
+  $("#model-results-view").hidden = view !== "model-results";
   document.querySelectorAll(".views a").forEach((link) => link.classList.toggle("active", link.dataset.view === view));
   if (view === "review") loadReview();
+  if (view === "model-results") loadModelResults();
 }
 
 /** The drift panel (GET /drift): per class, how often the served version named it in its last
