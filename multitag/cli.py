@@ -52,7 +52,6 @@ app.add_typer(feedback_app, name="feedback")
 registry_app = typer.Typer(help="Inspect and move the model registry's aliases.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(registry_app, name="registry")
-console = Console(stderr=True)
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", help="Parameters file.")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from multitag.config import Params
 from multitag.errors import MissingInputError, StaleVerdictError, UsageError
 from multitag.layout import Layout
+from multitag.reports import write_json
 
 
 def synthesize_stage(params: Params, layout: Layout = Layout()) -> Path:
@@ -149,7 +150,7 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
     )
     (layout.metrics / "comparison.md").write_text(table)
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
-    tracking.write_json(layout.metrics / "candidates.json", summary)
+    write_json(layout.metrics / "candidates.json", summary)
     return summary
 
 
@@ -218,7 +219,6 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     import json
 
     from multitag.lifecycle import gate, registry
-    from multitag.lifecycle.tracking import write_json
     from multitag.modeling.baselines import score_baselines
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
@@ -252,7 +252,6 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     import json
 
     from multitag.lifecycle import registry
-    from multitag.lifecycle.tracking import write_json
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     gate_result = json.loads((layout.reports / "gate.json").read_text())

@@ -9,7 +9,6 @@ Defaults to the embedded backend (`sqlite:///mlflow.db`, artefacts in `mlartifac
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -269,9 +268,3 @@ def _epoch_curves(history: dict[str, list[float]]) -> dict[str, list[float]]:
                 name = standardize_metric_name(key.removeprefix(f"{phase}_"), "dvclive.keras")
                 curves.setdefault(name, []).extend(values)
     return curves
-
-
-def write_json(path: Path, payload: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
-    return path
