@@ -81,7 +81,7 @@ def child_main(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
 
-    from multitag.modeling import models, train
+    from multitag.modeling import batches, models, train
 
     class TimedValidationMAP(train.ValidationMAP):
         """The project's per-epoch val-mAP callback, also adding up the seconds it takes."""
@@ -100,7 +100,7 @@ def child_main(args: argparse.Namespace) -> None:
     x_train, y_train = (a[: args.train_images] for a in train.load_split(processed, "train"))
     x_val, y_val = (a[: args.val_images] for a in train.load_split(processed, "val"))
     loss = train.make_loss(params.class_weighting, train.positive_weights(y_train))
-    steps = len(train.ImageBatches(x_train, y_train, params.batch_size, True, 0))
+    steps = len(batches.ImageBatches(x_train, y_train, params.batch_size, True, 0))
 
     extractor = models.build_feature_extractor(ARCHITECTURE, args.size, models.resolve_weights(ARCHITECTURE, "imagenet"))
     extractor.trainable = False
@@ -111,18 +111,18 @@ def child_main(args: argparse.Namespace) -> None:
     train_feature_seconds = val_feature_seconds = 0.0
     cpu_start, started = os.times(), time.perf_counter()
     if args.child == "project":
-        f_train = train.extract_features(extractor, x_train, params.batch_size)
+        f_train = batches.extract_features(extractor, x_train, params.batch_size)
         train_feature_seconds = time.perf_counter() - started
-        f_val = train.extract_features(extractor, x_val, params.batch_size)
+        f_val = batches.extract_features(extractor, x_val, params.batch_size)
         val_feature_seconds = time.perf_counter() - started - train_feature_seconds
         network, train_inputs, val_inputs = head, f_train, f_val
     else:
         network, train_inputs = models.assemble(extractor, head), x_train
-        val_inputs = train.ImageBatches(x_val, y_val, params.batch_size, False, 0)
+        val_inputs = batches.ImageBatches(x_val, y_val, params.batch_size, False, 0)
     # The same batches in the same order (ImageBatches, same seed) for features and for images,
     # so caching is the only difference; `train_architecture` passes the feature arrays to fit
     # instead, which shuffles differently but costs the same.
-    data = (train.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
+    data = (batches.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
     fit_started = time.perf_counter()
     train._fit(
         train._trainer(network, None),

@@ -125,7 +125,7 @@ def frozen_extractor(input_size: int):
 
 def flip_averaged_features(extractor, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Pooled features of each image and its mirror, averaged."""
-    from multitag.modeling.train import extract_features
+    from multitag.modeling.batches import extract_features
 
     plain = extract_features(extractor, x, batch_size)
     mirrored = extract_features(extractor, np.asarray(x)[:, :, ::-1], batch_size)

@@ -25,6 +25,8 @@ from multitag.data import manifest
 from multitag.data.manifest import UNKNOWN
 from multitag.data.preprocess import load_split
 from multitag.modeling import models
+from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
+from multitag.modeling.batches import ImageBatches, extract_features
 from multitag.modeling.feature_cache import cache_file, cached_features, weights_digest
 from multitag.modeling.metrics import average_precision_per_class
 
@@ -59,27 +61,6 @@ def configure_runtime(seed: int) -> bool:
     else:
         tf.config.experimental.enable_op_determinism()
     return has_gpu
-
-
-class ImageBatches(keras.utils.PyDataset):
-    """Batches read from the uint8 memmap on demand (shuffled per epoch), as float32 0-255."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
-        super().__init__()
-        self.x, self.y, self.batch_size, self.shuffle = x, y.astype("float32"), batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x)) if shuffle else np.arange(len(x))
-
-    def __len__(self) -> int:
-        return -(-len(self.x) // self.batch_size)
-
-    def __getitem__(self, index: int):
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        return self.x[rows].astype("float32"), self.y[rows]
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.order = self.rng.permutation(len(self.x))
 
 
 class ValidationMAP(keras.callbacks.Callback):
@@ -175,11 +156,6 @@ def augmentation(seed: int) -> keras.Sequential:
         ],
         name="augment",
     )
-
-
-def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """One pass of the frozen backbone over every image: the cache phase 1 trains on."""
-    return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
 
 
 def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, log_path: Path, label: str):
@@ -359,8 +335,6 @@ def _probe_branch(
     the training images, read at `probe_input_size` and flip-averaged as served, C by
     cross-validation on train (train only, so its validation scores stay honest for thresholds).
     Features of photos already in `cache` are read from it."""
-    from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
-
     frozen = models.build_feature_extractor(name, int(params.probe_input_size), weights)
     frozen.trainable = False
     features_model = models.probe_features(frozen, size)
