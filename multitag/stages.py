@@ -302,16 +302,24 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
 
 def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidence: str, layout: Layout) -> str:
     """The version's model card (lifecycle/model_card.py) from what the stages wrote: the processed
-    data's summary, the training record, the run's evaluation and the gate's tags."""
+    data's summary, the training record, the run's evaluation and the gate's tags. A record that is
+    missing (a workspace assembled by hand) leaves its part of the card empty: documentation never
+    stops a registration."""
     import json
 
     import mlflow
 
     from multitag.lifecycle.model_card import CardFacts, model_card
 
-    data = json.loads((layout.processed / "summary.json").read_text())
-    trained = json.loads((layout.models / candidate["architecture"] / "train_info.json").read_text())
-    test = mlflow.artifacts.load_dict(f"runs:/{candidate['run_id']}/evaluation.json")["test"]["tuned"]
+    def read(path: Path) -> dict:
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    data = read(layout.processed / "summary.json")
+    trained = read(layout.models / candidate["architecture"] / "train_info.json")
+    try:
+        test = mlflow.artifacts.load_dict(f"runs:/{candidate['run_id']}/evaluation.json")["test"]["tuned"]
+    except Exception:  # no evaluation logged with the run (MLflow raises its own, store-specific errors)
+        test = {}
     exported = tags.get("export_parity") == "passed"
     runtime = f"TFLite (parity with Keras held, max score difference {tags.get('export_max_score_difference')})" if exported else "Keras"
     facts = CardFacts(
@@ -319,14 +327,14 @@ def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidenc
         version=str(version),
         architecture=candidate["architecture"],
         run_id=candidate["run_id"],
-        dataset=data["dataset"],
-        splits=data["splits"],
+        dataset=data.get("dataset", "not recorded"),
+        splits=data.get("splits", {}),
         test_from_corrections=int(data.get("test_from_corrections", 0)),
         corrections_used=len([i for i in tags.get("feedback_ids", "").split(",") if i]),
         start=trained.get("start", "cold"),
         warm_start_version=tags.get("warm_start_version"),
-        headline={k: test[k] for k in ("mAP", "macro_f1", "micro_f1")},
-        per_class=test["per_class"],
+        headline={k: test.get(k) for k in ("mAP", "macro_f1", "micro_f1")},
+        per_class=test.get("per_class", {}),
         verdict=tags["gate_verdict"],
         reasons=tags.get("gate_reasons", ""),
         evidence=evidence,

@@ -159,7 +159,16 @@ def _write_verdict(layout, summary: dict, passed: bool, champion_version: str | 
     from multitag.lifecycle.gate import Verdict
 
     best = summary["candidates"][0]
-    verdict = Verdict(passed, best["model_uri"], champion_version, "mAP", {"mAP": 0.6}, None, {"smoke_test": passed}, [])
+    verdict = Verdict(
+        passed=passed,
+        candidate_uri=best["model_uri"],
+        champion_version=champion_version,
+        primary_metric="mAP",
+        candidate={"mAP": 0.6},
+        champion=None,
+        checks={"smoke_test": passed},
+        reasons=[],
+    )
     layout.reports.mkdir(parents=True, exist_ok=True)
     (layout.reports / "gate.json").write_text(json.dumps(stages.gate_record(summary, best, verdict)))
 

@@ -33,7 +33,7 @@ SMOKE_IMAGES = 3
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Verdict:
     passed: bool
     candidate_uri: str
@@ -183,23 +183,23 @@ def judge(
     smoke = smoke_test(candidate_uri, layout)
     decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
     return Verdict(
-        decision.passed,
-        candidate_uri,
-        champion_version,
-        primary,
-        cand_metrics,
-        comparison.champion if comparison and comparison.comparable else None,
-        decision.checks,
-        decision.reasons,
-        decision.class_regressions,
-        smoke,
-        decision.baseline_scores,
-        comparison.task if comparison else "first model",
-        parity,
-        len(y_true),
-        corrections_in_test(layout),
-        comparison.gain_interval if comparison else None,
-        policy.decision_rule(params, primary, comparison),
+        passed=decision.passed,
+        candidate_uri=candidate_uri,
+        champion_version=champion_version,
+        primary_metric=primary,
+        candidate=cand_metrics,
+        champion=comparison.champion if comparison and comparison.comparable else None,
+        checks=decision.checks,
+        reasons=decision.reasons,
+        class_regressions=decision.class_regressions,
+        smoke=smoke,
+        baselines=decision.baseline_scores,
+        task=comparison.task if comparison else "first model",
+        export=parity,
+        test_images=len(y_true),
+        test_from_corrections=corrections_in_test(layout),
+        gain_interval=comparison.gain_interval if comparison else None,
+        rule=policy.decision_rule(params, primary, comparison),
     )
 
 
