@@ -133,3 +133,21 @@ def test_the_page_s_results_view_shows_where_the_served_model_is_wrong(
     assert page.locator("nav a.active").inner_text() == "Results"
     page.screenshot(path=str(tmp_path / "results-view.png"), full_page=True)
     assert not errors
+
+
+def test_the_per_class_numbers_agree_with_scikit_learn(tmp_path):
+    from sklearn.metrics import average_precision_score, f1_score
+
+    rng = np.random.default_rng(3)
+    labels = [[c for c in CLASSES if rng.random() < 0.4] for _ in range(40)]
+    answers = rng.random((40, len(CLASSES))).round(3)
+    found = results.results(photo_table(tmp_path, labels, answers.tolist()), THRESHOLDS, "m").by_name()
+    y = np.array([[c in row for c in CLASSES] for row in labels])
+    for column, name in enumerate(CLASSES):
+        predicted = answers[:, column] >= THRESHOLDS[column]
+        assert found[name].ap == pytest.approx(average_precision_score(y[:, column], answers[:, column]))
+        assert found[name].f1 == pytest.approx(f1_score(y[:, column], predicted, zero_division=0))
+        assert len(found[name].false_positives) == int((predicted & ~y[:, column]).sum())
+        assert len(found[name].false_negatives) == int((~predicted & y[:, column]).sum()) and found[name].positives == int(
+            y[:, column].sum()
+        )
