@@ -1,11 +1,11 @@
 """Deploy every deployment in prefect.yaml and check each one exists on the server.
 
-`prefect deploy` (Prefect 3.8.8) creates a deployment, then asks the server for online
-workers with `limit: null`, which the server's request validation rejects with 422 under the
-pinned FastAPI; the CLI then exits 1 (and `--all` stops there) although the deployment was created. This wrapper accepts
-that one known failure only after confirming, through the API, that every deployment exists.
-It can go when the project moves to a Prefect release whose server accepts that request with
-FastAPI >= 0.155 (then drop the `fastapi<0.155` pin in pyproject.toml and call `prefect deploy --all`).
+`prefect deploy` (Prefect 3.8.8) creates a deployment, then asks the server for online workers
+with `limit: null`. From FastAPI 0.151 the server's request validation rejects that null with
+422 (the same cause made `prefect deployment ls` fail), the CLI exits 1 and `--all` stops there
+although the deployment was created. The lock pins FastAPI below 0.151, where it succeeds; this
+wrapper still confirms through the API that every deployment exists, and accepts that one known
+failure only then, so an environment with a newer FastAPI deploys too.
 
     python -m flows.deploy        (needs PREFECT_API_URL)
 """

@@ -234,19 +234,11 @@ def tag(
     params_path: Path = ParamsOption,
 ) -> None:
     """Tag a photo library: every photo's labels and scores into a CSV or JSON Lines file, resumable."""
-    from multitag.lifecycle import registry
     from multitag.lifecycle.predictor import Predictor
     from multitag.native_logs import tensorflow_quietly
-    from multitag.tagging import photos_under, tag_library
+    from multitag.tagging import model_to_tag_with, photos_under, tag_library
 
-    name = load_params(params_path).registry.model_name
-    if model_uri is None:
-        champion = registry.alias_version(name, registry.CHAMPION)
-        if champion is None:
-            raise UsageError(f"no champion of {name} to tag with: run `make demo` or `multitag pipeline` first, or pass --model")
-        model_uri, version = f"models:/{name}/{champion.version}", champion.version
-    else:
-        name, version = model_uri, "-"
+    model_uri, name, version = model_to_tag_with(load_params(params_path).registry.model_name, model_uri)
     photos = photos_under(paths)
     with tensorflow_quietly():
         predictor = Predictor.from_uri(model_uri)

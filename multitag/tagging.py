@@ -87,6 +87,19 @@ def read_rows(out: Path) -> dict[str, Tagged]:
     return {row.path: row for row in rows}
 
 
+def model_to_tag_with(model_name: str, model_uri: str | None = None) -> tuple[str, str, str]:
+    """(URI, name, version) to tag with: `model_uri` as given (version "-"), else the champion of
+    `model_name`, pinned to its version so a promotion during the run cannot mix two models."""
+    from multitag.lifecycle import registry
+
+    if model_uri is not None:
+        return model_uri, model_uri, "-"
+    champion = registry.alias_version(model_name, registry.CHAMPION)
+    if champion is None:
+        raise UsageError(f"no champion of {model_name} to tag with: run `make demo` or `multitag pipeline` first, or pass --model")
+    return f"models:/{model_name}/{champion.version}", model_name, champion.version
+
+
 def tag_library(
     predictor: Predictor,
     model: str,
