@@ -3,7 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-from-lock
+# GPU=1 (`make install GPU=1`, then any target): TensorFlow's CUDA build from requirements-gpu.lock
+# in place of tensorflow-cpu; training then uses mixed precision and XLA (modeling/train.py).
+GPU ?= 0
+STAMP := $(VENV)/.installed-from-lock$(if $(filter 1,$(GPU)),-gpu,)
 export KERAS_HOME ?= $(CURDIR)/.keras
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -25,15 +28,21 @@ weights:
 # Python may not write them (PYTHONDONTWRITEBYTECODE, a read-only venv) every process, each
 # training subprocess and smoke test included, compiled TensorFlow, Keras and MLflow anew
 # (21 s to import them, 6.6 s compiled).
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-gpu.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==0.13.8
 	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+ifeq ($(GPU),1)
+	$(BIN)/uv pip uninstall --python $(BIN)/python tensorflow-cpu
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python -r requirements-gpu.lock
+endif
+	rm -f $(VENV)/.installed-from-lock*
 	touch $(STAMP)
 
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+	uv pip compile scripts/gpu.in -c requirements.lock --python-version 3.11 --python-platform x86_64-unknown-linux-gnu -o requirements-gpu.lock
 
 demo: install weights
 	$(BIN)/multitag pipeline --source synthetic
