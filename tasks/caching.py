@@ -1,7 +1,7 @@
 """Task cache keys from file content, never from arrays or models held in memory.
 
-A key covers the task's parameter groups, the content of its input files and its named
-arguments; a cached result is trusted only while the task's outputs are what that run made
+A key covers the stage's params, the content of its deps (both as dvc.yaml declares them, the
+one stage table) and its named arguments; a cached result is trusted only while the task's outputs are what that run made
 (StageCache), so a deleted or edited output re-runs the task.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +35,36 @@ def content_hash(path: Path) -> str:
 DVC_FILE = Path(__file__).resolve().parents[1] / "dvc.yaml"
 
 
-def stage_code(stage: str, dvc_file: Path = DVC_FILE) -> list[str]:
-    """The code folders `dvc.yaml` declares for `stage`: a task's cache key covers exactly the
-    code DVC would re-run it for (one declaration, read by both)."""
+@dataclass(frozen=True)
+class DvcStage:
+    """One stage of dvc.yaml with its `${...}` filled in: what DVC re-runs it for, and what it makes."""
+
+    deps: list[str]
+    params: list[str]  # dotted keys of params.yaml, or whole groups
+    outs: list[str]
+
+
+def dvc_stage(stage: str, params: dict, item: str | None = None, dvc_file: Path = DVC_FILE) -> DvcStage:
+    """`stage` as dvc.yaml declares it, `${group.key}` read from `params` (params.yaml as loaded)
+    and `${item}` (a foreach stage) set to `item`: the one declaration both DVC and the Prefect
+    tasks' cache keys read, so the two cannot disagree about a stage's inputs."""
     spec = yaml.safe_load(dvc_file.read_text())["stages"][stage]
-    deps = spec.get("do", spec)["deps"]
-    return [dep for dep in deps if isinstance(dep, str) and dep.startswith("multitag/")]
+    spec = spec.get("do", spec)
+
+    def fill(entry: str | dict) -> str:
+        path = entry if isinstance(entry, str) else next(iter(entry))
+        path = path.replace("${item}", item or "")
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(param_value(params, m.group(1))), path)
+
+    return DvcStage([fill(d) for d in spec.get("deps", [])], list(spec.get("params", [])), [fill(o) for o in spec.get("outs", [])])
+
+
+def param_value(params: dict, dotted: str) -> object:
+    """`data.path` or a whole group such as `validate`, from params.yaml as loaded."""
+    value = params
+    for part in dotted.split("."):
+        value = value[part]
+    return value
 
 
 STAMPS = Layout().root / ".multitag" / "stage-outputs"
@@ -47,21 +72,21 @@ STAMPS = Layout().root / ".multitag" / "stage-outputs"
 
 @dataclass(frozen=True)
 class StageCache:
-    """A Prefect cache for one stage, with DVC's rule for outputs: a cached result is reused
-    only while the stage's outputs are exactly what the run that made it left on disk.
+    """A Prefect cache for one dvc.yaml stage, with DVC's rule for outputs: a cached result is
+    reused only while the stage's outputs are exactly what the run that made it left on disk.
 
     The key covers this workspace (Prefect's result store is shared by every project on the
-    machine), the params groups, the content of the inputs and the named task arguments. Each
-    run records its outputs' content under that key (`record`, in the workspace's .multitag/); a
-    later run may take the cached result only when the outputs still match that record. With no
-    record (a fresh clone, a first run) or a deleted, overwritten or foreign output (from `dvc
-    repro` or the CLI), the key is None: Prefect runs the task and caches nothing.
+    machine), the stage's params, deps and outs as dvc.yaml declares them (`dvc_stage`), the
+    inputs DVC cannot track (`extra_inputs`: a file that may not exist, a run's argument) and the
+    named task arguments. Each run records its outputs' content under that key (`record`, in the
+    workspace's .multitag/); a later run may take the cached result only when the outputs still
+    match that record. With no record (a fresh clone, a first run) or a deleted, overwritten or
+    foreign output (from `dvc repro` or the CLI), the key is None: Prefect runs the task and
+    caches nothing.
     """
 
     name: str
-    groups: list[str]
-    inputs: Callable[[dict], list[str]]
-    outputs: Callable[[dict], list[str]]
+    extra_inputs: Callable[[dict], list[str]] = lambda _: []
     args: tuple[str, ...] = ()
     reusable: Callable[[dict], bool] = lambda _: True  # False: run the task whatever the cache holds
 
@@ -80,16 +105,20 @@ class StageCache:
         STAMPS.mkdir(parents=True, exist_ok=True)
         write_json(STAMPS / f"{self.inputs_key(parameters)}.json", self._outputs_now(parameters))
 
-    def inputs_key(self, parameters: dict) -> str:
+    def stage(self, parameters: dict) -> tuple[DvcStage, dict]:
         params = load_params(parameters.get("params_path", "params.yaml")).model_dump(mode="json", by_alias=True)
+        return dvc_stage(self.name, params, parameters.get("architecture")), params
+
+    def inputs_key(self, parameters: dict) -> str:
+        stage, params = self.stage(parameters)
         payload = {
             "workspace": str(Path.cwd().resolve()),
             "stage": self.name,
-            "params": {g: params[g] for g in self.groups},
-            "inputs": {p: content_hash(Path(p)) for p in self.inputs(parameters)},
+            "params": {key: param_value(params, key) for key in stage.params},
+            "inputs": {p: content_hash(Path(p)) for p in [*stage.deps, *self.extra_inputs(parameters)]},
             "args": {name: parameters.get(name) for name in self.args},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
     def _outputs_now(self, parameters: dict) -> dict[str, str]:
-        return {p: content_hash(Path(p)) for p in self.outputs(parameters)}
+        return {p: content_hash(Path(p)) for p in self.stage(parameters)[0].outs}

@@ -14,7 +14,7 @@ from multitag import stages
 from multitag.config import load_params
 from multitag.feedback.retraining import unfinished_export_owner
 from multitag.layout import Layout
-from tasks.caching import StageCache, stage_code
+from tasks.caching import StageCache
 
 IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
 CACHED = {"persist_result": True}
@@ -30,25 +30,17 @@ def apply_overrides(params_path: str, overrides: dict) -> str:
     return params_path
 
 
-SYNTHESIZE = StageCache("synthesize", ["data"], lambda _: stage_code("synthesize"), lambda _: [str(Layout().synthetic)])
+# Deps, params and outs come from dvc.yaml (tasks/caching.py); only what DVC cannot track is named here.
+SYNTHESIZE = StageCache("synthesize")
 VALIDATE = StageCache(
     "validate",
-    ["data", "validate"],
-    lambda p: [str(load_params(p["params_path"]).data.path), str(Layout().feedback_export), *stage_code("validate")],
-    lambda _: [str(Layout().validated)],
+    # the feedback export (it may not exist, which DVC refuses in a dep)
+    extra_inputs=lambda _: [str(Layout().feedback_export)],
     # an export a killed retraining left behind is no input: only the stage itself takes it out again
     reusable=lambda _: unfinished_export_owner(Layout().feedback_export) is None,
 )
-PREPROCESS = StageCache(
-    "preprocess", ["preprocess"], lambda _: [str(Layout().validated), *stage_code("preprocess")], lambda _: [str(Layout().processed)]
-)
-TRAIN = StageCache(
-    "train",
-    ["train"],
-    lambda p: [str(Layout().processed), *stage_code("train"), *([p["init_model"]] if p.get("init_model") else [])],
-    lambda p: [str(Layout().models / p["architecture"])],
-    ("architecture", "quick"),
-)
+PREPROCESS = StageCache("preprocess")
+TRAIN = StageCache("train", extra_inputs=lambda p: [p["init_model"]] if p.get("init_model") else [], args=("architecture", "quick"))
 
 
 @task(**IO_RETRIES, **CACHED, cache_key_fn=SYNTHESIZE.key)
