@@ -16,8 +16,10 @@ def test_weak_classes_are_named_in_words_weakest_first_with_their_photo_counts()
     assert weak_classes(RESULTS) == [
         "bird (AP 0.01 on 9 test photos)",
         "bicycle (AP 0.02 on 12 test photos)",
-        "too few test photos (under 5) to judge: sofa",
+        "no test photo of: sofa",
     ]
+    few = {"bird": per_class(0.2, 1), "train": per_class(0.9, 3)}
+    assert weak_classes(few) == ["bird (AP 0.20 on 1 test photo, too few to be sure)", "too few test photos (under 5) to judge: train"]
 
 
 def test_the_card_says_data_training_results_gate_runtime_and_weaknesses():

@@ -38,14 +38,27 @@ class CardFacts:
 
 
 def weak_classes(per_class: dict[str, dict]) -> list[str]:
-    """The classes it is weak at, in words, the weakest first; classes with too few test photos to
-    judge are named as such instead."""
+    """What it is weak at, in words: the classes under WEAK_AP, the weakest first (with a warning
+    where too few test photos back the number); then the classes too few photos can judge, and
+    those the test split has no photo of."""
     weak = sorted((r["ap"], name) for name, r in per_class.items() if r["ap"] is not None and r["ap"] < WEAK_AP)
-    words = [f"{name} (AP {ap:.2f} on {per_class[name]['support']} test photos)" for ap, name in weak]
-    few = [name for name, r in per_class.items() if r["support"] < FEW_TEST_PHOTOS]
+    words = [f"{name} (AP {ap:.2f} on {_photos(per_class[name]['support'])}{_unsure(per_class[name])})" for ap, name in weak]
+    named = {name for _, name in weak}
+    few = [name for name, r in per_class.items() if 0 < r["support"] < FEW_TEST_PHOTOS and name not in named]
+    none = [name for name, r in per_class.items() if r["support"] == 0]
     if few:
         words.append(f"too few test photos (under {FEW_TEST_PHOTOS}) to judge: {', '.join(few)}")
+    if none:
+        words.append(f"no test photo of: {', '.join(none)}")
     return words
+
+
+def _photos(count: int) -> str:
+    return f"{count} test photo{'' if count == 1 else 's'}"
+
+
+def _unsure(result: dict) -> str:
+    return ", too few to be sure" if result["support"] < FEW_TEST_PHOTOS else ""
 
 
 def model_card(facts: CardFacts) -> str:
