@@ -94,6 +94,9 @@ def test_the_report_reads_in_chromium_with_each_mistake_s_photo(tmp_path, page):
     )
     loaded = page.eval_on_selector_all("#class-cat img", "images => images.map(i => i.complete && i.naturalWidth > 0)")
     assert loaded and all(loaded), "every mistake's thumbnail decodes"
+    page.select_option("#outcome", "false-negatives")  # the filter by outcome
+    assert [strips.nth(i).is_visible() for i in range(4)] == [False, False, True, True]
+    page.select_option("#outcome", "all")
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
     assert not errors
 

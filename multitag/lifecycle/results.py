@@ -137,6 +137,7 @@ def html_report(compared: list[Results], title: str) -> str:
         really = ", ".join(f"{_e(label)} ×{count}" for label, count in row.really()) or "–"
         lines.append(f"<tr><td><a href='#class-{_e(row.name)}'>{_e(row.name)}</a></td>{cells}<td>{really}</td></tr>")
     lines.append("</table>")
+    lines.append(OUTCOME_FILTER)
     for row in first.classes:
         lines.append(f"<section id='class-{_e(row.name)}'><h2>{_e(row.name)}</h2>")
         for outcome in ("false_positives", "false_negatives"):
@@ -180,6 +181,20 @@ def write_report(compared: list[Results], title: str, path: Path) -> Path:
     path.write_text(html_report(compared, title))
     return path
 
+
+# Show both outcomes or one: hides the other outcome's strips (the page stands alone: inline script).
+OUTCOME_FILTER = """<p><label>Show <select id=outcome>
+<option value=all>false positives and false negatives</option>
+<option value=false-positives>false positives only</option>
+<option value=false-negatives>false negatives only</option>
+</select></label></p>
+<script>
+document.getElementById("outcome").addEventListener("change", (event) => {
+  for (const strip of document.querySelectorAll(".strip")) {
+    strip.hidden = event.target.value !== "all" && !strip.classList.contains(event.target.value);
+  }
+});
+</script>"""
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
