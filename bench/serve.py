@@ -131,7 +131,7 @@ def register_champion(scratch: Path, model, photos: list[bytes]) -> str:
     os.chdir(scratch)  # artefacts under scratch/mlartifacts
     tracking.configure()
     with mlflow.start_run(run_name="bench-serve") as run:
-        uri = tracking._log_keras_model(model, np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), "float32"), metadata)
+        uri = tracking.log_keras_model(model, np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), "float32"), metadata)
     uri = uri.format(run_id=run.info.run_id)
     images = np.stack([decode(photo, INPUT_SIZE, "stretch") for photo in photos])
     reference = np.asarray(model.predict_on_batch(images.astype("float32")), dtype="float64")

@@ -1,7 +1,7 @@
 """Benchmark phase 1 of two-phase training (head on a frozen MobileNetV2) against a naive fit.
 
 Both variants train the same head (`models.build_head`, same seed, same initial weights) for the
-same number of epochs (default 10) with the project's own `_fit`: the same loss (`make_loss` with
+same number of epochs (default 10) with the project's own `fit_phase`: the same loss (`make_loss` with
 `positive_weights`), Adam with the same cosine schedule and learning rate, the same batch size,
 the per-epoch validation mAP that phase 1 early-stops on, no augmentation (phase 1 has none).
 Early stopping cannot trigger: patience is set to the number of epochs.
@@ -93,7 +93,7 @@ def child_main(args: argparse.Namespace) -> None:
             super().on_epoch_end(epoch, logs)
             TimedValidationMAP.seconds += time.perf_counter() - started
 
-    train.ValidationMAP = TimedValidationMAP  # `_fit` looks the name up at call time
+    train.ValidationMAP = TimedValidationMAP  # `fit_phase` looks the name up at call time
     params = bench_params(args.size, {"train.patience": args.epochs}).train  # patience >= epochs: no early stop
     has_gpu = train.configure_runtime(params.seed)
     processed = Path(args.processed)
@@ -124,7 +124,7 @@ def child_main(args: argparse.Namespace) -> None:
     # instead, which shuffles differently but costs the same.
     data = (batches.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
     fit_started = time.perf_counter()
-    train._fit(
+    train.fit_phase(
         train._trainer(network, None),
         data,
         val_inputs,

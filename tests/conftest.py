@@ -76,7 +76,7 @@ def tiny_champion(tmp_path_factory: pytest.TempPathFactory) -> TinyChampion:
         tracking.configure()
         with mlflow.start_run(run_name="tiny-champion") as run:
             batch = np.zeros((1, TINY_INPUT, TINY_INPUT, 3), dtype="float32")
-            model_uri = tracking._log_keras_model(model, batch, metadata).format(run_id=run.info.run_id)
+            model_uri = tracking.log_keras_model(model, batch, metadata).format(run_id=run.info.run_id)
         name = "tiny"
         version = registry.register(model_uri, name, {"architecture": "small_cnn", "test_mAP": "0.5", "gate_verdict": "passed"})
         registry.promote(name, version)

@@ -148,7 +148,7 @@ def referenced_champion(tiny_champion, tmp_path_factory):
         with mlflow.start_run(run_name="drift-reference") as run:
             batch = np.zeros((1, tiny_champion.input_size, tiny_champion.input_size, 3), dtype="float32")
             metadata = tracking.model_metadata(evaluation, tiny_champion.input_size, "stretch")
-            model_uri = tracking._log_keras_model(model, batch, metadata).format(run_id=run.info.run_id)
+            model_uri = tracking.log_keras_model(model, batch, metadata).format(run_id=run.info.run_id)
         version = registry.register(model_uri, name, {"architecture": "small_cnn"})
         registry.promote(name, version)
     return name, version

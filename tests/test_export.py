@@ -47,7 +47,7 @@ def labelled_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def log_model(model) -> str:
-    """Log `model` the project's way (tracking._log_keras_model) in the current registry: its runs:/ URI."""
+    """Log `model` the project's way (tracking.log_keras_model) in the current registry: its runs:/ URI."""
     import mlflow
 
     from multitag.lifecycle import tracking
@@ -61,7 +61,7 @@ def log_model(model) -> str:
     }
     tracking.configure()
     with mlflow.start_run(run_name="export-test") as run:
-        return tracking._log_keras_model(model, np.zeros((1, SIZE, SIZE, 3), "float32"), metadata).format(run_id=run.info.run_id)
+        return tracking.log_keras_model(model, np.zeros((1, SIZE, SIZE, 3), "float32"), metadata).format(run_id=run.info.run_id)
 
 
 def export_folder(model_uri: str) -> Path:

@@ -29,7 +29,9 @@ def test_fit_logs_every_epoch_to_csv_and_read_history_keys_them_by_phase(tmp_pat
     log_dir = tmp_path / train.HISTORY_DIR
     log_dir.mkdir()
 
-    train._fit(network, (x, y), x, y, 3, 1e-2, 3, params, train.make_loss("none", np.ones(3, "float32")), log_dir / "head.csv", "tiny head")
+    train.fit_phase(
+        network, (x, y), x, y, 3, 1e-2, 3, params, train.make_loss("none", np.ones(3, "float32")), log_dir / "head.csv", "tiny head"
+    )
 
     with (log_dir / "head.csv").open(newline="") as rows:
         logged = list(csv.DictReader(rows))

@@ -98,7 +98,7 @@ def log_candidate(
             mlflow.log_metrics(metrics.flat_metrics(result["at_0.5"], f"{split}_at05"))
         mlflow.log_metrics({"latency_ms_p50": evaluation.latency_ms_p50, "size_mb": evaluation.size_mb})
         _log_plots(evaluation, history, example)
-        model_uri = _log_keras_model(model, example[:1].astype("float32"), model_metadata(evaluation, int(example.shape[1]), resize))
+        model_uri = log_keras_model(model, example[:1].astype("float32"), model_metadata(evaluation, int(example.shape[1]), resize))
         mlflow.log_dict({"test": evaluation.test, "val": evaluation.val}, "evaluation.json")
         return run.info.run_id, model_uri.format(run_id=run.info.run_id)
 
@@ -117,7 +117,7 @@ def serving_requirements() -> list[str]:
     return pins
 
 
-def _log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
+def log_keras_model(model, batch: np.ndarray, metadata: dict) -> str:
     """Save the MLflow Keras model locally, then upload it under the run's `model/` path.
 
     `mlflow.keras.log_model` with an input example fails in MLflow 3.17 (it writes the example

@@ -158,7 +158,7 @@ def augmentation(seed: int) -> keras.Sequential:
     )
 
 
-def _fit(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, log_path: Path, label: str):
+def fit_phase(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, log_path: Path, label: str):
     """Compile with a cosine schedule and fit with val-mAP early stopping; Keras' CSVLogger writes
     each epoch's logs (loss, val_mAP) to `log_path` as the epoch ends."""
     if epochs <= 0:
@@ -250,7 +250,7 @@ def train_architecture(
         cached = f" ({len(features) - computed} of them cached)" if path is not None else ""
         report(f"{name}: features in {timings['feature']:.0f} s{cached}; training the head on them")
         t0 = time.perf_counter()
-        _fit(
+        fit_phase(
             _trainer(head, None),
             (f_train, y_train.astype("float32")),
             f_val,
@@ -277,7 +277,7 @@ def train_architecture(
         report(
             f"{label}: {start}up to {fine_tune_epochs} epochs on {len(x_train)} images, {trainable:,} weights trained (early stopping on val mAP)"
         )
-    _fit(
+    fit_phase(
         trainer,
         (train_batches,),
         val_batches,
