@@ -18,7 +18,7 @@ def run_fresh(arguments: list[str], env: dict[str, str]) -> subprocess.Completed
 def test_predict_prints_the_answer_without_tensorflows_start_up_lines(registry_env, tmp_path):
     photo = tmp_path / "photo.png"
     photo.write_bytes(encode(solid("everyday-photo", (64, 48)), "PNG"))
-    done = run_fresh(["-m", "multitag.cli", "predict", registry_env.model_uri, str(photo)], registry_env.env)
+    done = run_fresh(["-m", "multitag.cli", "predict", registry_env.model_uri, str(photo)], {**registry_env.env, "COLUMNS": "400"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{photo}:" in done.stdout
     for banner in ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "XNNPACK delegate"):

@@ -188,7 +188,7 @@ def test_the_deployed_pipeline_registers_a_champion_through_the_tracking_server(
     # Prefect's own everyday listings against this server (they answered 422 with FastAPI 0.151+).
     wide = {**stack.env, "COLUMNS": "200"}
     assert "training-pipeline" in run([PREFECT, "deployment", "ls"], stack.root, wide).stdout
-    assert "Completed" in run([PREFECT, "flow-run", "ls"], stack.root, wide).stdout
+    assert "completed" in run([PREFECT, "flow-run", "ls"], stack.root, wide).stdout.lower()
 
 
 @pytest.fixture(scope="module")
