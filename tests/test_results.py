@@ -85,7 +85,7 @@ def test_the_report_reads_in_chromium_with_each_mistake_s_photo(tmp_path, page):
     page.goto(report.as_uri())
     assert page.locator("#classes tr").count() == 2 + len(CLASSES)
     cat_row = page.locator("#classes tr", has_text="cat").first.inner_text().split("\t")
-    assert cat_row[5:7] == ["2", "1"] and cat_row[11:13] == ["1", "1"], f"FP and FN of each model: {cat_row}"
+    assert cat_row[5:8] == ["2", "1", "dog ×2"] and cat_row[12:15] == ["1", "1", "dog ×1"], f"FP, FN, what the FP were: {cat_row}"
     page.click("a[href='#class-cat']")
     strips = page.locator("#class-cat .strip")
     assert strips.count() == 4  # false positives and negatives, each for both models

@@ -121,8 +121,8 @@ def html_report(compared: list[Results], title: str) -> str:
     """The page: one per-class table with a column group per model, then per class and outcome the
     photos each model got wrong."""
     first = compared[0]
-    head = "".join(f"<th colspan=6>{_e(r.model)} ({r.photos} test photos)</th>" for r in compared)
-    sub = "<th>AP</th><th>F1</th><th>threshold</th><th>positives</th><th>FP</th><th>FN</th>" * len(compared)
+    head = "".join(f"<th colspan=7>{_e(r.model)} ({r.photos} test photos)</th>" for r in compared)
+    sub = "<th>AP</th><th>F1</th><th>threshold</th><th>positives</th><th>FP</th><th>FN</th><th>its FP were really</th>" * len(compared)
     lines = [
         "<!doctype html><meta charset=utf-8>",
         f"<title>{_e(title)}</title>",
@@ -130,12 +130,11 @@ def html_report(compared: list[Results], title: str) -> str:
         f"<h1>{_e(title)}</h1>",
         "<p>Per class on the frozen test split, at each model's served thresholds. FP: tagged but not in the photo; "
         "FN: in the photo but not tagged. A class name opens its mistakes, the most confident first.</p>",
-        f"<table id=classes><tr><th rowspan=2>class</th>{head}<th rowspan=2>its false positives were really</th></tr><tr>{sub}</tr>",
+        f"<table id=classes><tr><th rowspan=2>class</th>{head}</tr><tr>{sub}</tr>",
     ]
     for row in first.classes:
         cells = "".join(_class_cells(r.by_name().get(row.name)) for r in compared)
-        really = ", ".join(f"{_e(label)} ×{count}" for label, count in row.really()) or "–"
-        lines.append(f"<tr><td><a href='#class-{_e(row.name)}'>{_e(row.name)}</a></td>{cells}<td>{really}</td></tr>")
+        lines.append(f"<tr><td><a href='#class-{_e(row.name)}'>{_e(row.name)}</a></td>{cells}</tr>")
     lines.append("</table>")
     lines.append(OUTCOME_FILTER)
     for row in first.classes:
@@ -150,9 +149,11 @@ def html_report(compared: list[Results], title: str) -> str:
 
 def _class_cells(result: ClassResult | None) -> str:
     if result is None:
-        return "<td colspan=6>not a class of this model</td>"
+        return "<td colspan=7>not a class of this model</td>"
     numbers = (_number(result.ap), _number(result.f1), f"{result.threshold:.2f}", result.positives)
-    return "".join(f"<td>{n}</td>" for n in numbers) + f"<td>{len(result.false_positives)}</td><td>{len(result.false_negatives)}</td>"
+    really = ", ".join(f"{_e(label)} ×{count}" for label, count in result.really()) or "–"
+    errors = f"<td>{len(result.false_positives)}</td><td>{len(result.false_negatives)}</td>"
+    return "".join(f"<td>{n}</td>" for n in numbers) + errors + f"<td class=really>{really}</td>"
 
 
 def _mistake_strip(model: str, outcome: str, mistakes: list[Mistake]) -> str:
@@ -199,7 +200,7 @@ document.getElementById("outcome").addEventListener("change", (event) => {
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-td:first-child,td:last-child{text-align:left}
+td:first-child,td.really{text-align:left}
 figure{display:inline-block;margin:3px;width:112px;vertical-align:top}
 figure img{width:112px;height:auto}figcaption{font-size:11px}
 .false-positives h3{color:#a33}.false-negatives h3{color:#236}
