@@ -214,38 +214,26 @@ def test_retrain_queues_images_and_triggers_a_run(registry_env, live_server, ser
         return {"via": "test"}
 
     server = live_server(serve_params(registry_env.name), retrain_trigger=fake_trigger)
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    response = httpx.post(
-        f"{server.url}/retrain",
-        headers=auth,
-        data={"labels": "cat|dog"},
-        files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))),
-        timeout=30,
-    )
+
+    def retrain(labels: str | list[str], *names: str) -> httpx.Response:
+        """POST /retrain as the admin: these label fields, one photo per name."""
+        files = as_files(*((f"{name}.png", png(f"retrain-{name}")) for name in names))
+        return httpx.post(
+            f"{server.url}/retrain", headers={"Authorization": f"Bearer {TOKEN}"}, data={"labels": labels}, files=files, timeout=30
+        )
+
+    response = retrain("cat|dog", "a", "b")
     assert response.status_code == 202, response.text
     body = response.json()
     assert [item["merged"] for item in body["queued"]] == [False, False]
     assert body["triggered"] == {"via": "test"} and triggered == [1]
     assert httpx.get(f"{server.url}/feedback/stats").json()["pending_labels"] == {"cat": 2, "dog": 2}
-    mismatch = httpx.post(
-        f"{server.url}/retrain",
-        headers=auth,
-        data={"labels": ["cat", "dog", "person"]},
-        files=as_files(("a.png", png("retrain-a")), ("b.png", png("retrain-b"))),
-    )
+    mismatch = retrain(["cat", "dog", "person"], "a", "b")
     assert mismatch.status_code == 422 and mismatch.json()["detail"]["reason"] == "labels_mismatch"
-    nested = httpx.post(  # the original API's form: one JSON list of label lists, one per file
-        f"{server.url}/retrain",
-        headers=auth,
-        data={"labels": '[["person", "cat"], ["dog"]]'},
-        files=as_files(("c.png", png("retrain-c")), ("d.png", png("retrain-d"))),
-        timeout=30,
-    )
+    nested = retrain('[["person", "cat"], ["dog"]]', "c", "d")  # the original API's form: one label list per file
     assert nested.status_code == 202, nested.text
     assert httpx.get(f"{server.url}/feedback/stats").json()["pending_labels"] == {"cat": 3, "dog": 3, "person": 1}
-    one_short = httpx.post(
-        f"{server.url}/retrain", headers=auth, data={"labels": '[["dog"]]'}, files=as_files(("c.png", png("e")), ("d.png", png("f")))
-    )
+    one_short = retrain('[["dog"]]', "e", "f")
     assert one_short.status_code == 202, "a single nested set is one label set for every file, as a flat one is"
 
 

@@ -178,8 +178,12 @@ def _e(text: object) -> str:
 
 
 def write_report(compared: list[Results], title: str, path: Path) -> Path:
+    return write_page(html_report(compared, title), path)
+
+
+def write_page(page: str, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_report(compared, title))
+    path.write_text(page)
     return path
 
 
@@ -252,6 +256,4 @@ def report_html(model_name: str, versions: tuple[tuple[str, str], ...]) -> str:
 
 def registry_report(model_name: str, path: Path) -> Path:
     """reports/results.html for the registry's champion, with its challenger side by side when there is one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(model_name, tuple(compared_versions(model_name).items())))
-    return path
+    return write_page(report_html(model_name, tuple(compared_versions(model_name).items())), path)
