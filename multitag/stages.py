@@ -121,7 +121,9 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             train_info = json.loads((model_dir / "train_info.json").read_text())
             history = histories[architecture] = read_history(model_dir)
             model = load_served_model(model_dir)
-            evaluation = evaluate_model(architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
+            evaluation = evaluate_model(
+                architecture, model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate, layout.feature_cache
+            )
             run_id, model_uri = tracking.log_candidate(model, evaluation, train_info, history, example, params.preprocess.resize, tags)
             log_scores(model_uri, evaluation, layout, int(example.shape[1]), params.preprocess.resize)
             rows.append(comparison_row(evaluation, train_info))

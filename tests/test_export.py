@@ -298,3 +298,33 @@ def test_the_gate_reuses_the_test_scores_stored_with_each_model_and_never_trusts
     tampered = judge(wrong)
     assert predicted == [TEST_IMAGES, 4], "a table its export disagrees with: the candidate is scored now"
     assert tampered.export.passed and tampered.candidate == honest.candidate and tampered.champion == honest.champion
+
+
+def test_a_quick_refit_is_exported_from_the_champions_export_and_anything_else_is_converted(tmp_path, monkeypatch):
+    """export.refitted_probe_export: the champion's file with the refitted probe's weights written in,
+    proven by the same parity check; a model whose network changed is converted as before."""
+    from multitag.lifecycle.tflite import TFLiteModel
+    from multitag.modeling import models
+
+    champion = served_model("small_cnn", seed=0)
+    champion_file = export.to_tflite(champion, tmp_path / "champion.tflite")
+    probe = champion.get_layer("probe_branch")
+    kernel, bias = probe.get_layer("probe_logits").get_weights()
+    refitted = models.probe_branch(probe.get_layer("probe_features"), kernel[:, ::-1] * 2, bias - 0.3)
+    quick = models.with_sigmoid(champion.get_layer("multitag_logits"), flip_average=True, probe=refitted, network_weight=0.5)
+    images, labels = labelled_images(TEST_IMAGES, seed=9)
+    base = export.Base(champion, champion_file)
+
+    converted = []
+    real_to_tflite = export.to_tflite
+    monkeypatch.setattr(export, "to_tflite", lambda model, path: converted.append(model) or real_to_tflite(model, path))
+    parity = export.export_checked(quick, images, labels, quick.predict_on_batch(images.astype("float32")), CLASSES, tmp_path, base)
+    assert parity.passed and parity.made == export.REFITTED_PROBE and not converted, parity
+    derived = TFLiteModel(tmp_path / export.EXPORT_FILE).predict_on_batch(images)
+    assert np.abs(derived - quick.predict_on_batch(images.astype("float32"))).max() <= export.MAX_SCORE_DIFFERENCE
+    assert np.abs(derived - champion.predict_on_batch(images.astype("float32"))).max() > 0.01, "not the champion's answers"
+
+    other = served_model("small_cnn", seed=3)  # another network: nothing to derive from
+    assert export.refitted_probe_export(other, base) is None
+    parity = export.export_checked(other, images, labels, other.predict_on_batch(images.astype("float32")), CLASSES, tmp_path, base)
+    assert parity.passed and parity.made == export.CONVERTED and converted == [other]

@@ -44,3 +44,60 @@ def test_without_options_the_served_model_is_the_plain_sigmoid():
     images = np.random.default_rng(3).integers(0, 255, (2, 32, 32, 3)).astype("float32")
     plain = models.with_sigmoid(logits).predict_on_batch(images)
     np.testing.assert_allclose(plain, 1 / (1 + np.exp(-logits.predict_on_batch(images))), rtol=1e-4, atol=1e-6)
+
+
+# -- scored member by member (modeling/ensemble.py), each member's outputs cached by content hash --
+
+
+def _saved(tmp_path, name: str, served: keras.Model) -> keras.Model:
+    """As evaluate meets a model: saved by training, loaded from its file."""
+    served.save(tmp_path / f"{name}.keras")
+    return keras.models.load_model(tmp_path / f"{name}.keras", compile=False)
+
+
+def test_scores_member_by_member_equal_the_graphs_for_every_shape_the_project_serves(tmp_path):
+    from multitag.modeling import ensemble
+
+    logits, probe = _members()
+    images = np.random.default_rng(4).integers(0, 255, (5, 32, 32, 3)).astype("uint8")
+    shapes = {
+        "ensemble": models.with_sigmoid(logits, flip_average=True, probe=probe, network_weight=0.3),
+        "flip-only": models.with_sigmoid(logits, flip_average=True),
+        "plain": models.with_sigmoid(logits),
+        "probe, no flip": models.with_sigmoid(logits, probe=probe, network_weight=0.6),
+    }
+    for name, served in shapes.items():
+        loaded = _saved(tmp_path, name.replace(" ", ""), served)
+        for cache in (None, tmp_path / "cache"):
+            scored = ensemble.scores(loaded, images, cache)
+            np.testing.assert_allclose(scored, loaded.predict_on_batch(images.astype("float32")), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert ensemble.scores(logits, images, None) is None, "a model of another shape is left to the graph"
+
+
+def test_a_refitted_probe_reuses_every_cached_member_output_and_a_new_network_never_reads_stale_ones(tmp_path):
+    from multitag.modeling import ensemble
+
+    cache = tmp_path / "cache"
+    logits, probe = _members()
+    images = np.random.default_rng(5).integers(0, 255, (6, 32, 32, 3)).astype("uint8")
+    champion = _saved(tmp_path, "champion", models.with_sigmoid(logits, flip_average=True, probe=probe, network_weight=0.3))
+    ensemble.scores(champion, images, cache)
+    files = {path: path.stat().st_mtime_ns for path in cache.iterdir()}
+    assert len(files) == 2, "one file per member: the network's logits, the probe's frozen features"
+
+    # the quick path: the champion's network, a probe refitted on more photos
+    kernel, bias = probe.get_layer("probe_logits").get_weights()
+    refitted = models.probe_branch(probe.get_layer("probe_features"), kernel[:, ::-1].copy(), bias + 0.5)
+    quick = _saved(tmp_path, "quick", models.with_sigmoid(logits, flip_average=True, probe=refitted, network_weight=0.3))
+    np.testing.assert_allclose(
+        ensemble.scores(quick, images, cache), quick.predict_on_batch(images.astype("float32")), rtol=1e-5, atol=1e-6
+    )
+    assert {path: path.stat().st_mtime_ns for path in cache.iterdir()} == files, "nothing was computed again"
+
+    # a fine-tuned network: its logits are computed anew (a file of its own), the probe's features reused
+    logits.get_layer(index=-1).set_weights([w + 0.1 for w in logits.get_layer(index=-1).get_weights()])
+    nightly = _saved(tmp_path, "nightly", models.with_sigmoid(logits, flip_average=True, probe=refitted, network_weight=0.3))
+    np.testing.assert_allclose(
+        ensemble.scores(nightly, images, cache), nightly.predict_on_batch(images.astype("float32")), rtol=1e-5, atol=1e-6
+    )
+    assert len(list(cache.iterdir())) == 3

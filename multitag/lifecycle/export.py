@@ -39,6 +39,9 @@ MAX_SCORE_DIFFERENCE = 1e-4
 # defaults to 0.005): the export may never differ from the model by what the gate calls a change.
 MAX_AP_DIFFERENCE = 0.005
 
+CONVERTED = "converted"
+REFITTED_PROBE = "the champion's export with the refitted probe's weights"
+
 
 @dataclass(frozen=True)
 class Parity:
@@ -53,10 +56,11 @@ class Parity:
     max_ap_tolerance: float = MAX_AP_DIFFERENCE
     sha256: str | None = None  # of the checked .tflite file: the Predictor serves only these bytes
     error: str | None = None  # why there is no number to compare (conversion failed, NaN scores)
+    made: str = CONVERTED  # CONVERTED, or REFITTED_PROBE: the champion's export with the new probe weights
 
     def tags(self) -> dict[str, str]:
         """Flat version tags: the outcome and the numbers behind it."""
-        out = {"export_parity": "passed" if self.passed else "failed"}
+        out = {"export_parity": "passed" if self.passed else "failed", "export_made": self.made}
         if self.max_score_difference is not None:
             out["export_max_score_difference"] = f"{self.max_score_difference:.2e}"
         if self.max_ap_difference is not None:
@@ -75,7 +79,7 @@ class Parity:
             f"{f' ({self.worst_class})' if self.worst_class else ''} (tolerance {self.max_ap_tolerance})"
         )
         if self.passed:
-            return f"TFLite export: parity held {measured}; logged with the model, served through it (serve.runtime: auto)."
+            return f"TFLite export ({self.made}): parity held {measured}; logged with the model, served through it (serve.runtime: auto)."
         return f"TFLite export: parity FAILED {measured}; not logged, the API serves the Keras model."
 
 
@@ -127,21 +131,78 @@ def check_parity(
     return Parity(passed, len(reference), score_gap, ap_gap, worst, **tolerances)
 
 
-def export_checked(model, images: np.ndarray, y_true: np.ndarray, reference: np.ndarray, classes: list[str], folder: Path) -> Parity:
-    """Convert `model` into `folder`, score `images` through the export, check parity.
+@dataclass(frozen=True)
+class Base:
+    """A model with a checked export (the champion), which a model differing only in its probe's
+    weights (a quick refit of it) can be exported from (`refitted_probe_export`)."""
+
+    model: object  # keras.Model
+    export: Path
+
+
+def refitted_probe_export(model, base: Base) -> bytes | None:
+    """The export of `model` made from `base`'s: its bytes with the probe's Dense weights written
+    over the base's. A quick refit (retrain --quick) changes only those, and this takes a second
+    where converting the whole graph takes ~50 s on 2 cores. None unless every other weight is
+    the base's and each old weight array occurs exactly once in the file; the parity check then
+    proves the result like any export (export_checked)."""
+    from multitag.modeling.ensemble import members
+    from multitag.modeling.feature_cache import weights_digest
+
+    new, old = members(model), members(base.model)
+    if new is None or old is None or new.probe_features is None or old.probe_features is None:
+        return None
+    same = (new.flip, new.network_weight, weights_digest(new.network), weights_digest(new.probe_features)) == (
+        old.flip,
+        old.network_weight,
+        weights_digest(old.network),
+        weights_digest(old.probe_features),
+    )
+    if not same:
+        return None
+    data = base.export.read_bytes()
+    for before, after in ((old.probe_kernel.T, new.probe_kernel.T), (old.probe_bias, new.probe_bias)):
+        before_bytes, after_bytes = (np.ascontiguousarray(a, dtype="float32").tobytes() for a in (before, after))
+        if data.count(before_bytes) != 1 or len(before_bytes) != len(after_bytes):
+            return None
+        data = data.replace(before_bytes, after_bytes)
+    return data
+
+
+def export_checked(
+    model, images: np.ndarray, y_true: np.ndarray, reference: np.ndarray, classes: list[str], folder: Path, base: Base | None = None
+) -> Parity:
+    """Export `model` into `folder` (from `base`'s export where `refitted_probe_export` can, else
+    converted), score `images` through the export, check parity.
 
     A conversion that fails is a failed check with its reason, never a failed gate: the export
-    only speeds serving up, and without it the Keras model serves as before.
+    only speeds serving up, and without it the Keras model serves as before. A derived export
+    that fails its check is replaced by a conversion.
     """
-    from multitag.modeling.evaluate import predict  # imports Keras: only where a model is exported
-
     path = folder / EXPORT_FILE
+    derived = refitted_probe_export(model, base) if base is not None else None
+    if derived is not None:
+        path.write_bytes(derived)
+        try:
+            parity = scored_parity(path, images, y_true, reference, classes)
+        except Exception as err:  # the interpreter refused the file: convert instead
+            parity = Parity(False, len(images), error=f"{type(err).__name__}: {err}")
+        if parity.passed:
+            return replace(parity, made=REFITTED_PROBE)
+        log.warning("the export made from the champion's failed its parity check (%s); converting instead", parity.summary())
     try:
-        exported = predict(TFLiteModel(to_tflite(model, path)), images)
+        return scored_parity(to_tflite(model, path), images, y_true, reference, classes)
     except Exception as err:  # any converter or interpreter failure: no export, Keras serves
         log.warning("the TFLite export failed; the Keras model will serve", exc_info=True)
         first_line = (str(err).strip().splitlines() or [""])[0]
         return Parity(False, len(images), error=f"{type(err).__name__}: {first_line}")
+
+
+def scored_parity(path: Path, images: np.ndarray, y_true: np.ndarray, reference: np.ndarray, classes: list[str]) -> Parity:
+    """Score `images` through the export at `path` and check it against the `reference` scores."""
+    from multitag.modeling.evaluate import predict  # imports Keras: only where a model is exported
+
+    exported = predict(TFLiteModel(path), images)
     return replace(check_parity(y_true, reference, exported, classes), sha256=file_sha256(path))
 
 
@@ -158,11 +219,14 @@ def publish(model_uri: str, folder: Path, parity: Parity) -> None:
     log_model_files(model_uri, [*export, folder / RECORD_FILE], EXPORT_DIR)
 
 
-def export_for_serving(model, model_uri: str, images: np.ndarray, y_true: np.ndarray, reference: np.ndarray, classes: list[str]) -> Parity:
-    """Export the logged model at `model_uri`, check it against the model's `reference` scores on
-    the labelled `images`, and publish the outcome into the model's folder (export.py's docstring)."""
+def export_for_serving(
+    model, model_uri: str, images: np.ndarray, y_true: np.ndarray, reference: np.ndarray, classes: list[str], base: Base | None = None
+) -> Parity:
+    """Export the logged model at `model_uri` (from `base`'s export where it can: export_checked),
+    check it against the model's `reference` scores on the labelled `images`, and publish the
+    outcome into the model's folder (export.py's docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
-        parity = export_checked(model, images, y_true, reference, classes, Path(tmp))
+        parity = export_checked(model, images, y_true, reference, classes, Path(tmp), base)
         publish(model_uri, Path(tmp), parity)
     log.info("%s", parity.summary())
     return parity

@@ -21,7 +21,7 @@ import numpy as np
 from multitag.config import GateParams
 from multitag.layout import Layout
 from multitag.lifecycle import policy, scores
-from multitag.lifecycle.export import Parity, export_for_serving
+from multitag.lifecycle.export import Base, Parity, export_for_serving, served_export
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
 from multitag.modeling import metrics
@@ -128,24 +128,34 @@ def test_scores(predictor: Predictor, photos: TestPhotos) -> np.ndarray:
     return known
 
 
-def checked_candidate_scores(candidate: Predictor, candidate_uri: str, photos: TestPhotos) -> tuple[np.ndarray, Parity | None]:
+def checked_candidate_scores(
+    candidate: Predictor, candidate_uri: str, photos: TestPhotos, champion: Predictor | None = None
+) -> tuple[np.ndarray, Parity | None]:
     """The candidate's test scores and its export's parity check.
 
     Stored scores (from `evaluate`) are what the export is checked against, so a parity that holds
     also proves they are this logged model's answers. Should it fail against stored scores, the
-    model is scored now and exported again: a stale table can never decide a verdict.
+    model is scored now and exported again: a stale table can never decide a verdict. A quick
+    refit of the champion is exported from the champion's own export (export.refitted_probe_export).
     """
     from multitag.modeling.evaluate import predict
 
     reference = test_scores(candidate, photos)
-    parity = export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, reference, candidate.classes)
+    base = champion_export(champion)
+    parity = export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, reference, candidate.classes, base)
     if parity is None or parity.passed or parity.error or candidate.folder is None:
         return reference, parity
     fresh = predict(candidate.model, photos.images)
     if np.array_equal(fresh, reference):
         return reference, parity
     log.warning("%s: stored test scores differ from the model's own; scored now and exported again", candidate_uri)
-    return fresh, export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, fresh, candidate.classes)
+    return fresh, export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, fresh, candidate.classes, base)
+
+
+def champion_export(champion: Predictor | None) -> Base | None:
+    """The champion's model with its checked export, if it has one: what a quick refit of it is exported from."""
+    exported = served_export(champion.folder) if champion is not None and champion.folder is not None else None
+    return Base(champion.model, exported) if exported is not None else None
 
 
 def summary_metrics(y_true: np.ndarray, scores: np.ndarray, predictor: Predictor) -> tuple[dict, np.ndarray]:
@@ -175,11 +185,12 @@ def judge(
     so the fresh process answers through the runtime the API will serve.
     """
     candidate = Predictor.from_uri(candidate_uri, runtime="keras")
+    champion = Predictor.from_uri(champion_uri, runtime="keras") if champion_uri else None
     photos = test_split(candidate, layout)
     y_true = photos.y_true
-    scores, parity = checked_candidate_scores(candidate, candidate_uri, photos)
+    scores, parity = checked_candidate_scores(candidate, candidate_uri, photos, champion)
     cand_metrics, _ = summary_metrics(y_true, scores, candidate)
-    comparison = compare_with_champion(candidate, photos, scores, champion_uri, champion_version, layout, primary) if champion_uri else None
+    comparison = compare_with_champion(candidate, photos, scores, champion, champion_version, layout, primary) if champion else None
     smoke = smoke_test(candidate_uri, layout)
     decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
     return Verdict(
@@ -207,14 +218,14 @@ def compare_with_champion(
     candidate: Predictor,
     photos: TestPhotos,
     scores: np.ndarray,
-    champion_uri: str,
+    champion: Predictor,
     champion_version: str | None,
     layout: Layout,
     primary: metrics.Headline = "mAP",
 ) -> policy.ChampionScores:
-    """Candidate and champion on the classes both know, each at its own thresholds, with the
-    paired-bootstrap interval of the primary metric's gain (both scored on the same resamples)."""
-    champion = Predictor.from_uri(champion_uri, runtime="keras")
+    """Candidate and champion (loaded through Keras) on the classes both know, each at its own
+    thresholds, with the paired-bootstrap interval of the primary metric's gain (both scored on
+    the same resamples)."""
     same = champion.classes == candidate.classes
     task = "same classes as the champion" if same else policy.class_list_change(champion.classes, candidate.classes)
     shared = [c for c in candidate.classes if c in champion.classes]

@@ -12,7 +12,7 @@ import numpy as np
 
 from multitag.config import EvaluateParams
 from multitag.data.preprocess import load_split
-from multitag.modeling import metrics
+from multitag.modeling import ensemble, metrics
 from multitag.reports import markdown_table
 
 
@@ -37,6 +37,14 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 64) -> np.ndarr
     return np.concatenate(out).astype("float64") if out else np.zeros((0, model.output_shape[-1]))
 
 
+def served_scores(model: keras.Model, x: np.ndarray, cache: Path | None = None) -> np.ndarray:
+    """Probabilities for uint8 images: member by member through the feature cache where the model
+    is a served ensemble (modeling/ensemble.py: members unchanged since the last evaluation are read,
+    not recomputed), else as one graph."""
+    by_member = ensemble.scores(model, x, cache)
+    return predict(model, x) if by_member is None else by_member
+
+
 def single_image_latency_ms(model: keras.Model, image: np.ndarray, runs: int) -> float:
     """Median wall time of one-image prediction after a warm-up call (what a user waits for)."""
     batch = image[None].astype("float32")
@@ -50,13 +58,20 @@ def single_image_latency_ms(model: keras.Model, image: np.ndarray, runs: int) ->
 
 
 def evaluate_model(
-    architecture: str, model: keras.Model, model_file: Path, processed_dir: Path, classes: list[str], params: EvaluateParams
+    architecture: str,
+    model: keras.Model,
+    model_file: Path,
+    processed_dir: Path,
+    classes: list[str],
+    params: EvaluateParams,
+    cache: Path | None = None,
 ) -> Evaluation:
     """Tune thresholds on validation (bounded; too few positives keep the default), then score
-    the frozen test split with them."""
+    the frozen test split with them. With a feature `cache`, members and photos scored before are
+    read from it (`served_scores`)."""
     x_val, y_val = load_split(processed_dir, "val")
     x_test, y_test = load_split(processed_dir, "test")
-    scores_val, scores_test = predict(model, x_val), predict(model, x_test)
+    scores_val, scores_test = served_scores(model, x_val, cache), served_scores(model, x_test, cache)
     thresholds = metrics.tune_thresholds(
         y_val, scores_val, params.min_threshold_positives, params.default_threshold, params.threshold_bounds
     )

@@ -46,6 +46,19 @@ def cache_file(root: Path, **identity: object) -> Path:
     return root / f"{hashlib.sha256(described.encode()).hexdigest()[:24]}.npz"
 
 
+def input_sizes(model: keras.Model) -> list[int]:
+    """Every input size inside `model`, nested models included (the probe reads 224 px arrays at
+    384 px): with the weights, what its outputs depend on. Two sizes of one backbone share weights."""
+    nested = [input_sizes(layer) for layer in model.layers if isinstance(layer, keras.Model)]
+    return sorted({int(model.input_shape[1]), *(size for sizes in nested for size in sizes)})
+
+
+def member_file(root: Path, model: keras.Model, image_size: int, flip: bool) -> Path:
+    """The cache file of one member of the served model (modeling/ensemble.py): its view-averaged
+    outputs on `image_size` px arrays."""
+    return cache_file(root, member=weights_digest(model), sizes=input_sizes(model), image=image_size, views="flip" if flip else "plain")
+
+
 def cached_features(path: Path | None, x: np.ndarray, extract: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
     """`extract(x)`, computing only the rows whose pixels `path` has no features for, and saving
     those; without a path, everything is computed. Returns (features, rows computed now)."""
