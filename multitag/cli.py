@@ -158,6 +158,7 @@ def train(
     quick: bool = typer.Option(False, "--quick", help="With --init-model: refit only its probe (else its head) on cached features."),
 ) -> None:
     """Train architectures on data/processed (each in its own process when several)."""
+    from multitag.modeling.train import best_val_text
     from multitag.stages import train_in_subprocess, train_stage
 
     if quick and init_model is None:
@@ -166,7 +167,7 @@ def train(
     names = arch or params.train.architectures
     if len(names) == 1:
         result = train_stage(params, names[0], init_model=init_model, quick=quick)
-        console.print(f"[green]{names[0]}[/green]: best val mAP {result['best_val_mAP']:.4f} in {result['train_seconds']:.0f}s")
+        console.print(f"[green]{names[0]}[/green]: {best_val_text(result['best_val_mAP'])} in {result['train_seconds']:.0f}s")
     else:
         for name in names:
             train_in_subprocess(name, params_path, init_model=init_model, quick=quick)

@@ -296,7 +296,7 @@ def train_architecture(
     served = models.with_sigmoid(logits_model, bool(params.flip_average), probe, float(params.network_weight))
     served.save(out_dir / MODEL_FILE)
     history = read_history(out_dir)
-    val_history = history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [float("nan")]
+    val_history = [v for v in history.get("fine_tune_val_mAP") or history.get("head_val_mAP") or [] if not np.isnan(v)]
     result = TrainResult(
         name,
         str(out_dir / MODEL_FILE),
@@ -307,14 +307,19 @@ def train_architecture(
         timings["feature"],
         timings["head"],
         timings["fine_tune"],
-        float(np.nanmax(val_history)),
+        max(val_history, default=float("nan")),  # none: a quick refit trains no epoch
         int(served.count_params()),
         trainable,
         "quick" if quick else "warm" if init_model is not None else "cold",
     )
     (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
-    report(f"{name}: done in {result.train_seconds:.0f} s, best val mAP {result.best_val_mAP:.4f}")
+    report(f"{name}: done in {result.train_seconds:.0f} s, {best_val_text(result.best_val_mAP)}")
     return result
+
+
+def best_val_text(best_val_map: float) -> str:
+    """The best epoch's validation mAP in words; a quick refit trains no epoch, so it has none."""
+    return "no epoch trained (quick refit: evaluate scores it)" if np.isnan(best_val_map) else f"best val mAP {best_val_map:.4f}"
 
 
 def _count(weights: list) -> int:
