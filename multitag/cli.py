@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 
 from multitag.config import Params, Source, load_params
 from multitag.errors import MissingInputError, MultitagError, UsageError
-from multitag.feedback.queue import RequeueState, State
+from multitag.feedback.schema import RequeueState, State
 from multitag.layout import Layout
 from multitag.workspace import exclusive_run
 

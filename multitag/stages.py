@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from multitag.config import Params
-from multitag.errors import MissingInputError, StaleVerdictError, UsageError
+from multitag.errors import MissingInputError, UsageError
 from multitag.layout import Layout
 from multitag.reports import write_json
 
@@ -171,13 +171,6 @@ def log_scores(model_uri: str, evaluation, layout: Layout, image_size: int, resi
     scores.log_with_model(model_uri, scores.table(rows, answers, evaluation.classes, image_size, resize))
 
 
-def select_candidate(candidates: list[dict], primary_metric: str) -> dict:
-    """The candidate with the best validation value of the primary metric (undefined counts as
-    worst). Validation, never test, so the gate's test comparison stays unbiased."""
-    key = f"val_{primary_metric}"
-    return max(candidates, key=lambda c: c[key] if c.get(key) is not None else -1.0)
-
-
 def threshold_note(defaulted: dict[str, list[str]], params) -> str:
     """Which classes kept the default threshold, and why, under the comparison table."""
     lines = [f"- {arch}: {', '.join(names)}" for arch, names in defaulted.items() if names]
@@ -214,17 +207,17 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     """Pick the best candidate by validation score and judge it against the champion.
 
     Selection uses validation, never test, so the gate's test comparison stays unbiased.
-    Writes reports/gate.json (naming the exact candidate judged: `candidate_identity`) and
+    Writes reports/gate.json (naming the exact candidate judged: `policy.candidate_identity`) and
     reports/gate.md. A registry that cannot be read stops the gate (RegistryUnavailableError):
     judging as if there were no champion would let any candidate through.
     """
     import json
 
-    from multitag.lifecycle import gate, registry
+    from multitag.lifecycle import gate, policy, registry
     from multitag.modeling.baselines import score_baselines
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
-    best = select_candidate(summary["candidates"], params.evaluate.primary_metric)
+    best = policy.select_candidate(summary["candidates"], params.evaluate.primary_metric)
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
     baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)
@@ -246,18 +239,18 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
 def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[str, str] | None = None) -> dict:
     """Register every evaluated candidate; move aliases for the gated one by its verdict.
 
-    Refuses a verdict about other candidates (`judged_candidate`) and promotes only if the
+    Refuses a verdict about other candidates (`policy.judged_candidate`) and promotes only if the
     champion is still the one the gate judged against (compare-and-set under the registry lock).
     Safe to repeat: a candidate's run is registered once, and promoting the champion again is a
     no-op. Writes reports/registration.json (the version numbers, the verdict, the champion now).
     """
     import json
 
-    from multitag.lifecycle import registry
+    from multitag.lifecycle import policy, registry
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
     gate_result = json.loads((layout.reports / "gate.json").read_text())
-    judged = judged_candidate(summary, gate_result)
+    judged = policy.judged_candidate(summary, gate_result)
     name = params.registry.model_name
     versions = {}
     for candidate in summary["candidates"]:
@@ -347,37 +340,15 @@ def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidenc
 
 def gate_record(summary: dict, best: dict, verdict) -> dict:
     """reports/gate.json: the verdict, the version tags behind it, and the exact candidate judged."""
-    from multitag.lifecycle import gate
+    from multitag.lifecycle import gate, policy
 
     return {
         "selected": best["architecture"],
-        "candidate": candidate_identity(summary, best),
+        "candidate": policy.candidate_identity(summary, best),
         "verdict": gate.as_dict(verdict),
         "evidence": verdict.evidence(),
         "tags": verdict.tags(),
     }
-
-
-def candidate_identity(summary: dict, candidate: dict) -> dict[str, str]:
-    """What a verdict is about: the exact logged model (run id and URI) and the data it was scored on."""
-    return {"run_id": candidate["run_id"], "model_uri": candidate["model_uri"], "data_hash": summary["data_hash"]}
-
-
-def judged_candidate(summary: dict, gate_result: dict) -> dict:
-    """The candidate of metrics/candidates.json that reports/gate.json judged.
-
-    A verdict that names none of them (a new `multitag evaluate` since the gate, or a gate that
-    crashed and left an older gate.json) is refused: it must never promote a model nobody gated.
-    """
-    judged = gate_result.get("candidate")
-    for candidate in summary["candidates"]:
-        if judged == candidate_identity(summary, candidate):
-            return candidate
-    runs = ", ".join(c["run_id"] for c in summary["candidates"])
-    raise StaleVerdictError(
-        f"reports/gate.json judged {judged or 'a candidate it does not name'}, but metrics/candidates.json holds run(s) {runs} "
-        f"on data {summary['data_hash']}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
-    )
 
 
 def outcome_message(registration: dict) -> str:

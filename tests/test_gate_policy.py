@@ -48,7 +48,7 @@ def test_a_class_list_change_names_what_was_added_and_removed():
 
 
 def test_the_gate_selects_the_candidate_by_the_primary_metric_on_validation():
-    from multitag.stages import select_candidate
+    from multitag.lifecycle.policy import select_candidate
 
     candidates = [
         {"architecture": "a", "val_mAP": 0.70, "val_macro_f1": 0.40, "test_mAP": 0.99},

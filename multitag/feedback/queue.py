@@ -38,169 +38,39 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 from sqlalchemy import (
-    CheckConstraint,
-    Column,
     Connection,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     delete,
     exists,
     func,
-    inspect,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.schema import CreateTable
 
 from multitag.data.manifest import normalize_labels
 from multitag.data.parallel import chunks
 from multitag.errors import MultitagError, UsageError
 from multitag.feedback.database import IN_LIST_SIZE, Database, sqlite_url
+from multitag.feedback.schema import (
+    IS_OPEN,
+    MIGRATIONS,
+    OPEN_ONCE,
+    OPEN_PREDICATE,
+    OPEN_STATES,
+    ORIGINS,
+    RELEASED,
+    STATES,
+    Origin,
+    RequeueState,
+    State,
+    feedback,
+)
 from multitag.feedback.store import ImageStore, checked_sha
-
-State = Literal["pending", "claimed", "consumed", "rejected", "held"]
-STATES: tuple[State, ...] = get_args(State)
-RequeueState = Literal["rejected", "consumed", "held"]
-Origin = Literal["upload", "review", "import"]  # where a correction came from: a user's upload, the review list, a folder import
-ORIGINS: tuple[Origin, ...] = get_args(Origin)
-OPEN_STATES: tuple[State, ...] = ("pending", "claimed", "held")  # not decided yet: a held item awaits an admin
-RELEASED = "released after review"  # the reason a held item returns to pending with: the screen does not hold it again
-
-metadata = MetaData()
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("image_sha256", String(64), nullable=False),
-    Column("labels", Text, nullable=False),  # a sorted JSON list: equal label sets are equal strings
-    Column("model_version", Text),
-    Column("note", Text),
-    Column("received_at", Float, nullable=False),
-    Column("state", String(16), CheckConstraint(f"state IN {STATES!r}", name="feedback_state"), nullable=False, server_default="pending"),
-    Column("claimed_by", Text),
-    Column("lease_expires_at", Float),
-    Column("consumed_by", Text),
-    Column("reason", Text),
-    Column("updated_at", Float, nullable=False),
-    Column("origin", String(16), nullable=False, server_default="upload"),
-    Column("client", String(32)),  # a keyed hash of the sender's address (serving/routes.py): the screen's flood rule counts per client
-    # Partial labels: JSON `null` (every class not in labels is absent) or a sorted JSON list of the
-    # classes confirmed absent (every other class not in labels is unknown). Text, not SQL NULL, so
-    # that the unique index below can compare it: NULLs never collide in a unique index.
-    Column("absent", Text, nullable=False, server_default="null"),
-    Column("task", Text),  # the registered model this correction is for; NULL: unassigned (written before tasks were recorded)
-    sqlite_autoincrement=True,
-)
-_is_open = feedback.c.state.in_(OPEN_STATES)
-# Literal SQL, not parameters: PostgreSQL matches an ON CONFLICT target to a partial index only by its written predicate.
-_OPEN_PREDICATE = text(f"state IN {OPEN_STATES!r}")
-# At most one open item per (image, label set, absent set): the database itself refuses doubles.
-# Across tasks too: replicas of older multitag name this index in their ON CONFLICT, so it is not
-# rebuilt with `task` (a second open twin of one image in another task is refused: OpenInAnotherTask).
-_OPEN_ONCE = Index(
-    "feedback_open_once",
-    feedback.c.image_sha256,
-    feedback.c.labels,
-    feedback.c.absent,
-    unique=True,
-    sqlite_where=_OPEN_PREDICATE,
-    postgresql_where=_OPEN_PREDICATE,
-)
-Index("feedback_by_state", feedback.c.state, feedback.c.id)
-_BY_TASK = Index("feedback_by_task", feedback.c.task, feedback.c.state, feedback.c.id)
-Index(
-    "feedback_by_claim", feedback.c.claimed_by, sqlite_where=feedback.c.state == "claimed", postgresql_where=feedback.c.state == "claimed"
-)
-
-
-def _create_v1(conn: Connection) -> None:
-    """Version 1: the feedback table and its indexes; a queue from before the version table has them already."""
-    metadata.create_all(conn, checkfirst=True)
-
-
-def _add_origin_v2(conn: Connection) -> None:
-    """Version 2: `origin`, so corrections asked for by the review list can be told from the others.
-    A queue created by version 1 gets the column; its rows came from uploads, except those the
-    importer wrote (its notes say `imported from ...`)."""
-    if "origin" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
-        conn.execute(text("ALTER TABLE feedback ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'upload'"))
-        conn.execute(update(feedback).where(feedback.c.note.like("imported from %")).values(origin="import"))
-
-
-def _add_held_and_client_v3(conn: Connection) -> None:
-    """Version 3: the `held` state (the CHECK constraint `feedback_state` allows it, and a held item
-    counts as open in `feedback_open_once`) and `client`, which the screen's flood rule counts.
-
-    PostgreSQL drops and re-adds the named constraint and the index; SQLite cannot alter a CHECK
-    constraint, so the table is rebuilt: a copy in today's shape takes every row (ids kept), replaces
-    the old table, gets the indexes back, and the AUTOINCREMENT counter keeps its value so that no
-    id is ever reused. Idempotent: a queue already in this shape (a fresh one) is left alone.
-    """
-    columns = {column["name"] for column in inspect(conn).get_columns("feedback")}
-    checks = [check["sqltext"] for check in inspect(conn).get_check_constraints("feedback")]
-    if "client" in columns and any("'held'" in check for check in checks):
-        return
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("ALTER TABLE feedback ADD COLUMN IF NOT EXISTS client VARCHAR(32)"))
-        conn.execute(text("ALTER TABLE feedback DROP CONSTRAINT IF EXISTS feedback_state"))
-        conn.execute(text(f"ALTER TABLE feedback ADD CONSTRAINT feedback_state CHECK (state IN {STATES!r})"))
-        conn.execute(text("DROP INDEX IF EXISTS feedback_open_once"))
-        conn.execute(text(f"CREATE UNIQUE INDEX feedback_open_once ON feedback (image_sha256, labels) WHERE {_OPEN_PREDICATE}"))
-        return
-    counter = conn.scalar(text("SELECT max(seq) FROM sqlite_sequence WHERE name = 'feedback'")) or 0
-    for index in feedback.indexes:
-        conn.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
-    conn.execute(CreateTable(feedback.to_metadata(MetaData(), name="feedback_rebuilt")))
-    kept = ", ".join(column.name for column in feedback.c if column.name in columns)
-    conn.execute(text(f"INSERT INTO feedback_rebuilt ({kept}) SELECT {kept} FROM feedback"))
-    conn.execute(text("DROP TABLE feedback"))
-    conn.execute(text("ALTER TABLE feedback_rebuilt RENAME TO feedback"))
-    counter = max(counter, conn.scalar(text("SELECT coalesce(max(id), 0) FROM feedback")))
-    conn.execute(text("DELETE FROM sqlite_sequence WHERE name = 'feedback'"))
-    conn.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('feedback', :counter)"), {"counter": counter})
-    for index in feedback.indexes:
-        index.create(conn)
-
-
-def _add_absent(conn: Connection) -> None:
-    """Partial labels: `absent` (JSON `null` on every existing row: it was labelled in full, every
-    class not in its labels absent), and `feedback_open_once` with it, so that the same present
-    labels with another absent set is another correction. Idempotent: SQLite's rebuild in version 3
-    creates today's shape already."""
-    if "absent" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
-        conn.execute(text("ALTER TABLE feedback ADD COLUMN absent TEXT NOT NULL DEFAULT 'null'"))
-    indexes = {index["name"]: index["column_names"] for index in inspect(conn).get_indexes("feedback")}
-    if "absent" not in indexes.get(_OPEN_ONCE.name, []):
-        conn.execute(text(f"DROP INDEX IF EXISTS {_OPEN_ONCE.name}"))
-        _OPEN_ONCE.create(conn)
-
-
-def _add_task(conn: Connection) -> None:
-    """Corrections belong to their task: `task` (NULL on every existing row: unassigned, since the
-    queue cannot know which dataset an old correction was made for; an admin adopts them) and an
-    index to read one task's items by state. Only added, never rebuilt: a replica still running the
-    previous version keeps inserting (its rows are unassigned too) and its ON CONFLICT still finds
-    `feedback_open_once`. Idempotent: SQLite's rebuild in version 3 creates today's shape already."""
-    if "task" not in {column["name"] for column in inspect(conn).get_columns("feedback")}:
-        conn.execute(text("ALTER TABLE feedback ADD COLUMN task TEXT"))
-    if _BY_TASK.name not in {index["name"] for index in inspect(conn).get_indexes("feedback")}:
-        _BY_TASK.create(conn)
-
-
-# A schema change appends a step here (and freezes the earlier steps' DDL).
-MIGRATIONS = (_create_v1, _add_origin_v2, _add_held_and_client_v3, _add_absent, _add_task)
 
 
 class ClaimLost(MultitagError, RuntimeError):
@@ -406,7 +276,7 @@ class FeedbackQueue:
         wanted = {sha.lower() for sha in test_hashes}
 
         def work(conn: Connection) -> list[int]:
-            rows = conn.execute(select(feedback.c.id, feedback.c.image_sha256, feedback.c.absent).where(self._mine, _is_open)).all()
+            rows = conn.execute(select(feedback.c.id, feedback.c.image_sha256, feedback.c.absent).where(self._mine, IS_OPEN)).all()
             leaked = sorted(
                 item_id for item_id, sha, absent in rows if sha in wanted and not (sha in from_corrections and json.loads(absent) is None)
             )
@@ -503,7 +373,7 @@ class FeedbackQueue:
     def open_images_of(self, client: str) -> set[str]:
         """The images of every open (pending, claimed, held) item `client` sent, in every task: what
         its storage quota counts (serving/quotas.py)."""
-        query = select(feedback.c.image_sha256).distinct().where(feedback.c.client == client, _is_open)
+        query = select(feedback.c.image_sha256).distinct().where(feedback.c.client == client, IS_OPEN)
         return self.database.read(lambda conn: set(conn.scalars(query)))
 
     # -- reading --------------------------------------------------------------------------------
@@ -607,7 +477,7 @@ class FeedbackQueue:
         labels_json, absent_json = json.dumps(normalize_labels(labels)), absent_to_json(labels, absent)
         dialect_insert = postgresql.insert if self.database.dialect == "postgresql" else sqlite.insert
         open_twin = select(feedback.c.id, feedback.c.task).where(
-            feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, feedback.c.absent == absent_json, _is_open
+            feedback.c.image_sha256 == sha, feedback.c.labels == labels_json, feedback.c.absent == absent_json, IS_OPEN
         )
 
         def merged_into_twin(conn: Connection) -> AddResult | None:
@@ -645,7 +515,7 @@ class FeedbackQueue:
                     absent=absent_json,
                     task=self.task,
                 )
-                .on_conflict_do_nothing(index_elements=list(_OPEN_ONCE.columns), index_where=_OPEN_PREDICATE)
+                .on_conflict_do_nothing(index_elements=list(OPEN_ONCE.columns), index_where=OPEN_PREDICATE)
                 .returning(feedback.c.id)
             )
             if inserted is None:  # PostgreSQL: a concurrent transaction inserted the twin after our look
@@ -682,7 +552,7 @@ def _reject(conn: Connection, mine, ids: list[int], reason: str) -> int:
     for chunk in chunks(ids, IN_LIST_SIZE):
         rejected += conn.execute(
             update(feedback)
-            .where(mine, _is_open, feedback.c.id.in_(chunk))
+            .where(mine, IS_OPEN, feedback.c.id.in_(chunk))
             .values(state="rejected", reason=reason, claimed_by=None, lease_expires_at=None, updated_at=time.time())
         ).rowcount
     return rejected

@@ -18,7 +18,8 @@ from pathlib import Path
 from sqlalchemy import Connection, select
 
 from multitag.config import FeedbackParams
-from multitag.feedback.queue import FeedbackQueue, feedback
+from multitag.feedback.queue import FeedbackQueue
+from multitag.feedback.schema import feedback
 
 log = logging.getLogger(__name__)
 GRACE_S = 60  # an image younger than this may be on its way into the queue: never swept, even with retention 0

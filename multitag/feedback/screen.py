@@ -56,7 +56,8 @@ import numpy as np
 from multitag.config import RetrainParams
 from multitag.feedback.fingerprints import FingerprintStore, near_pairs
 from multitag.feedback.predictions import CHAMPION, PredictionLog
-from multitag.feedback.queue import RELEASED, FeedbackItem, FeedbackQueue, Truth
+from multitag.feedback.queue import FeedbackItem, FeedbackQueue, Truth
+from multitag.feedback.schema import RELEASED
 from multitag.feedback.store import decoded_batches
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,11 @@ it too: the gain is then unlikely to be luck of the test draw), (c) no class's A
 than `gate.max_class_regression`, (d) the serving smoke test passed within the latency budget.
 With no champion yet, (b) and (c) become: beats each baseline that could be scored (class prior,
 frozen-feature probe), which needs no hand-set number.
+
+It also holds the rules around the decision: which candidate the gate judges (the best on
+validation, `select_candidate`) and whether a verdict is about the candidates at hand before
+anything is registered on it (`judged_candidate`, the stale-verdict rule). The alias move itself
+is compare-and-set in registry.promote.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from multitag.config import GateParams
+from multitag.errors import StaleVerdictError
 from multitag.modeling.baselines import Baseline
 from multitag.modeling.metrics import BOOTSTRAP_CONFIDENCE, GainInterval
 
@@ -180,3 +186,35 @@ def class_list_change(old: list[str], new: list[str]) -> str:
     parts += [f"added {', '.join(added)}"] if added else []
     parts += [f"removed {', '.join(removed)}"] if removed else []
     return "; ".join(parts)
+
+
+# -- which candidate a verdict is about ---------------------------------------------------------
+
+
+def select_candidate(candidates: list[dict], primary_metric: str) -> dict:
+    """The candidate with the best validation value of the primary metric (undefined counts as
+    worst). Validation, never test, so the gate's test comparison stays unbiased."""
+    key = f"val_{primary_metric}"
+    return max(candidates, key=lambda c: c[key] if c.get(key) is not None else -1.0)
+
+
+def candidate_identity(summary: dict, candidate: dict) -> dict[str, str]:
+    """What a verdict is about: the exact logged model (run id and URI) and the data it was scored on."""
+    return {"run_id": candidate["run_id"], "model_uri": candidate["model_uri"], "data_hash": summary["data_hash"]}
+
+
+def judged_candidate(summary: dict, gate_result: dict) -> dict:
+    """The candidate of metrics/candidates.json that reports/gate.json judged.
+
+    A verdict that names none of them (a new `multitag evaluate` since the gate, or a gate that
+    crashed and left an older gate.json) is refused: it must never promote a model nobody gated.
+    """
+    judged = gate_result.get("candidate")
+    for candidate in summary["candidates"]:
+        if judged == candidate_identity(summary, candidate):
+            return candidate
+    runs = ", ".join(c["run_id"] for c in summary["candidates"])
+    raise StaleVerdictError(
+        f"reports/gate.json judged {judged or 'a candidate it does not name'}, but metrics/candidates.json holds run(s) {runs} "
+        f"on data {summary['data_hash']}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
+    )

@@ -207,7 +207,7 @@ def queue_feedback(
             except KeyError:
                 message = f"no stored image has sha256 {sha}; send the image itself as `file`, or /predict it first"
                 raise http_problem(404, "unknown_image", message) from None
-    except OpenInAnotherTask as err:  # one open item per correction holds across tasks (queue.feedback_open_once)
+    except OpenInAnotherTask as err:  # one open item per correction holds across tasks (schema.OPEN_ONCE)
         raise http_problem(409, "open_in_another_task", str(err)) from None
     return schemas.FeedbackAccepted(id=result.id, image_sha256=result.image_sha256, merged=result.merged)
 
