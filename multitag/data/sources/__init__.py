@@ -11,21 +11,9 @@ from pathlib import Path
 
 from multitag.config import DataParams
 from multitag.data.manifest import SourceData, apply_class_subset
-from multitag.errors import MultitagError
+from multitag.data.sources.layout_errors import DatasetLayoutError, require
 
-
-class DatasetLayoutError(MultitagError, FileNotFoundError):
-    """The dataset path does not hold the layout the chosen reader expects."""
-
-
-def require(path: Path, what: str, layouts: str) -> Path:
-    """Return `path` if it exists, else raise an error naming it and the layouts looked for."""
-    if not path.exists():
-        raise DatasetLayoutError(
-            f"{path} not found ({what}). Looked for: {layouts}. "
-            "Check data.path / data.source in params.yaml, or run `multitag data download`."
-        )
-    return path
+__all__ = ["DatasetLayoutError", "read_source", "require"]
 
 
 def _readers() -> dict[str, Callable[[Path, DataParams], SourceData]]:

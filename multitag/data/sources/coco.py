@@ -12,7 +12,7 @@ from pathlib import Path
 
 from multitag.config import DataParams
 from multitag.data.manifest import Record, SourceData
-from multitag.data.sources import require
+from multitag.data.sources.layout_errors import require
 
 JSON_LAYOUT = "annotations/instances_<split>.json with images in <split>/ or images/<split>/"
 YOLO_LAYOUT = "images/<subset>/*.jpg, labels/<subset>/*.txt, classes.txt (one name per line)"

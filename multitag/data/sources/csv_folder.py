@@ -18,7 +18,7 @@ from pathlib import Path
 
 from multitag.config import DataParams
 from multitag.data.manifest import Record, SourceData, normalize_labels
-from multitag.data.sources import require
+from multitag.data.sources.layout_errors import require
 from multitag.errors import UsageError
 
 LAYOUT = (

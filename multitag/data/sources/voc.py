@@ -11,7 +11,7 @@ from pathlib import Path
 
 from multitag.config import DataParams
 from multitag.data.manifest import Record, SourceData
-from multitag.data.sources import require
+from multitag.data.sources.layout_errors import require
 
 VOC_CLASSES = [
     "aeroplane",
