@@ -1,0 +1,5 @@
+"""`python -m multitag.cli ...`: the same command line (the flows start training this way)."""
+
+from multitag.cli import main
+
+main()
