@@ -4,7 +4,7 @@ kept in the feedback queue's database for `serve.prediction_log_hours`.
 It is what the learning loop reads (issue 13): which logged images are worth a human look, how a
 challenger would have answered, and whether the served predictions drift. Recording an answer
 never fails or delays a prediction beyond one insert: a failed write is logged and the answer
-goes out anyway (routes.answer_uploads).
+goes out anyway (serving/uploads.answer_uploads).
 """
 
 from __future__ import annotations

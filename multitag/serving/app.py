@@ -29,6 +29,7 @@ from multitag.feedback.retention import ImageRetention
 from multitag.feedback.retraining import open_queue
 from multitag.layout import Layout
 from multitag.periodic import Every
+from multitag.serving import review_routes, routes
 from multitag.serving.access import TrustedHosts
 from multitag.serving.batching import batcher_for
 from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
@@ -38,7 +39,7 @@ from multitag.serving.problems import insufficient_storage, upgrade_required
 from multitag.serving.quotas import ClientRates
 from multitag.serving.rescore import rescorer_for
 from multitag.serving.retrain_trigger import RetrainTrigger, retrain_trigger_from_env
-from multitag.serving.routes import STATIC_DIR, Services, router
+from multitag.serving.services import STATIC_DIR, Services
 from multitag.serving.shadow import shadow_scorer_for
 from multitag.serving.watcher import ChampionWatcher
 
@@ -110,7 +111,8 @@ def create_app(
         app.add_exception_handler(error, insufficient_storage)
     app.add_exception_handler(SchemaTooNew, upgrade_required)  # a replica left behind by a rolling upgrade
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(review_routes.router)
     return app
 
 
