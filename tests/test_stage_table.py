@@ -44,7 +44,7 @@ def test_a_task_s_key_follows_the_params_dvc_yaml_gives_its_stage(workspace, cac
 def test_a_task_s_key_follows_the_code_dvc_yaml_names_for_its_stage(workspace):
     """Every code dep of the stage is read for the key: the stage functions and the settings' recipes too."""
     deps = dvc_stage("preprocess", {"data": {"path": "x"}}).deps
-    assert {"multitag/data", "multitag/stages.py", "multitag/config.py", "multitag/recipes.py"} <= set(deps)
+    assert {"multitag/data", "multitag/stages/preprocess.py", "multitag/config.py", "multitag/recipes.py"} <= set(deps)
     assert "multitag/feedback" in dvc_stage("validate", {"data": {"path": "x"}}).deps, "validate reads the feedback export"
     (workspace.parent / "multitag").mkdir()
     before = PREPROCESS.inputs_key({"params_path": str(workspace)})
@@ -58,3 +58,13 @@ def test_every_path_dvc_yaml_names_exists():
     code = {dep for spec in stages.values() for dep in spec.get("do", spec).get("deps", []) if dep.startswith("multitag/")}
     missing = sorted(dep for dep in code if not (REPO / dep).exists())
     assert code and not missing, missing
+
+
+def test_each_stage_names_its_own_module_and_that_module_holds_the_stage():
+    """From dvc.yaml one hop to a stage's code: multitag/stages/<stage>.py, defining `<stage>_stage`."""
+    import importlib
+
+    stages = yaml.safe_load(DVC_FILE.read_text())["stages"]
+    for name, spec in stages.items():
+        assert f"multitag/stages/{name}.py" in spec.get("do", spec)["deps"], name
+        assert callable(getattr(importlib.import_module(f"multitag.stages.{name}"), f"{name}_stage")), name

@@ -75,7 +75,7 @@ def evaluate(
         out.print((Layout().metrics / "comparison.md").read_text())
         console.print(f"MLflow parent run {summary['parent_run_id']}")
     else:
-        from multitag.stages import evaluate_uri
+        from multitag.stages.evaluate import evaluate_uri
 
         out.print_json(data=evaluate_uri(model_uri, params))
 

@@ -1,0 +1,54 @@
+"""The `gate` stage: the best candidate by validation judged against the champion (lifecycle/gate.py
+measures, lifecycle/policy.py decides); reports/gate.json names the exact candidate judged."""
+
+from __future__ import annotations
+
+from multitag.config import Params
+from multitag.layout import Layout
+from multitag.reports import write_json
+
+
+def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
+    """Pick the best candidate by validation score and judge it against the champion.
+
+    Selection uses validation, never test, so the gate's test comparison stays unbiased.
+    Writes reports/gate.json (naming the exact candidate judged: `policy.candidate_identity`) and
+    reports/gate.md. A registry that cannot be read stops the gate (RegistryUnavailableError):
+    judging as if there were no champion would let any candidate through.
+    """
+    import json
+
+    from multitag.lifecycle import gate, policy, registry
+    from multitag.modeling.baselines import score_baselines
+
+    summary = json.loads((layout.metrics / "candidates.json").read_text())
+    best = policy.select_candidate(summary["candidates"], params.evaluate.primary_metric)
+    champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
+    champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
+    baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)
+    verdict = gate.judge(
+        best["model_uri"],
+        champion_uri,
+        champion.version if champion else None,
+        params.gate,
+        params.evaluate.primary_metric,
+        layout,
+        baselines,
+    )
+    result = gate_record(summary, best, verdict)
+    write_json(layout.reports / "gate.json", result)
+    (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict))
+    return result
+
+
+def gate_record(summary: dict, best: dict, verdict) -> dict:
+    """reports/gate.json: the verdict, the version tags behind it, and the exact candidate judged."""
+    from multitag.lifecycle import gate, policy
+
+    return {
+        "selected": best["architecture"],
+        "candidate": policy.candidate_identity(summary, best),
+        "verdict": gate.as_dict(verdict),
+        "evidence": verdict.evidence(),
+        "tags": verdict.tags(),
+    }
