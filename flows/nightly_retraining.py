@@ -67,21 +67,20 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
             try:
                 invalid = fb.reject_invalid(params_path, run_id)
                 run = fb.prepare(params_path, run_id, quick)
-                t.validate(run["params_path"])
-                t.preprocess(run["params_path"])
-                for architecture in run["architectures"]:
-                    warm_start = run["init_model"] if architecture == run["champion_architecture"] else None
-                    t.train(architecture, run["params_path"], init_model=warm_start, quick=quick)
-                used = run["feedback_ids"]
+                t.validate(run.params_path)
+                t.preprocess(run.params_path)
+                for architecture in run.architectures:
+                    t.train(architecture, run.params_path, init_model=run.warm_start_for(architecture), quick=quick)
+                used = run.feedback_ids
                 tags = {
                     "feedback_ids": ",".join(map(str, used)),
                     "retraining_run": run_id,
-                    "warm_start_version": run["champion_version"],
+                    "warm_start_version": run.champion_version,
                     fb.RETRAIN_TAG: kind,
                 }
-                t.evaluate(run["params_path"], run_name=f"{kind}-retraining", extra_tags=tags)
-                t.gate(run["params_path"])
-                registration = t.register(run["params_path"], extra_tags=tags)
+                t.evaluate(run.params_path, run_name=f"{kind}-retraining", extra_tags=tags)
+                t.gate(run.params_path)
+                registration = t.register(run.params_path, extra_tags=tags)
             except BaseException:  # a cancelled run gives its items back too
                 fb.release(params_path, run_id)
                 raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
@@ -96,8 +97,24 @@ def last_retrain_was_quick(params_path: str) -> bool:
     return bool(retrained) and retrained[0].tags[RETRAIN_TAG] == "quick"  # list_versions: newest first
 
 
+@dataclass(frozen=True)
+class RetrainRun:
+    """What `prepare` sets up for one retraining run, and the flow reads back: typed, not a dict."""
+
+    params_path: str  # this run's params file (.multitag/nightly-params.yaml)
+    init_model: str  # the champion's downloaded model.keras: the warm start
+    champion_version: str
+    champion_architecture: str
+    architectures: list[str]  # what this run trains
+    feedback_ids: list[int]  # the claimed items it exported as training data
+
+    def warm_start_for(self, architecture: str) -> str | None:
+        """The champion's model for its own architecture; another architecture starts cold."""
+        return self.init_model if architecture == self.champion_architecture else None
+
+
 @task
-def prepare(params_path: str, run_id: str, quick: bool = False) -> dict:
+def prepare(params_path: str, run_id: str, quick: bool = False) -> RetrainRun:
     """Fetch the champion, write this run's params file, then export feedback as training data.
 
     The export comes last, after everything that can fail before training, and a failed run's
@@ -116,14 +133,7 @@ def prepare(params_path: str, run_id: str, quick: bool = False) -> dict:
     queue = retraining.open_queue(params)
     claimed = queue.claimed(run_id)
     retraining.export_feedback(queue, claimed, Layout().feedback_export, owner=run_id)
-    return {
-        "params_path": str(RUN_PARAMS),
-        "init_model": str(init_model),
-        "champion_version": version,
-        "champion_architecture": architecture,
-        "architectures": architectures,
-        "feedback_ids": [item.id for item in claimed],
-    }
+    return RetrainRun(str(RUN_PARAMS), str(init_model), version, architecture, list(architectures), [item.id for item in claimed])
 
 
 @task(retries=2, retry_delay_seconds=5)
