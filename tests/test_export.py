@@ -12,76 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from served_graphs import CLASSES, SIZE, labelled_images, log_model, served_model
 
 from multitag.lifecycle import export
-from multitag.modeling.models import ARCHITECTURES
 
-CLASSES = ["cat", "dog", "person"]
-SIZE = 32  # the smallest input every architecture accepts
-PROBE_SIZE = 48  # the probe reads the images larger, resized inside the graph, as the photo recipe does
 TEST_IMAGES = 24
-
-
-def served_model(architecture: str, seed: int):
-    """The graph the project serves, untrained: flip averaging, plus the frozen-feature probe branch
-    that resizes inside the graph, in front of the sigmoid (models.with_sigmoid)."""
-    import keras
-
-    from multitag.modeling import models
-
-    keras.utils.set_random_seed(seed)
-    extractor = models.build_feature_extractor(architecture, SIZE, None)
-    network = models.assemble(extractor, models.build_head(int(extractor.output_shape[-1]), len(CLASSES), [], 0.0))
-    features = models.probe_features(models.build_feature_extractor(architecture, PROBE_SIZE, None), SIZE)
-    rng = np.random.default_rng(seed)
-    kernel = rng.normal(0, 0.05, (int(features.output_shape[-1]), len(CLASSES))).astype("float32")
-    probe = models.probe_branch(features, kernel, rng.normal(0, 0.1, len(CLASSES)).astype("float32"))
-    return models.with_sigmoid(network, flip_average=True, probe=probe, network_weight=0.5)
-
-
-def labelled_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images, multi-hot labels with every class both present and absent)."""
-    rng = np.random.default_rng(seed)
-    labels = (np.arange(count)[:, None] + np.arange(len(CLASSES))) % 2
-    return rng.integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8), labels.astype(np.uint8)
-
-
-def log_model(model) -> str:
-    """Log `model` the project's way (tracking.log_keras_model) in the current registry: its runs:/ URI."""
-    import mlflow
-
-    from multitag.lifecycle import tracking
-
-    metadata = {
-        "architecture": "small_cnn",
-        "classes": CLASSES,
-        "thresholds": [0.5] * len(CLASSES),
-        "input_size": SIZE,
-        "preprocessing": {"resize": "stretch"},
-    }
-    tracking.configure()
-    with mlflow.start_run(run_name="export-test") as run:
-        return tracking.log_keras_model(model, np.zeros((1, SIZE, SIZE, 3), "float32"), metadata).format(run_id=run.info.run_id)
 
 
 def export_folder(model_uri: str) -> Path:
     from multitag.lifecycle import tracking
 
     return tracking.download_model(model_uri) / export.EXPORT_DIR
-
-
-@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
-def test_the_export_of_each_architectures_served_graph_answers_like_keras(architecture, tmp_path):
-    """Every architecture the project trains, with ImageNet weights or not (`weights: null` here)."""
-    from multitag.lifecycle.tflite import TFLiteModel
-
-    model = served_model(architecture, seed=0)
-    images, labels = labelled_images(6, seed=1)
-    reference = model.predict_on_batch(images.astype("float32"))
-    exported = TFLiteModel(export.to_tflite(model, tmp_path / "model.tflite")).predict_on_batch(images)
-    parity = export.check_parity(labels, reference, exported, CLASSES)
-    assert parity.passed, parity
-    assert parity.max_score_difference <= export.MAX_SCORE_DIFFERENCE and exported.shape == (6, len(CLASSES))
 
 
 def test_parity_holds_within_the_tolerances_and_fails_beyond_them_or_on_nan():

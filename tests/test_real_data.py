@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,9 @@ def test_coco_real_labels_match_the_yolo_files(tmp_path):
 
 
 VOC_SLICE = 420  # photos: enough for frequent classes to tune, few enough that rare ones cannot
+MODEL_MARGIN = 0.3  # test mAP over the class prior's (measured: 0.61 against 0.13)
+INVARIANT_SHARE = 0.97  # tag decisions (photo x class) kept under a harmless change
+CAT_RECALL = 0.8  # photos of a cat alone tagged cat
 
 
 def voc_slice(root: Path, count: int) -> Path:
@@ -128,42 +132,57 @@ def voc_slice(root: Path, count: int) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_photos(tmp_path, monkeypatch):
-    """The photo recipe's head on frozen ImageNet features, thresholds as evaluate tunes them.
+@dataclass(frozen=True)
+class SliceModel:
+    """The photo recipe's head on frozen ImageNet features of a voc-real slice, evaluated as
+    `evaluate` does: what the behavioural tests below ask questions of."""
 
-    Before bounded thresholds with a default for rare classes, classes with 1-5 validation
-    positives got thresholds of ~0 and were served on nearly every photo.
-    """
-    from multitag.modeling.baselines import score_baselines
-    from multitag.modeling.evaluate import evaluate_model
-    from multitag.modeling.metrics import apply_thresholds
-    from multitag.modeling.train import MODEL_FILE, load_served_model
-    from multitag.stages import train_stage
+    params: Params
+    layout: Layout
+    classes: list[str]
+    model: object  # the served keras.Model
+    evaluation: object  # modeling.evaluate.Evaluation
 
-    weights = SHARED / "weights"
+
+@pytest.fixture(scope="module")
+def slice_model(tmp_path_factory) -> SliceModel:
+    tmp_path = tmp_path_factory.mktemp("voc-slice-model")
     (tmp_path / "keras" / "models").mkdir(parents=True)
-    for file in weights.glob("*.h5"):
+    for file in (SHARED / "weights").glob("*.h5"):
         (tmp_path / "keras" / "models" / file.name).symlink_to(file)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    data = voc_slice(tmp_path / "voc-slice", VOC_SLICE)
-    params = Params.model_validate(
-        {
-            "data": {"source": "voc", "path": str(data)},
-            "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
-            "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
-        }
-    )
-    layout = Layout(root=tmp_path / "work")
-    validate_stage(params, layout)
-    preprocess_stage(params, layout)
-    train_stage(params, "mobilenetv2", layout)
-    model_dir = layout.models / "mobilenetv2"
-    classes = manifest.read_classes(layout.processed / "classes.json")
-    evaluation = evaluate_model(
-        "mobilenetv2", load_served_model(model_dir), model_dir / MODEL_FILE, layout.processed, classes, params.evaluate
-    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # before Keras is imported: it reads KERAS_HOME then
+        from multitag.modeling.evaluate import evaluate_model
+        from multitag.modeling.train import MODEL_FILE, load_served_model
+        from multitag.stages import train_stage
 
+        data = voc_slice(tmp_path / "voc-slice", VOC_SLICE)
+        params = Params.model_validate(
+            {
+                "data": {"source": "voc", "path": str(data)},
+                "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
+                "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
+            }
+        )
+        layout = Layout(root=tmp_path / "work")
+        validate_stage(params, layout)
+        preprocess_stage(params, layout)
+        train_stage(params, "mobilenetv2", layout)
+        model_dir = layout.models / "mobilenetv2"
+        classes = manifest.read_classes(layout.processed / "classes.json")
+        model = load_served_model(model_dir)
+        evaluation = evaluate_model("mobilenetv2", model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
+        yield SliceModel(params, layout, classes, model, evaluation)
+
+
+@pytest.mark.slow
+def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_photos(slice_model):
+    """Thresholds as evaluate tunes them. Before bounded thresholds with a default for rare
+    classes, classes with 1-5 validation positives got thresholds of ~0 and were served on
+    nearly every photo."""
+    from multitag.modeling.metrics import apply_thresholds
+
+    evaluation, classes, params = slice_model.evaluation, slice_model.classes, slice_model.params
     assert evaluation.default_threshold_classes, "a 420-photo slice has classes too rare to tune"
     low, high = params.evaluate.threshold_bounds
     assert all(low <= t <= high for t in evaluation.thresholds)
@@ -174,7 +193,50 @@ def test_no_class_is_served_on_more_than_three_times_its_true_count_on_real_phot
     per_image = predicted.sum() / len(evaluation.y_test)
     assert per_image <= 2 * true.sum() / len(evaluation.y_test), f"{per_image:.2f} labels per photo"
 
-    # the gate's first-model baselines on the same real photos: the probe is scored, and learns
-    scored = {b.name: b for b in score_baselines(["class_prior", "probe"], layout.processed, params.train.seed)}
+
+@pytest.mark.slow
+def test_the_model_and_the_probe_baseline_both_learn_well_beyond_the_class_prior(slice_model):
+    """The gate's first-model baselines on the same real photos: the probe is scored and learns, and
+    the trained model ranks far better than the class prior (Made-With-ML's minimum bar)."""
+    from multitag.modeling.baselines import score_baselines
+
+    scored = {b.name: b for b in score_baselines(["class_prior", "probe"], slice_model.layout.processed, slice_model.params.train.seed)}
     assert scored["probe"].mAP is not None, scored["probe"].detail
     assert scored["probe"].mAP > scored["class_prior"].mAP + 0.1, scored
+    model_map = slice_model.evaluation.test["tuned"]["mAP"]
+    assert model_map > scored["class_prior"].mAP + MODEL_MARGIN, (model_map, scored)
+
+
+@pytest.mark.slow
+def test_labels_survive_what_a_photo_library_does_to_a_photo(slice_model):
+    """Invariance: re-saved as JPEG (quality 85) or 10% darker, a test photo keeps its tags (measured
+    on this slice: 98.4% and 99.5% of the decisions, photo x class, unchanged)."""
+    import io
+
+    from multitag.modeling.metrics import apply_thresholds
+
+    x = np.asarray(np.load(slice_model.layout.processed / "test_x.npy", mmap_mode="r"))
+    thresholds = np.asarray(slice_model.evaluation.thresholds)
+    tags = apply_thresholds(slice_model.evaluation.scores_test, thresholds)
+
+    def resaved(image: np.ndarray) -> np.ndarray:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "JPEG", quality=85)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+    for name, changed in (("JPEG 85", np.stack([resaved(i) for i in x])), ("10% darker", (x * 0.9).astype(np.uint8))):
+        changed_tags = apply_thresholds(slice_model.model.predict(changed.astype("float32"), verbose=0), thresholds)
+        kept = float((changed_tags == tags).mean())
+        assert kept >= INVARIANT_SHARE, f"{name}: {1 - kept:.1%} of the test photos' tag decisions changed"
+
+
+@pytest.mark.slow
+def test_a_photo_of_a_cat_alone_is_tagged_cat(slice_model):
+    """Minimum functionality on a frequent class: the test photos whose only label is cat."""
+    from multitag.modeling.metrics import apply_thresholds
+
+    evaluation, classes = slice_model.evaluation, slice_model.classes
+    cat = classes.index("cat")
+    alone = np.flatnonzero((evaluation.y_test[:, cat] == 1) & (evaluation.y_test.sum(axis=1) == 1))
+    tagged = apply_thresholds(evaluation.scores_test[alone], np.asarray(evaluation.thresholds))[:, cat]
+    assert len(alone) >= 8 and tagged.mean() >= CAT_RECALL, f"{int(tagged.sum())} of {len(alone)} tagged cat"

@@ -113,7 +113,7 @@ def test_the_page_s_results_view_shows_where_the_served_model_is_wrong(
     import time
 
     import httpx
-    from test_export import log_model, served_model
+    from served_graphs import log_model, served_model
 
     from multitag.lifecycle import registry
 

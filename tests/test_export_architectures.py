@@ -1,0 +1,24 @@
+"""The TFLite export covers the whole served graph of every architecture the project trains: a
+file of its own, as each conversion takes a while (make test spreads test files over workers)."""
+
+from __future__ import annotations
+
+import pytest
+from served_graphs import CLASSES, labelled_images, served_model
+
+from multitag.lifecycle import export
+from multitag.modeling.models import ARCHITECTURES
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_the_export_of_each_architectures_served_graph_answers_like_keras(architecture, tmp_path):
+    """Every architecture the project trains, with ImageNet weights or not (`weights: null` here)."""
+    from multitag.lifecycle.tflite import TFLiteModel
+
+    model = served_model(architecture, seed=0)
+    images, labels = labelled_images(6, seed=1)
+    reference = model.predict_on_batch(images.astype("float32"))
+    exported = TFLiteModel(export.to_tflite(model, tmp_path / "model.tflite")).predict_on_batch(images)
+    parity = export.check_parity(labels, reference, exported, CLASSES)
+    assert parity.passed, parity
+    assert parity.max_score_difference <= export.MAX_SCORE_DIFFERENCE and exported.shape == (6, len(CLASSES))
