@@ -116,6 +116,15 @@ def test_dvc_status_is_clean_after_the_flow_and_repro_does_nothing(project):
     assert "Running stage" not in repro.stdout
 
 
+def test_the_run_leaves_only_dvc_lock_for_git_to_record(project):
+    """After a run `git status` shows nothing but dvc.lock, which the README says to commit (DVC's
+    convention: a clone then knows which data and models its code made). params.yaml is untouched."""
+    root, _ = project
+    listed = run(["git", "status", "--porcelain", "--untracked-files=all"], root).stdout.splitlines()
+    changed = {line[3:] for line in listed} - {".dvcignore"}  # DVC's own files: the test project runs `dvc init` after its commit
+    assert {path for path in changed if not path.startswith(".dvc/")} == {"dvc.lock"}, listed
+
+
 def test_dvc_shows_the_results_and_the_per_epoch_curves_of_training(project):
     """What DVCLive wrote in the evaluate stage is what `dvc metrics show` and `dvc plots show`
     read through dvc.yaml; the curves have one point per epoch that CSVLogger logged."""
