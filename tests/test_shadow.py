@@ -142,7 +142,7 @@ def test_shadow_off_scores_nothing(registry_env, fresh_model_name, live_server, 
         "scoring": None,
         "report": None,
     }
-    time.sleep(0.5)
+    assert server.app.state.services.shadow is None, "shadow off: no scorer, no thread, nothing queued"
     assert PredictionLog(open_queue(params).database, 3600).recent(role=CHALLENGER) == []
 
 
