@@ -64,7 +64,7 @@ def project_env(root: Path) -> dict[str, str]:
             os.symlink(weights, target)
     return {
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "MULTITAG_REGISTRY_LOCK": str(root / ".registry.lock"),
+        "MULTITAG_REGISTRY_LOCK": str(root / ".multitag-registry.lock"),  # the default name, which .gitignore lists
         "KERAS_HOME": str(keras_home),
         "PREFECT_HOME": str(root / ".prefect"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
