@@ -11,7 +11,8 @@ import pytest
 
 from multitag.config import GateParams
 from multitag.lifecycle.policy import CandidateScores, ChampionScores, decide
-from multitag.modeling.metrics import GainInterval, compute_metrics, paired_bootstrap_gain, weighted_metric
+from multitag.modeling.bootstrap import GainInterval, paired_bootstrap_gain, weighted_metric
+from multitag.modeling.metrics import compute_metrics
 
 CLASSES = ["cat", "dog", "person"]
 THRESHOLDS = np.array([0.4, 0.5, 0.6])
@@ -150,7 +151,7 @@ def judged(tmp_path, monkeypatch, candidate: np.ndarray, champion: np.ndarray | 
 
 
 def test_the_gate_report_shows_the_gain_its_interval_the_photos_and_the_rule(tmp_path, monkeypatch):
-    from multitag.lifecycle.gate import verdict_markdown
+    from multitag.lifecycle.gate_report import verdict_markdown
     from multitag.stages import gate_record, outcome_message
 
     y = labels(120)
@@ -190,7 +191,7 @@ def test_the_gate_refuses_a_gain_its_test_photos_cannot_tell_from_noise(tmp_path
 
 
 def test_a_first_model_s_report_shows_its_photos_and_its_own_rule(tmp_path, monkeypatch):
-    from multitag.lifecycle.gate import verdict_markdown
+    from multitag.lifecycle.gate_report import verdict_markdown
 
     y = labels(40)
     processed_test_split(tmp_path, y, corrections=5)

@@ -25,7 +25,8 @@ from multitag.data.validation import validate, write_outputs
 from multitag.feedback.queue import MIGRATIONS, FeedbackQueue
 from multitag.feedback.retraining import export_feedback, feedback_records
 from multitag.modeling import baselines
-from multitag.modeling.train import make_loss, positive_weights, read_history, train_architecture
+from multitag.modeling.losses import make_loss, positive_weights
+from multitag.modeling.train import read_history, train_architecture
 
 CLASSES = ["cat", "dog", "person"]
 KINDS = ["none", "positive_weights", "asymmetric"]

@@ -24,9 +24,8 @@ from multitag.lifecycle import policy, scores
 from multitag.lifecycle.export import Base, Parity, export_for_serving, served_export
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
-from multitag.modeling import metrics
+from multitag.modeling import bootstrap, metrics
 from multitag.modeling.baselines import Baseline
-from multitag.reports import markdown_table
 
 SMOKE_IMAGES = 3
 
@@ -50,7 +49,7 @@ class Verdict:
     export: Parity | None = None  # the TFLite export's parity check; it never decides the verdict
     test_images: int = 0  # frozen test photos judged on
     test_from_corrections: int = 0  # of which users' corrections
-    gain_interval: metrics.GainInterval | None = None  # the primary metric's gain over the champion
+    gain_interval: bootstrap.GainInterval | None = None  # the primary metric's gain over the champion
     rule: str = ""  # the promotion rule, in words
 
     def evidence(self) -> str:
@@ -238,7 +237,7 @@ def compare_with_champion(
     y_shared = y_true[:, cand_cols]
     ours, our_ap = summary_metrics(y_shared, scores[:, cand_cols], _on_classes(candidate, shared, cand_cols))
     theirs, their_ap = summary_metrics(y_shared, champ_scores[:, champ_cols], _on_classes(champion, shared, champ_cols))
-    interval = metrics.paired_bootstrap_gain(
+    interval = bootstrap.paired_bootstrap_gain(
         y_shared,
         scores[:, cand_cols],
         candidate.thresholds[cand_cols],
@@ -277,51 +276,6 @@ def smoke_test(model_uri: str, layout: Layout) -> dict:
 
     test = read(layout.processed / "manifest.parquet").query("split == 'test'")
     return run_in_fresh_process(model_uri, list(test["path"].head(SMOKE_IMAGES)))
-
-
-def verdict_markdown(verdict: Verdict) -> str:
-    """The gate report a person reads: verdict, each check, and the numbers behind it."""
-    lines = [
-        f"# Gate verdict: {'PASSED' if verdict.passed else 'FAILED'}",
-        "",
-        f"- candidate: `{verdict.candidate_uri}`",
-        f"- champion: version {verdict.champion_version or 'none yet'}",
-        f"- judged as: {verdict.task}",
-        f"- primary metric: {verdict.primary_metric}",
-        f"- judged on: {verdict.test_images} frozen test photos, {verdict.test_from_corrections} of them users' corrections",
-        *_gain_lines(verdict),
-        f"- decision rule: {verdict.rule}",
-        "",
-        *markdown_table(["check", "result"], ((name, "pass" if ok else "FAIL") for name, ok in verdict.checks.items())),
-        "",
-        *markdown_table(
-            ["metric", "candidate", "champion"],
-            ((k, f"{v:.4f}", f"{(verdict.champion or {}).get(k, float('nan')):.4f}") for k, v in verdict.candidate.items()),
-        ),
-        "",
-        *_baseline_lines(verdict.baselines),
-        "Reasons: " + ("; ".join(verdict.reasons) or "all checks passed"),
-        *(["", verdict.export.summary()] if verdict.export else []),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _gain_lines(verdict: Verdict) -> list[str]:
-    interval = verdict.gain_interval
-    if interval is None:
-        return []
-    return [
-        f"- {interval.metric} gain over the champion: {interval.gain:+.4f}, {interval.confidence:.0%} interval "
-        f"[{interval.low:+.4f}, {interval.high:+.4f}] (paired bootstrap: {interval.resamples} resamples of the "
-        f"{interval.n_images} test photos, the same for both models)"
-    ]
-
-
-def _baseline_lines(baselines: dict[str, float]) -> list[str]:
-    if not baselines:
-        return []
-    scored = ", ".join(f"{name.removeprefix('baseline_').removesuffix('_mAP')} mAP {value:.4f}" for name, value in baselines.items())
-    return [f"Baselines on the frozen test split: {scored}", ""]
 
 
 def as_dict(verdict: Verdict) -> dict:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from multitag.config import GateParams
 from multitag.errors import StaleVerdictError
 from multitag.modeling.baselines import Baseline
-from multitag.modeling.metrics import BOOTSTRAP_CONFIDENCE, GainInterval
+from multitag.modeling.bootstrap import BOOTSTRAP_CONFIDENCE, GainInterval
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Multi-label metrics for model selection, gating and reports: scikit-learn for the standard
 ranking scores (AP, ROC AUC), numpy for what it lacks (one-sort F1-best thresholds, NaN for
-classes a split does not contain, JSON-ready reports), and the paired bootstrap of one model's
-gain over another that the gate reports (`paired_bootstrap_gain`).
+classes a split does not contain, JSON-ready reports). The paired bootstrap of one model's gain
+over another that the gate reports is in bootstrap.py.
 
 Conventions every function here shares (serving shares the threshold rule via `apply_thresholds`):
 
@@ -20,19 +20,15 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 _MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
 Headline = Literal["mAP", "macro_f1", "micro_f1"]  # the metrics a gate can decide on (evaluate.primary_metric)
-BOOTSTRAP_RESAMPLES = 1000
-BOOTSTRAP_CONFIDENCE = 0.95
-BOOTSTRAP_CELLS = 2_000_000  # resample weights held at once (resamples x rows): memory stays flat on a large test split
 
 
-def _check_inputs(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate shapes and values once, so each metric can assume bool labels and float scores."""
     y_true, y_score = np.asarray(y_true), np.asarray(y_score, dtype=np.float64)
     if y_true.ndim != 2 or y_true.shape != y_score.shape:
@@ -82,7 +78,7 @@ def average_precision_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.n
     """
     from sklearn.metrics import average_precision_score
 
-    y_true, y_score = _check_inputs(y_true, y_score)
+    y_true, y_score = check_inputs(y_true, y_score)
     return np.array(
         [average_precision_score(y_true[:, c], y_score[:, c]) if y_true[:, c].any() else math.nan for c in range(y_true.shape[1])]
     )
@@ -95,7 +91,7 @@ def roc_auc_per_class(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """
     from sklearn.metrics import roc_auc_score
 
-    y_true, y_score = _check_inputs(y_true, y_score)
+    y_true, y_score = check_inputs(y_true, y_score)
     return np.array(
         [roc_auc_score(y_true[:, c], y_score[:, c]) if 0 < y_true[:, c].sum() < len(y_true) else math.nan for c in range(y_true.shape[1])]
     )
@@ -131,7 +127,7 @@ def tune_thresholds(
     positives the F1-best cut-off is often "everything positive", which would tag every photo
     with that class (docs/DECISIONS.md: thresholds).
     """
-    y_true, y_score = _check_inputs(y_true, y_score)
+    y_true, y_score = check_inputs(y_true, y_score)
     tuned = np.array([_best_f1_threshold(y_true[:, c], y_score[:, c]) for c in range(y_true.shape[1])])
     tuned = np.where(y_true.sum(axis=0) >= min_positives, tuned, default)
     return np.clip(tuned, *bounds)
@@ -158,14 +154,14 @@ def precision_at_k(y_true: np.ndarray, y_score: np.ndarray, k: int) -> float:
     This is a threshold-free view of what a user sees when the UI shows the top k tags.
     Tied scores are broken by class order.
     """
-    y_true, y_score = _check_inputs(y_true, y_score)
+    y_true, y_score = check_inputs(y_true, y_score)
     if not 1 <= k <= y_true.shape[1]:
         raise ValueError(f"k must be between 1 and the number of classes ({y_true.shape[1]}); got {k}")
     top_k = np.argsort(-y_score, axis=1, kind="stable")[:, :k]
     return float(np.take_along_axis(y_true, top_k, axis=1).mean())
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Element-wise division with 0 where the denominator is 0 (sklearn's zero_division=0)."""
     out = np.zeros(np.shape(numerator), dtype=np.float64)
     return np.divide(numerator, denominator, out=out, where=np.asarray(denominator) > 0)
@@ -189,7 +185,7 @@ def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: float |
     The micro averages, `hamming_loss` and `subset_accuracy` use every class and equal sklearn's.
     `precision_at_3` uses k = min(3, C). Undefined values are None, never NaN.
     """
-    y_true, y_score = _check_inputs(y_true, y_score)
+    y_true, y_score = check_inputs(y_true, y_score)
     n_samples, n_classes = y_true.shape
     if len(classes) != n_classes or len(set(classes)) != n_classes:
         raise ValueError(f"classes must be {n_classes} distinct names, one per column; got {classes}")
@@ -200,9 +196,9 @@ def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: float |
     tn = n_samples - tp - fp - fn
     support = tp + fn
     has_positives = support > 0
-    precision = _ratio(tp, tp + fp)
-    recall = np.where(has_positives, _ratio(tp, support), np.nan)
-    f1 = np.where(has_positives, _ratio(2 * tp, 2 * tp + fp + fn), np.nan)
+    precision = ratio(tp, tp + fp)
+    recall = np.where(has_positives, ratio(tp, support), np.nan)
+    f1 = np.where(has_positives, ratio(2 * tp, 2 * tp + fp + fn), np.nan)
     ap = average_precision_per_class(y_true, y_score)
     all_tp, all_fp, all_fn = int(tp.sum()), int(fp.sum()), int(fn.sum())
 
@@ -224,11 +220,11 @@ def compute_metrics(y_true: np.ndarray, y_score: np.ndarray, thresholds: float |
     return {
         "mAP": _mean_or_none(ap),
         "macro_f1": _mean_or_none(f1),
-        "micro_f1": float(_ratio(2 * all_tp, 2 * all_tp + all_fp + all_fn)),
+        "micro_f1": float(ratio(2 * all_tp, 2 * all_tp + all_fp + all_fn)),
         "macro_precision": _mean_or_none(np.where(has_positives, precision, np.nan)),
         "macro_recall": _mean_or_none(recall),
-        "micro_precision": float(_ratio(all_tp, all_tp + all_fp)),
-        "micro_recall": float(_ratio(all_tp, all_tp + all_fn)),
+        "micro_precision": float(ratio(all_tp, all_tp + all_fp)),
+        "micro_recall": float(ratio(all_tp, all_tp + all_fn)),
         "hamming_loss": float((y_pred != y_true).mean()),
         "subset_accuracy": float((y_pred == y_true).all(axis=1).mean()),
         "roc_auc_macro": _mean_or_none(roc_auc_per_class(y_true, y_score)),
@@ -262,100 +258,3 @@ def flat_metrics(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
             continue
         flat[_MLFLOW_UNSAFE.sub("_", f"{prefix}_{key}" if prefix else key)] = float(value)
     return flat
-
-
-@dataclass(frozen=True)
-class GainInterval:
-    """A paired-bootstrap confidence interval of one metric's gain of model A over model B."""
-
-    metric: str
-    gain: float  # on the data as it is
-    low: float
-    high: float
-    confidence: float
-    resamples: int
-    n_images: int
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
-
-def weighted_metric(
-    y_true: np.ndarray, y_score: np.ndarray, thresholds: float | np.ndarray, weights: np.ndarray, metric: Headline
-) -> np.ndarray:
-    """`metric` as `compute_metrics` defines it, once per row weighting: weights (B, N) of row
-    counts -> (B,). A bootstrap resample is a weighting (how often each row was drawn), so one
-    sort per class serves every resample. A weighting in which no class has a positive gives NaN
-    for mAP and macro F1 (nothing to average)."""
-    y_true, y_score = _check_inputs(y_true, y_score)
-    weights = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    if metric == "mAP":
-        per_class = np.stack([_weighted_ap(y_true[:, c], y_score[:, c], weights) for c in range(y_true.shape[1])], axis=1)
-        return _row_mean_or_nan(per_class)
-    predicted = apply_thresholds(y_score, thresholds)
-    tp, fp, fn = weights @ (predicted & y_true), weights @ (predicted & ~y_true), weights @ (~predicted & y_true)
-    if metric == "micro_f1":
-        return _ratio(2 * tp.sum(1), 2 * tp.sum(1) + fp.sum(1) + fn.sum(1))
-    if metric == "macro_f1":
-        return _row_mean_or_nan(np.where(tp + fn > 0, _ratio(2 * tp, 2 * tp + fp + fn), np.nan))
-    raise ValueError(f"metric must be one of mAP, macro_f1, micro_f1; got {metric!r}")
-
-
-def _weighted_ap(y_true: np.ndarray, y_score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AP of one class under each row weighting (scikit-learn's step-wise AP with sample weights);
-    NaN where the weighting keeps no positive."""
-    order = np.argsort(-y_score, kind="stable")
-    scores, hits = y_score[order], y_true[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]  # tied scores share one cut-off
-    drawn = weights[:, order]
-    tps = np.cumsum(drawn * hits, axis=1)[:, last_of_tie]
-    taken = np.cumsum(drawn, axis=1)[:, last_of_tie]
-    positives = tps[:, -1]
-    gained = np.diff(tps, axis=1, prepend=0.0)  # recall rises by gained / positives at each cut-off
-    ap = (gained * _ratio(tps, taken)).sum(axis=1)
-    return np.where(positives > 0, _ratio(ap, positives), np.nan)
-
-
-def _row_mean_or_nan(values: np.ndarray) -> np.ndarray:
-    defined = ~np.isnan(values)
-    counts = defined.sum(axis=1)
-    return np.where(counts > 0, np.where(defined, values, 0.0).sum(axis=1) / np.maximum(counts, 1), np.nan)
-
-
-def paired_bootstrap_gain(
-    y_true: np.ndarray,
-    scores_a: np.ndarray,
-    thresholds_a: float | np.ndarray,
-    scores_b: np.ndarray,
-    thresholds_b: float | np.ndarray,
-    metric: Headline,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = 0,
-    confidence: float = BOOTSTRAP_CONFIDENCE,
-) -> GainInterval:
-    """Percentile interval of `metric`(A) - `metric`(B), each at its own thresholds, over
-    `resamples` resamples of the images with replacement, seeded. Paired: both models are scored
-    on the same resample, so what the images have in common (an easy or a hard draw) cancels and
-    only the difference between the models varies. Resamples without any positive (undefined
-    mAP) are left out."""
-    n_images = len(y_true)
-    ones = np.ones((1, n_images))
-    gain = float(
-        weighted_metric(y_true, scores_a, thresholds_a, ones, metric)[0] - weighted_metric(y_true, scores_b, thresholds_b, ones, metric)[0]
-    )
-    rng = np.random.default_rng(seed)
-    block = max(1, BOOTSTRAP_CELLS // max(n_images, 1))
-    gains = []
-    for start in range(0, resamples, block):
-        count = min(block, resamples - start)
-        drawn = rng.integers(0, n_images, size=(count, n_images)) + n_images * np.arange(count)[:, None]
-        weights = np.bincount(drawn.ravel(), minlength=count * n_images).reshape(count, n_images)
-        gains.append(
-            weighted_metric(y_true, scores_a, thresholds_a, weights, metric)
-            - weighted_metric(y_true, scores_b, thresholds_b, weights, metric)
-        )
-    defined = np.concatenate(gains)
-    defined = defined[~np.isnan(defined)]
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(defined, [tail, 100 - tail]) if defined.size else (math.nan, math.nan)
-    return GainInterval(metric, gain, float(low), float(high), confidence, resamples, n_images)

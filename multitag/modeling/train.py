@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +21,13 @@ import tensorflow as tf
 
 from multitag.config import TrainParams
 from multitag.data import manifest
-from multitag.data.manifest import UNKNOWN
 from multitag.data.preprocess import load_split
 from multitag.modeling import models
 from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
 from multitag.modeling.batches import ImageBatches, extract_features
+from multitag.modeling.callbacks import EpochProgress, ValidationMAP, report
 from multitag.modeling.feature_cache import cache_file, cached_features, weights_digest
-from multitag.modeling.metrics import average_precision_per_class
+from multitag.modeling.losses import augmentation, make_loss, positive_weights
 
 MODEL_FILE = "model.keras"
 HISTORY_DIR = "history"  # one CSVLogger file per phase
@@ -61,101 +60,6 @@ def configure_runtime(seed: int) -> bool:
     else:
         tf.config.experimental.enable_op_determinism()
     return has_gpu
-
-
-class ValidationMAP(keras.callbacks.Callback):
-    """Adds `val_mAP` to the epoch logs so early stopping and checkpoints follow the real goal."""
-
-    def __init__(self, inputs, y_val: np.ndarray, batch_size: int):
-        super().__init__()
-        self.inputs, self.y_val, self.batch_size = inputs, y_val, batch_size
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        scores = self.model.predict(self.inputs, batch_size=self.batch_size, verbose=0)
-        if logs is not None:
-            logs["val_mAP"] = float(np.nanmean(average_precision_per_class(self.y_val, scores)))
-
-
-class EpochProgress(keras.callbacks.Callback):
-    """One line per epoch (phase, epoch, loss, val mAP, time left), so a long run can be followed."""
-
-    def __init__(self, label: str, epochs: int):
-        super().__init__()
-        self.label, self.epochs = label, epochs
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        per_epoch = (time.perf_counter() - self.started) / (epoch + 1)
-        left = per_epoch * (self.epochs - epoch - 1)
-        report(
-            f"{self.label} epoch {epoch + 1}/{self.epochs}: loss {logs.get('loss', float('nan')):.4f}, "
-            f"val mAP {logs.get('val_mAP', float('nan')):.4f}, {per_epoch:.0f} s/epoch, at most {left:.0f} s left in this phase"
-        )
-
-
-def report(message: str) -> None:
-    """Progress to stderr, flushed: training runs in a child process whose output the user sees."""
-    print(f"[train] {message}", file=sys.stderr, flush=True)
-
-
-def positive_weights(y: np.ndarray, cap: float = 20.0) -> np.ndarray:
-    """neg/pos per class, capped: rare classes count more without one class dominating the loss.
-    Unknown entries (partial labels) are neither."""
-    positives = (y == 1).sum(axis=0).astype("float64")
-    negatives = (y == 0).sum(axis=0).astype("float64")
-    return np.clip(negatives / np.maximum(positives, 1.0), 1.0, cap).astype("float32")
-
-
-def make_loss(kind: str, pos_weight: np.ndarray):
-    """From-logits multi-label loss: plain, positive-weighted BCE, or asymmetric (ASL).
-
-    Every kind masks unknown entries (manifest.UNKNOWN, partial labels in train): they add nothing
-    to the loss nor to its gradient, and each known entry weighs what it weighs in a fully labelled
-    image (the per-image sum over known classes divided by the number of classes), so fully
-    labelled data trains exactly as before.
-    """
-    weight = tf.constant(pos_weight if kind == "positive_weights" else np.ones_like(pos_weight))
-
-    def known(y_true):
-        """(targets with unknown entries set to 0, the mask of known entries), both float32."""
-        y_true = tf.cast(y_true, tf.float32)
-        mask = tf.cast(tf.not_equal(y_true, float(UNKNOWN)), tf.float32)
-        return y_true * mask, mask
-
-    def weighted_bce(y_true, logits):
-        y_true, mask = known(y_true)
-        logits = tf.cast(logits, tf.float32)
-        per_class = tf.nn.weighted_cross_entropy_with_logits(y_true, logits, weight)
-        return tf.reduce_mean(per_class * mask, axis=-1)
-
-    def asymmetric(y_true, logits, gamma_neg: float = 4.0, clip: float = 0.05):
-        y_true, mask = known(y_true)
-        logits = tf.cast(logits, tf.float32)
-        p = tf.sigmoid(logits)
-        p_neg = tf.maximum(p - clip, 0.0)
-        loss_pos = y_true * tf.math.log_sigmoid(logits)
-        loss_neg = (1 - y_true) * tf.pow(p_neg, gamma_neg) * tf.math.log(tf.clip_by_value(1 - p_neg, 1e-8, 1.0))
-        return -tf.reduce_mean((loss_pos + loss_neg) * mask, axis=-1)
-
-    return asymmetric if kind == "asymmetric" else weighted_bce
-
-
-def augmentation(seed: int) -> keras.Sequential:
-    """Flips, crops (zoom in) and colour jitter; active only while training.
-
-    No shifts with reflected borders: mirrored copies of objects at the edge would add objects
-    that the labels do not have.
-    """
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomZoom((-0.1, 0.0), seed=seed + 1),
-            keras.layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 3),
-            keras.layers.RandomContrast(0.1, seed=seed + 4),
-        ],
-        name="augment",
-    )
 
 
 def fit_phase(model, data, val_inputs, y_val, epochs, learning_rate, steps, params: TrainParams, loss, log_path: Path, label: str):

@@ -18,7 +18,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     """
     import json
 
-    from multitag.lifecycle import gate, policy, registry
+    from multitag.lifecycle import gate, gate_report, policy, registry
     from multitag.modeling.baselines import score_baselines
 
     summary = json.loads((layout.metrics / "candidates.json").read_text())
@@ -37,7 +37,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     )
     result = gate_record(summary, best, verdict)
     write_json(layout.reports / "gate.json", result)
-    (layout.reports / "gate.md").write_text(gate.verdict_markdown(verdict))
+    (layout.reports / "gate.md").write_text(gate_report.verdict_markdown(verdict))
     return result
 
 
