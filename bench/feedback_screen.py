@@ -152,7 +152,7 @@ def test_map(features: np.ndarray, y: np.ndarray, base: np.ndarray, feedback_lab
 
 def run_seed(seed: int, features: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     from multitag.config import RetrainParams
-    from multitag.feedback.screen import Correction, verdicts
+    from multitag.feedback.screen_rules import Correction, verdicts
 
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(y))

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from multitag.config import load_params
 from multitag.feedback.retraining import owning_export
-from multitag.feedback.screen import summary as held_summary
+from multitag.feedback.screen_rules import summary as held_summary
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t

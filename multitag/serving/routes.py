@@ -14,7 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from multitag.feedback.queue import Origin
-from multitag.feedback.screen import client_hash
+from multitag.feedback.screen_rules import client_hash
 from multitag.serving import schemas
 from multitag.serving.batching import score
 from multitag.serving.limits import read_uploads

@@ -130,7 +130,7 @@ def queue_feedback(
     absent: list[str] | None = None,
 ) -> schemas.FeedbackAccepted:
     """Queue one correction, by image bytes or by the hash of an image /predict stored; `client` is
-    the sender's keyed hash (screen.client_hash), None for the admin; `absent` None: a full labelling."""
+    the sender's keyed hash (screen_rules.client_hash), None for the admin; `absent` None: a full labelling."""
     try:
         if upload is not None:
             problem = image_problem(decoding.inspect, "file", upload)
