@@ -36,7 +36,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
@@ -54,8 +53,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from multitag.data.manifest import normalize_labels
 from multitag.data.parallel import chunks
-from multitag.errors import MultitagError, UsageError
+from multitag.errors import UsageError
 from multitag.feedback.database import IN_LIST_SIZE, Database, sqlite_url
+from multitag.feedback.items import (  # the queue's records, importable from here as before
+    AddResult,
+    ClaimLost,
+    FeedbackItem,
+    OpenInAnotherTask,
+    Truth,
+    absent_to_json,
+    item_of,
+    truth,
+)
 from multitag.feedback.schema import (
     IS_OPEN,
     MIGRATIONS,
@@ -72,53 +81,7 @@ from multitag.feedback.schema import (
 )
 from multitag.feedback.store import ImageStore, checked_sha
 
-
-class ClaimLost(MultitagError, RuntimeError):
-    """A run acked items it no longer holds: its lease ran out and another run took them, or they were rejected."""
-
-
-class OpenInAnotherTask(MultitagError, RuntimeError):
-    """The same correction (image, labels, absent set) is open in another task: one open item per
-    correction holds across tasks (`feedback_open_once`), until that one is consumed or rejected."""
-
-
-@dataclass(frozen=True)
-class AddResult:
-    id: int
-    image_sha256: str
-    merged: bool
-
-
-@dataclass(frozen=True)
-class FeedbackItem:
-    id: int
-    image_sha256: str
-    labels: tuple[str, ...]
-    model_version: str | None
-    note: str | None
-    received_at: float
-    state: State
-    claimed_by: str | None
-    lease_expires_at: float | None
-    consumed_by: str | None
-    reason: str | None
-    updated_at: float
-    origin: Origin = "upload"
-    client: str | None = None
-    absent: tuple[str, ...] | None = None  # None: every class not in labels is absent; a tuple: only these, the others unknown
-    task: str | None = None  # the registered model it corrects; None: unassigned
-
-
-@dataclass(frozen=True)
-class Truth:
-    """What a correction says of each class: present, absent, or (partial labels) nothing."""
-
-    labels: frozenset[str]
-    absent: frozenset[str] | None = None  # None: labelled in full, every class not in labels absent
-
-    def knows(self, name: str) -> bool:
-        """Whether the correction says anything about `name`: a blank box of a partial one says nothing."""
-        return name in self.labels or self.absent is None or name in self.absent
+__all__ = ["AddResult", "ClaimLost", "FeedbackItem", "FeedbackQueue", "OpenInAnotherTask", "Truth", "absent_to_json", "truth"]
 
 
 class FeedbackQueue:
@@ -204,7 +167,7 @@ class FeedbackQueue:
                 .values(state="claimed", claimed_by=run_id, lease_expires_at=now + self.lease_seconds, updated_at=now)
                 .returning(*feedback.c)
             ).all()
-            return sorted((_item(row) for row in rows), key=lambda item: item.id)
+            return sorted((item_of(row) for row in rows), key=lambda item: item.id)
 
         return self.database.write(work)
 
@@ -529,7 +492,7 @@ class FeedbackQueue:
         return self.database.write(lambda conn: conn.execute(update(feedback).where(where).values(**values)).rowcount)
 
     def _items(self, query) -> list[FeedbackItem]:
-        return [_item(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
+        return [item_of(row) for row in self.database.read(lambda conn: conn.execute(query).all())]
 
     def _held_by(self, run_id: str):
         return and_(self._mine, feedback.c.state == "claimed", feedback.c.claimed_by == run_id)
@@ -556,25 +519,3 @@ def _reject(conn: Connection, mine, ids: list[int], reason: str) -> int:
             .values(state="rejected", reason=reason, claimed_by=None, lease_expires_at=None, updated_at=time.time())
         ).rowcount
     return rejected
-
-
-def truth(labels_json: str, absent_json: str) -> Truth:
-    """A stored correction's labels and absent set as a `Truth`."""
-    absent = json.loads(absent_json)
-    return Truth(frozenset(json.loads(labels_json)), None if absent is None else frozenset(absent))
-
-
-def absent_to_json(labels: Iterable[str], absent: Iterable[str] | None) -> str:
-    """The stored form of `absent`: `null` (labelled in full) or a sorted JSON list; a class both
-    present and absent is a ValueError, since the correction contradicts itself."""
-    if absent is None:
-        return "null"
-    absent = normalize_labels(absent)
-    if both := sorted(set(absent) & set(normalize_labels(labels))):
-        raise ValueError(f"{', '.join(both)} cannot be both present and absent")
-    return json.dumps(absent)
-
-
-def _item(row) -> FeedbackItem:
-    absent = json.loads(row.absent)
-    return FeedbackItem(**{**row._asdict(), "labels": tuple(json.loads(row.labels)), "absent": None if absent is None else tuple(absent)})
