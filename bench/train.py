@@ -81,7 +81,7 @@ def child_main(args: argparse.Namespace) -> None:
     import keras
     import tensorflow as tf
 
-    from multitag.modeling import batches, models, train
+    from multitag.modeling import batches, losses, models, train
 
     class TimedValidationMAP(train.ValidationMAP):
         """The project's per-epoch val-mAP callback, also adding up the seconds it takes."""
@@ -99,7 +99,7 @@ def child_main(args: argparse.Namespace) -> None:
     processed = Path(args.processed)
     x_train, y_train = (a[: args.train_images] for a in train.load_split(processed, "train"))
     x_val, y_val = (a[: args.val_images] for a in train.load_split(processed, "val"))
-    loss = train.make_loss(params.class_weighting, train.positive_weights(y_train))
+    loss = losses.make_loss(params.class_weighting, losses.positive_weights(y_train))
     steps = len(batches.ImageBatches(x_train, y_train, params.batch_size, True, 0))
 
     extractor = models.build_feature_extractor(ARCHITECTURE, args.size, models.resolve_weights(ARCHITECTURE, "imagenet"))
