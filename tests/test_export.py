@@ -218,14 +218,19 @@ def test_the_gate_reuses_the_test_scores_stored_with_each_model_and_never_trusts
     scores.log_with_model(champion_uri, scores.table(rows.iloc[4:], answers["champ"][4:], CLASSES, SIZE, "stretch"))
 
     predicted = []  # rows each Keras model was asked about (the TFLite export's own check is not counted)
-    real_predict = evaluate.predict
+    real_predict, real_served_scores = evaluate.predict, evaluate.served_scores
 
     def counted(model, x, **kw):
         if not isinstance(model, TFLiteModel):
             predicted.append(len(x))
         return real_predict(model, x, **kw)
 
+    def counted_by_member(model, x, cache=None):
+        predicted.append(len(x))
+        return real_served_scores(model, x, cache)
+
     monkeypatch.setattr(evaluate, "predict", counted)
+    monkeypatch.setattr(evaluate, "served_scores", counted_by_member)
 
     def judge(table_scores: np.ndarray):
         predicted.clear()

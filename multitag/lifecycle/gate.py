@@ -90,6 +90,7 @@ class TestPhotos:
     images: np.ndarray
     hashes: list[str]
     resize: str
+    cache: Path | None = None  # the feature cache: members' outputs on photos scored before (modeling/ensemble.py)
 
 
 def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
@@ -106,23 +107,25 @@ def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
     if x_test.shape[1] == predictor.input_size:
         summary = layout.processed / "summary.json"
         resize = json.loads(summary.read_text()).get("resize", predictor.resize) if summary.exists() else predictor.resize
-        return TestPhotos(np.asarray(y_test), x_test, hashes, resize)
+        return TestPhotos(np.asarray(y_test), x_test, hashes, resize, layout.feature_cache)
     images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
-    return TestPhotos(label_matrix(test["labels"], predictor.classes), images, hashes, predictor.resize)
+    return TestPhotos(label_matrix(test["labels"], predictor.classes), images, hashes, predictor.resize, layout.feature_cache)
 
 
 def test_scores(predictor: Predictor, photos: TestPhotos) -> np.ndarray:
     """The model's scores on the test photos: those stored with it (scores.py) where they apply,
-    the rest predicted now (photos that joined the split since it was scored)."""
-    from multitag.modeling.evaluate import predict
+    the rest scored now (photos that joined the split since it was scored), member by member
+    through the feature cache (evaluate.served_scores: after a quick refit, the champion's members
+    have already answered the photos the corrections added)."""
+    from multitag.modeling.evaluate import served_scores
 
     table = scores.stored(predictor.folder) if predictor.folder else None
     if table is None:
-        return predict(predictor.model, photos.images)
+        return served_scores(predictor.model, photos.images, photos.cache)
     known, found = table.scores_for(photos.hashes, predictor.classes, int(photos.images.shape[1]), photos.resize)
     missing = np.flatnonzero(~found)
     if len(missing):
-        known[missing] = predict(predictor.model, np.asarray(photos.images[missing]))
+        known[missing] = served_scores(predictor.model, np.asarray(photos.images[missing]), photos.cache)
     log.info("%s: %d test scores stored with the model, %d predicted now", predictor.uri, int(found.sum()), len(missing))
     return known
 

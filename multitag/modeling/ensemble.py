@@ -43,7 +43,10 @@ class Members:
 
 
 def members(served: keras.Model) -> Members | None:
-    """`served` taken apart by the names with_sigmoid gives its layers; None for another shape."""
+    """`served` taken apart by the names with_sigmoid gives its layers; None for another shape (or
+    anything that is not a Keras model: a TFLite model, a stand-in that only answers predict_on_batch)."""
+    if not isinstance(served, keras.Model):
+        return None
     names = {layer.name for layer in served.layers}
     if "multitag_logits" not in names or "probabilities" not in names:
         return None
