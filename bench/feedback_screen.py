@@ -77,7 +77,8 @@ def cached_features(paths: list[Path], cache: Path) -> np.ndarray:
         if len(saved["features"]) == len(paths):
             return saved["features"].astype("float64")
     from multitag.data.images import decode_file
-    from multitag.modeling.baselines import flip_averaged_features, frozen_extractor
+    from multitag.modeling.baselines import frozen_extractor
+    from multitag.modeling.batches import flip_averaged_features
 
     started = time.perf_counter()
     x = np.stack([decode_file(path, SIZE) for path in paths])

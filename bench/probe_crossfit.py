@@ -45,7 +45,7 @@ def cached_members(project: Path, cache: Path) -> dict[str, np.ndarray]:
 
     from multitag.data.preprocess import load_split
     from multitag.modeling import models
-    from multitag.modeling.baselines import flip_averaged_features
+    from multitag.modeling.batches import flip_averaged_features
 
     network = keras.models.load_model(project / "models/mobilenetv2/model.keras", compile=False).get_layer("multitag_logits")
     frozen = models.build_feature_extractor("mobilenetv2", 384, "imagenet")

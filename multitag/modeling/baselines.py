@@ -123,20 +123,12 @@ def frozen_extractor(input_size: int):
     return extractor
 
 
-def flip_averaged_features(extractor, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Pooled features of each image and its mirror, averaged."""
-    from multitag.modeling.batches import extract_features
-
-    plain = extract_features(extractor, x, batch_size)
-    mirrored = extract_features(extractor, np.asarray(x)[:, :, ::-1], batch_size)
-    return ((plain + mirrored) / 2).astype("float64")
-
-
 def probe_test_scores(processed: Path, seed: int) -> tuple[np.ndarray, float]:
     """Probe fitted on the training images' features (C by cross-validation on them), scores on
     test; and its C. The same photos the candidate trained on: the gate asks whether training
     added anything over the cheap model, not whether more data would."""
     from multitag.data.preprocess import load_split
+    from multitag.modeling.batches import flip_averaged_features
 
     x_train, y_train = load_split(processed, "train")
     x_test, _ = load_split(processed, "test")

@@ -32,3 +32,11 @@ class ImageBatches(keras.utils.PyDataset):
 def extract_features(extractor: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """One pass of the frozen backbone over every image: the cache phase 1 trains on."""
     return extractor.predict(ImageBatches(x, np.zeros((len(x), 1)), batch_size, False, 0), verbose=0)
+
+
+def flip_averaged_features(extractor: keras.Model, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Outputs of each image and of its mirror image, averaged (float64): the view-averaging the
+    served graph does in-graph (models.with_sigmoid), for the probe's features and each member's outputs."""
+    plain = extract_features(extractor, x, batch_size)
+    mirrored = extract_features(extractor, np.asarray(x)[:, :, ::-1], batch_size)
+    return ((plain + mirrored) / 2).astype("float64")

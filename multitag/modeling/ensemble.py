@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from multitag.modeling.batches import extract_features
+from multitag.modeling.batches import extract_features, flip_averaged_features
 from multitag.modeling.feature_cache import cached_features, member_file
 
 
@@ -59,12 +59,9 @@ def members(served: keras.Model) -> Members | None:
     return Members(network, flip, branch.get_layer("probe_features"), kernel, bias, share)
 
 
-def view_averaged(model: keras.Model, x: np.ndarray, flip: bool, batch_size: int = 32) -> np.ndarray:
+def view_averaged(model: keras.Model, x: np.ndarray, flip: bool) -> np.ndarray:
     """`model`'s outputs for each image, averaged with its mirror image's when `flip` (float64)."""
-    plain = extract_features(model, x, batch_size).astype("float64")
-    if not flip:
-        return plain
-    return (plain + extract_features(model, np.asarray(x)[:, :, ::-1], batch_size)) / 2
+    return flip_averaged_features(model, x) if flip else extract_features(model, x, 32).astype("float64")
 
 
 def member_outputs(model: keras.Model, x: np.ndarray, flip: bool, cache: Path | None) -> np.ndarray:

@@ -23,8 +23,8 @@ from multitag.config import TrainParams
 from multitag.data import manifest
 from multitag.data.preprocess import load_split
 from multitag.modeling import models
-from multitag.modeling.baselines import fit_probes, flip_averaged_features, probe_weights
-from multitag.modeling.batches import ImageBatches, extract_features
+from multitag.modeling.baselines import fit_probes, probe_weights
+from multitag.modeling.batches import ImageBatches, extract_features, flip_averaged_features
 from multitag.modeling.callbacks import EpochProgress, ValidationMAP, report
 from multitag.modeling.feature_cache import cache_file, cached_features, weights_digest
 from multitag.modeling.losses import augmentation, make_loss, positive_weights
