@@ -198,6 +198,7 @@ class ServeParams(_Strict):
     batch_max_wait_ms: float = Field(5, ge=0)
     shadow: bool = True  # score each /predict image with the challenger too, off the response path (serving/shadow.py)
     shadow_queue_size: int = Field(8, ge=1)  # requests waiting for shadow scoring; more are dropped (counted), never waited for
+    warm_features: bool = True  # compute pending corrections' features for the quick path while users correct (serving/feature_warmer.py)
     drift_window: int = Field(500, ge=1)  # drift (GET /drift): the served version's last N logged answers
     drift_min_predictions: int = Field(50, ge=1)  # fewer logged answers: "not enough data", no verdict
     drift_alpha: float = Field(0.01, gt=0, lt=1)  # family-wise false-alarm rate across classes (Holm)

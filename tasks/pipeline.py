@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,24 +67,31 @@ def preprocess(params_path: str) -> dict:
 
 @task(**IO_RETRIES, **CACHED, cache_key_fn=TRAIN.key)
 def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False) -> str:
-    """Train in a subprocess so TensorFlow's memory is released after each architecture; `quick`
-    refits only the cheap member of `init_model` (its probe, else its head) (flows/nightly_retraining.py)."""
-    model_dir = str(
-        stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None, quick=quick)
-    )
+    """Train in a subprocess so TensorFlow's memory is released after each architecture. A quick
+    refit (only the cheap member of `init_model`: its probe, else its head; flows/nightly_retraining.py)
+    runs in this process instead: it holds little memory, and the gate loads TensorFlow here anyway,
+    so a process of its own would only add a start (about 7 s of a 2-minute target)."""
+    if quick:
+        stages.train_stage(load_params(params_path), architecture, init_model=Path(init_model) if init_model else None, quick=True)
+        model_dir = str(Layout().models / architecture)
+    else:
+        model_dir = str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
     TRAIN.record({"architecture": architecture, "params_path": params_path, "init_model": init_model, "quick": quick})
     return model_dir
 
 
 @task
-def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None = None) -> dict:
-    """Evaluate in a subprocess too: it loads every model, then returns only the summary file."""
-    command = [sys.executable, "-m", "multitag.cli", "evaluate", "--params", params_path, "--run-name", run_name]
-    for key, value in (extra_tags or {}).items():
-        command += ["--tag", f"{key}={value}"]
-    subprocess.run(command, check=True)
-    import json
-
+def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None = None, in_process: bool = False) -> dict:
+    """Evaluate in a subprocess too: it loads every model, then returns only the summary file.
+    `in_process` (the quick path: one refitted probe, its network's outputs cached) saves that
+    process's start."""
+    if in_process:
+        stages.evaluate_stage(load_params(params_path), run_name=run_name, extra_tags=extra_tags)
+    else:
+        command = [sys.executable, "-m", "multitag.cli", "evaluate", "--params", params_path, "--run-name", run_name]
+        for key, value in (extra_tags or {}).items():
+            command += ["--tag", f"{key}={value}"]
+        subprocess.run(command, check=True)
     return json.loads((Layout().metrics / "candidates.json").read_text())
 
 

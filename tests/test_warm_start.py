@@ -85,3 +85,24 @@ def test_a_quick_refit_of_an_ensemble_refits_the_probe_alone_and_keeps_the_champ
     for before, after in zip(served.get_layer("multitag_logits").weights, refitted.get_layer("multitag_logits").weights):
         np.testing.assert_array_equal(before, after)
     assert refitted.get_layer("probe_branch") is not None
+
+
+def test_the_probes_training_features_are_the_file_evaluation_reads(tmp_path: Path):
+    """One home for a photo's probe features: the frozen features training computes for its train
+    photos are the served model's probe member outputs, in the file modeling/ensemble.py reads, so a
+    photo seen by either is never sent through the 384 px backbone again."""
+    from multitag.modeling.ensemble import members, view_averaged
+    from multitag.modeling.feature_cache import cached_features, member_file
+
+    processed = write_processed(tmp_path)
+    params = tiny_params(**MOBILENET, head_epochs=1, probe_ensemble=True, probe_input_size=SIZE, network_weight=0.5)
+    params = params.model_copy(update={"flip_average": True})  # as served on photos: both views
+    cache = tmp_path / "features"
+    train_architecture("mobilenetv2", processed, tmp_path / "model", params, feature_cache=cache)
+    probe = members(load_served_model(tmp_path / "model")).probe_features
+    x_train = np.load(processed / "train_x.npy")
+    path = member_file(cache, probe, SIZE, flip=True)
+    assert path.exists(), "training wrote them under the served member's own key"
+    stored, computed = cached_features(path, x_train, lambda rows: view_averaged(probe, rows, True))
+    assert computed == 0, "every train photo's probe features were read, none computed again"
+    np.testing.assert_allclose(stored, view_averaged(probe, x_train, True), atol=1e-5)

@@ -26,7 +26,7 @@ from multitag.modeling import models
 from multitag.modeling.baselines import fit_probes, probe_weights
 from multitag.modeling.batches import ImageBatches, extract_features, flip_averaged_features
 from multitag.modeling.callbacks import EpochProgress, ValidationMAP, report
-from multitag.modeling.feature_cache import cache_file, cached_features, weights_digest
+from multitag.modeling.feature_cache import cache_file, cached_features, member_file, weights_digest
 from multitag.modeling.losses import augmentation, make_loss, positive_weights
 
 MODEL_FILE = "model.keras"
@@ -249,9 +249,8 @@ def _probe_branch(
     features_model = models.probe_features(frozen, size)
     t0 = time.perf_counter()
     report(f"{name} probe: frozen features of {len(x_train)} images at {params.probe_input_size}px, both views ...")
-    path = (
-        None if cache is None else cache_file(cache, network=weights_digest(frozen), image=size, size=params.probe_input_size, views="flip")
-    )
+    # the served model's probe member: evaluate (modeling/ensemble.py) reads the same file for val/test photos
+    path = None if cache is None else member_file(cache, features_model, size, flip=True)
     features, computed = cached_features(path, x_train, lambda rows: flip_averaged_features(features_model, rows, params.batch_size))
     cached = f" ({len(x_train) - computed} of them cached)" if path is not None else ""
     report(f"{name} probe: features in {time.perf_counter() - t0:.0f} s{cached}; fitting the logistic regression")

@@ -33,6 +33,7 @@ from multitag.serving import review_routes, routes
 from multitag.serving.access import TrustedHosts
 from multitag.serving.batching import batcher_for
 from multitag.serving.drift_watch import DriftRetrain, drift_retrain_for
+from multitag.serving.feature_warmer import feature_warmer_for
 from multitag.serving.limits import BodySizeLimit, RequestsInFlight, body_limit_bytes, decode_budget
 from multitag.serving.origin import SameOriginPosts
 from multitag.serving.problems import insufficient_storage, upgrade_required
@@ -77,6 +78,8 @@ def create_app(
         shadow = shadow_scorer_for(params.registry.model_name, params.serve, prediction_log, decoding)
         # None without a log or stored photos; else each version served re-scores the stored photos for /review
         rescorer = rescorer_for(watcher, prediction_log, queue, params.serve.prediction_retention_hours, decoding, batcher)
+        # None with serve.warm_features off; else pending corrections' features are cached for the quick path as they arrive
+        warmer = feature_warmer_for(watcher, queue, Layout().feature_cache, decoding, params.serve.warm_features)
         app.state.services = Services(params, watcher, queue, trigger, decoding, batcher, prediction_log, shadow)
         await run_in_threadpool(watcher.refresh_logged)  # ready with a model when there is one; never blocks startup on errors
         if batcher is not None:
@@ -87,11 +90,15 @@ def create_app(
             shadow.start()  # loads the challenger in the background: startup never waits for it
         if rescorer is not None:
             rescorer.start()  # in the background from the first version served on: startup never waits for it
+        if warmer is not None:
+            warmer.start()
         try:
             yield
         finally:
             if rescorer is not None:
                 rescorer.close()  # before the batcher, whose model calls it uses
+            if warmer is not None:
+                warmer.close()
             if batcher is not None:
                 batcher.close()  # answers anything still queued, then stops its worker
             if shadow is not None:
