@@ -1,12 +1,14 @@
 """The feedback queue's records: an item as stored (`FeedbackItem`), what a correction says of each
-class (`Truth`), what adding one did (`AddResult`), the errors a claim or an add can end with, and
-the conversions between those and the stored columns. queue.py is the state machine over them."""
+class (`Truth`), what a correction may say besides its image and labels (`CorrectionDetails`), what
+adding one did (`AddResult`), the errors a claim or an add can end with, and the conversions
+between those and the stored columns. queue.py is the state machine over them."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from multitag.data.manifest import normalize_labels
 from multitag.errors import MultitagError
@@ -20,6 +22,17 @@ class ClaimLost(MultitagError, RuntimeError):
 class OpenInAnotherTask(MultitagError, RuntimeError):
     """The same correction (image, labels, absent set) is open in another task: one open item per
     correction holds across tasks (`feedback_open_once`), until that one is consumed or rejected."""
+
+
+class CorrectionDetails(TypedDict, total=False):
+    """The keywords FeedbackQueue.add and add_by_sha take besides the image and its labels; each may
+    be left out (the queue then stores None, and origin 'upload')."""
+
+    model_version: str | None  # the version whose answer this corrects
+    note: str | None
+    origin: Origin  # where it came from: a user's upload, the review list, a folder import
+    client: str | None  # who sent it: a keyed hash, never an address; None: the operator (CLI, import)
+    absent: Iterable[str] | None  # None: every class not in the labels is absent; a list: only those, the others unknown
 
 
 @dataclass(frozen=True)

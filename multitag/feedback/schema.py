@@ -2,7 +2,8 @@
 
 The schema lives apart from the queue's state machine (queue.py) because it changes on its own
 schedule: a schema change appends a step to MIGRATIONS (database.py runs the missing ones, and
-refuses a replica older than the database it meets), and queue.py only reads and writes rows.
+refuses a replica older than the database it meets), and the queue's modules (queue.py,
+curation.py, queries.py) only read and write rows.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ BY_TASK = Index("feedback_by_task", feedback.c.task, feedback.c.state, feedback.
 Index(
     "feedback_by_claim", feedback.c.claimed_by, sqlite_where=feedback.c.state == "claimed", postgresql_where=feedback.c.state == "claimed"
 )
+
+
+def of_task(table: Table, task: str | None):
+    """The rows of `table` (the feedback table or an alias of it) that belong to `task` (None: unassigned)."""
+    return table.c.task.is_(None) if task is None else table.c.task == task
 
 
 def _create_v1(conn: Connection) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from multitag.config import ValidateParams
 from multitag.data.manifest import normalize_labels
 from multitag.feedback.predictions import Answer, PredictionLog
-from multitag.feedback.queue import FeedbackQueue, OpenInAnotherTask, Origin
+from multitag.feedback.queue import CorrectionDetails, FeedbackQueue, OpenInAnotherTask, Origin
 from multitag.feedback.store import ImageStore
 from multitag.lifecycle.predictor import Predictor
 from multitag.serving import schemas
@@ -131,15 +131,16 @@ def queue_feedback(
 ) -> schemas.FeedbackAccepted:
     """Queue one correction, by image bytes or by the hash of an image /predict stored; `client` is
     the sender's keyed hash (screen_rules.client_hash), None for the admin; `absent` None: a full labelling."""
+    details = CorrectionDetails(model_version=model_version, note=note, origin=origin, client=client, absent=absent)
     try:
         if upload is not None:
             problem = image_problem(decoding.inspect, "file", upload)
             if problem:
                 raise bad_images([problem])
-            result = queue.add(upload, labels, model_version, note, origin, client, absent)
+            result = queue.add(upload, labels, **details)
         else:
             try:
-                result = queue.add_by_sha(sha or "", labels, model_version, note, origin, client, absent)
+                result = queue.add_by_sha(sha or "", labels, **details)
             except ValueError as err:
                 raise http_problem(422, "bad_sha256", str(err)) from None
             except KeyError:
