@@ -1,5 +1,5 @@
-"""Validation stage: inspect every image, check the manifest with a Great Expectations suite,
-quarantine bad items with one reason each, and write a human-readable report.
+"""Validation stage: inspect every image, check the manifest with a Great Expectations suite
+(expectations.py), quarantine bad items with one reason each, and write a human-readable report.
 
 The stage fails only when the quarantined fraction exceeds `validate.max_invalid_fraction`;
 below that, bad items are set aside (never silently dropped) and the rest flows on. A failed run
@@ -18,8 +18,9 @@ import pandas as pd
 
 from multitag.config import ValidateParams
 from multitag.data import manifest
+from multitag.data.expectations import run_suite
 from multitag.data.images import ImageError, inspect
-from multitag.data.manifest import FEEDBACK_SOURCE, SPLITS, Record, SourceData
+from multitag.data.manifest import FEEDBACK_SOURCE, Record, SourceData
 from multitag.data.parallel import map_with_progress
 from multitag.errors import MultitagError, Problem
 from multitag.reports import markdown_table, write_json
@@ -72,7 +73,7 @@ def validate(data: SourceData, params: ValidateParams, workers: int = 1) -> Vali
         elif problem:
             reasons[index] = problem
     frame = manifest.to_frame(data.records, data.classes)
-    suite_results = _run_suite(frame, data.classes, params, reasons)
+    suite_results = run_suite(frame, data.classes, params, reasons)
     _flag_duplicates(data.records, reasons)
     clean, quarantine = _split_off_quarantine(frame, reasons)
     report = build_report(clean, quarantine, data.classes, suite_results)
@@ -114,75 +115,6 @@ def _duplicate_reason(kept: Record, dropped: Record) -> Problem:
         return Problem(SUPERSEDED, f"labels corrected by user feedback {kept.image_id}")
     code = "duplicate_content_across_splits" if kept.split != dropped.split else "duplicate_content"
     return Problem(code, f"same bytes as {kept.image_id} ({kept.split or 'unsplit'} split)")
-
-
-def _run_suite(frame: pd.DataFrame, classes: list[str], params: ValidateParams, reasons: dict[int, Problem]) -> list[dict]:
-    """Run the manifest suite with row-level results; failing rows get the expectation's reason."""
-    import great_expectations as gx  # slow import (~4 s): only this stage pays for it
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    known = set(classes)
-    checked = frame.assign(
-        row=range(len(frame)),
-        n_labels=frame["labels"].map(len),
-        unknown_labels=frame["labels"].map(lambda xs: "|".join(x for x in xs if x not in known)),
-        partial_split=frame["split"].where(frame["unknown"].map(len) > 0, "train"),  # partial labels train only
-    )
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    asset = context.data_sources.add_pandas("multitag").add_dataframe_asset("manifest")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": checked})
-    result = batch.validate(
-        manifest_suite(gx, params),
-        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["row"]},
-    )
-    summary = []
-    for item in result.results:
-        reason = item.expectation_config.meta["reason"]
-        rows = [hit["row"] for hit in item.result.get("unexpected_index_list") or []]
-        for row in rows:
-            reasons.setdefault(int(row), Problem(reason, _detail(reason, checked.iloc[int(row)], params)))
-        summary.append(
-            {"expectation": item.expectation_config.type, "reason": reason, "success": bool(item.success), "failing_rows": len(rows)}
-        )
-    return summary
-
-
-def manifest_suite(gx, params: ValidateParams):
-    """The manifest's data contract, built in code; each expectation names its quarantine reason."""
-    expectations = gx.expectations
-    suite = gx.ExpectationSuite(name="manifest")
-    suite.add_expectation(expectations.ExpectColumnValuesToNotBeNull(column="image_id", meta={"reason": "missing_id"}))
-    suite.add_expectation(
-        expectations.ExpectColumnValuesToBeInSet(column="unknown_labels", value_set=[""], meta={"reason": "unknown_class"})
-    )
-    suite.add_expectation(
-        expectations.ExpectColumnValuesToBeBetween(column="n_labels", min_value=params.min_labels, meta={"reason": "no_labels"})
-    )
-    suite.add_expectation(
-        expectations.ExpectColumnValuesToBeInSet(column="split", value_set=[*SPLITS, ""], meta={"reason": "unknown_split"})
-    )
-    suite.add_expectation(  # val and test stay fully labelled: thresholds and metrics need every class's answer
-        expectations.ExpectColumnValuesToBeInSet(
-            column="partial_split", value_set=["train", ""], meta={"reason": "partial_labels_outside_train"}
-        )
-    )
-    suite.add_expectation(
-        expectations.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$", meta={"reason": "not_inspected"})
-    )
-    return suite
-
-
-def _detail(reason: str, row: pd.Series, params: ValidateParams) -> str:
-    if reason == "unknown_class":
-        return f"labels not in the class list: {row['unknown_labels'].replace('|', ', ')}"
-    if reason == "no_labels":
-        return f"{row['n_labels']} labels, at least {params.min_labels} required"
-    if reason == "unknown_split":
-        return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
-    if reason == "partial_labels_outside_train":
-        return f"unknown classes ({', '.join(row['unknown'])}) in the {row['split']} split: partial labels can only train"
-    return reason
 
 
 def _split_off_quarantine(frame: pd.DataFrame, reasons: dict[int, Problem]) -> tuple[pd.DataFrame, pd.DataFrame]:
