@@ -1,7 +1,9 @@
 """Load and validate `params.yaml`, the one source of truth for every stage.
 
 Each stage reads only its own group; a typo or a wrong type fails at load time with the key
-path in the message, not deep inside a stage.
+path in the message, not deep inside a stage (every group forbids keys it does not know).
+The groups of what runs after the pipeline, `serve` and `retrain`, are defined in
+service_config.py (no stage reads them) and importable from here too.
 """
 
 from __future__ import annotations
@@ -17,15 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from multitag.errors import MultitagError
 from multitag.layout import Layout
+from multitag.service_config import RetrainParams, ServeParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SyntheticParams(_Strict):
+class SyntheticParams(BaseModel, extra="forbid"):
     n_images: int = Field(1500, ge=10)
     image_size: int = Field(96, ge=16)
     seed: int = 0
@@ -35,7 +34,7 @@ ResizeMode = Literal["stretch", "letterbox"]
 Source = Literal["voc", "coco", "yolo", "csv", "synthetic"]
 
 
-class DataParams(_Strict):
+class DataParams(BaseModel, extra="forbid"):
     source: Source = "synthetic"
     path: Path = Layout().synthetic
     classes: list[str] | None = None
@@ -44,14 +43,14 @@ class DataParams(_Strict):
     synthetic: SyntheticParams = SyntheticParams()
 
 
-class ValidateParams(_Strict):
+class ValidateParams(BaseModel, extra="forbid"):
     max_invalid_fraction: float = Field(0.05, ge=0, le=1)
     max_pixels: int = Field(80_000_000, gt=0)
     min_labels: int = Field(1, ge=0)
     min_side: int = Field(8, ge=1)
 
 
-class SplitRatios(_Strict):
+class SplitRatios(BaseModel, extra="forbid"):
     train: float = Field(0.7, gt=0)
     val: float = Field(0.15, gt=0)
     test: float = Field(0.15, ge=0)
@@ -64,7 +63,7 @@ class SplitRatios(_Strict):
         return self
 
 
-class PreprocessParams(_Strict):
+class PreprocessParams(BaseModel, extra="forbid"):
     image_size: int | Literal["auto"] = "auto"
     resize: ResizeMode = "stretch"
     workers: int = Field(2, ge=1)
@@ -82,7 +81,7 @@ class PreprocessParams(_Strict):
         return self
 
 
-class TrainParams(_Strict):
+class TrainParams(BaseModel, extra="forbid"):
     """`auto` values take the recipe of the data's kind (multitag/recipes.py): photos or shapes."""
 
     architectures: list[str] = ["small_cnn", "mobilenetv2"]  # concrete: dvc.yaml's foreach reads it
@@ -106,7 +105,7 @@ class TrainParams(_Strict):
     network_weight: float | Literal["auto"] = "auto"
 
 
-class EvaluateParams(_Strict):
+class EvaluateParams(BaseModel, extra="forbid"):
     primary_metric: Literal["mAP", "macro_f1", "micro_f1"] = "mAP"
     latency_runs: int = Field(20, ge=1)
     min_threshold_positives: int = Field(8, ge=1)
@@ -123,7 +122,7 @@ class EvaluateParams(_Strict):
         return self
 
 
-class GateParams(_Strict):
+class GateParams(BaseModel, extra="forbid"):
     min_mAP: float | None = Field(None, ge=0, le=1)
     min_macro_f1: float | None = Field(None, ge=0, le=1)
     baselines: list[Literal["class_prior", "probe"]] = ["class_prior", "probe"]
@@ -138,7 +137,7 @@ class GateParams(_Strict):
     shadow_require_feedback_win: bool = False  # promoting the challenger needs more right answers than the champion on corrected images
 
 
-class RegistryParams(_Strict):
+class RegistryParams(BaseModel, extra="forbid"):
     model_name: str = "auto"  # auto: one registered model per task (task_model_name)
 
 
@@ -158,65 +157,11 @@ def task_model_name(data: DataParams) -> str:
     return name
 
 
-Runtime = Literal["auto", "keras"]  # auto: a version's parity-checked TFLite export when it has one
-
-
-class ServeParams(_Strict):
-    runtime: Runtime = "auto"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    reload_interval_s: float = Field(10, gt=0)
-    max_upload_bytes: int = Field(10_000_000, gt=0)
-    max_files: int = Field(16, ge=1)
-    # What requests may cost together (serving/limits.py): uploads and their megabytes in flight
-    # (more: 503 busy), images decoded at once, and the decoded size of one image (a 16-bit or huge
-    # PNG is refused).
-    max_requests_in_flight: int = Field(32, ge=1)
-    max_upload_mb_in_flight: float = Field(256, gt=0)
-    decode_slots: int = Field(2, ge=1)
-    max_decode_mb: float = Field(64, gt=0)
-    # What one network client may cost (serving/quotas.py; 0: no limit; loopback clients are exempt
-    # while trust_loopback is on): requests with a body per minute and their megabytes per hour
-    # (more: 429 with Retry-After), and the images its open corrections keep on disk (more: 507).
-    client_requests_per_minute: int = Field(120, ge=0)
-    client_upload_mb_per_hour: float = Field(1000, ge=0)
-    client_storage_mb: float = Field(1000, ge=0)
-    # Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips): list a load
-    # balancer on another host, or every client shares its address, and its budget.
-    trusted_proxies: list[str] = ["127.0.0.1"]
-    admin_token_env: str = "MULTITAG_ADMIN_TOKEN"
-    # Who may see other users' photos and answers (serving/access.py): the reviewer or admin token;
-    # with neither set, only clients on this machine (loopback). False behind a local reverse proxy.
-    reviewer_token_env: str = "MULTITAG_REVIEWER_TOKEN"
-    trust_loopback: bool = True
-    allowed_hosts: list[str] = []  # host names answered besides IP addresses and localhost ("*": any; ".example.org": its subdomains)
-    allowed_origins: list[str] = []
-    prediction_retention_hours: float = Field(24, ge=0)
-    prediction_sweep_interval_s: float = Field(600, gt=0)
-    prediction_log_hours: float = Field(720, ge=0)
-    batch_max_size: int = Field(16, ge=1)  # micro-batching (multitag/serving/batching.py); 1 turns it off
-    batch_max_wait_ms: float = Field(5, ge=0)
-    shadow: bool = True  # score each /predict image with the challenger too, off the response path (serving/shadow.py)
-    shadow_queue_size: int = Field(8, ge=1)  # requests waiting for shadow scoring; more are dropped (counted), never waited for
-    warm_features: bool = True  # compute pending corrections' features for the quick path while users correct (serving/feature_warmer.py)
-    drift_window: int = Field(500, ge=1)  # drift (GET /drift): the served version's last N logged answers
-    drift_min_predictions: int = Field(50, ge=1)  # fewer logged answers: "not enough data", no verdict
-    drift_alpha: float = Field(0.01, gt=0, lt=1)  # family-wise false-alarm rate across classes (Holm)
-
-    @model_validator(mode="after")
-    def _drift_window_holds_the_minimum(self) -> ServeParams:
-        if self.drift_min_predictions > self.drift_window:
-            raise ValueError(
-                f"drift_min_predictions ({self.drift_min_predictions}) must not exceed drift_window ({self.drift_window}): no verdict could ever be reached"
-            )
-        return self
-
-
 QUEUE_URL_ENV = "MULTITAG_FEEDBACK_DB_URL"  # overrides feedback.db_url: each host says where the shared queue is
 QUEUE_IMAGES_ENV = "MULTITAG_FEEDBACK_IMAGES_DIR"  # overrides feedback.images_dir: e.g. a volume every replica mounts
 
 
-class FeedbackParams(_Strict):
+class FeedbackParams(BaseModel, extra="forbid"):
     db_url: str | None = None
     db_path: Path = Layout().feedback / "queue.db"
     images_dir: Path = Layout().feedback / "images"
@@ -244,30 +189,7 @@ class FeedbackParams(_Strict):
         return root / Path(os.environ.get(QUEUE_IMAGES_ENV) or self.images_dir)
 
 
-class RetrainParams(_Strict):
-    min_feedback: int = Field(10, ge=1)
-    timezone: str = "UTC"
-    all_architectures: bool = False
-    on_drift: bool = False  # the server's sweep starts the retraining early when its predictions drift
-    drift_cooldown_hours: float = Field(24, gt=0)  # at most one such early start per this many hours
-    # The screen before each claim (multitag/feedback/screen.py): suspicious pending items are held for review.
-    screen: bool = True
-    screen_confidence: float = Field(0.9, gt=0.5, lt=1)  # the model is "confident" at this score (or 1 minus it)
-    screen_min_batch: int = Field(50, ge=2)  # fewer scored items: the fixed confident-disagreement rule instead of cleanlab
-    screen_noise_fraction: float = Field(0.3, gt=0, le=1)  # hold this fraction of the label issues cleanlab estimates, the likeliest first
-    screen_small_batch_confidence: float = Field(
-        0.99, gt=0.5, lt=1
-    )  # below screen_min_batch: hold a label the model contradicts this surely
-    flood_max_items: int = Field(50, ge=1)  # a client with more pending items than this ...
-    flood_max_share: float = Field(0.1, gt=0, le=1)  # ... and more than this share of the users' items ...
-    flood_over_median: float = Field(3.0, ge=1)  # ... and more than this many times the other clients' median is flooding
-    flood_min_other_clients: int = Field(
-        3, ge=1
-    )  # ... judged only among this many other clients: a lone user or a small team is never a flood
-    near_duplicate_bits: int = Field(6, ge=0, le=64)  # difference hashes this close are the same photo
-
-
-class Params(_Strict):
+class Params(BaseModel):
     data: DataParams = DataParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     preprocess: PreprocessParams = PreprocessParams()

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from multitag.config import ResizeMode, Runtime
+from multitag.config import ResizeMode
 from multitag.data.images import DEFAULT_MAX_PIXELS, decode, resize_mode
 from multitag.errors import UsageError
 from multitag.lifecycle.drift import Reference
 from multitag.lifecycle.tflite import TFLiteModel
+from multitag.service_config import Runtime
 
 
 @dataclass

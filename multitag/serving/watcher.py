@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from multitag.config import Runtime
 from multitag.lifecycle import registry
 from multitag.lifecycle.predictor import Predictor
 from multitag.periodic import Every
+from multitag.service_config import Runtime
 
 log = logging.getLogger(__name__)
 MAX_BACK_OFF_S = 3600
