@@ -78,7 +78,7 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
                     "warm_start_version": run.champion_version,
                     fb.RETRAIN_TAG: kind,
                 }
-                t.evaluate(run.params_path, run_name=f"{kind}-retraining", extra_tags=tags, in_process=quick)
+                t.evaluate(run.params_path, run_name=f"{kind}-retraining", extra_tags=tags, in_process=True)
                 t.gate(run.params_path)
                 registration = t.register(run.params_path, extra_tags=tags)
             except BaseException:  # a cancelled run gives its items back too

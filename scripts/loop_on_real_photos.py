@@ -6,6 +6,7 @@ scripts/voc_pool.py:
 
     .venv/bin/python scripts/loop_on_real_photos.py correct --ids data/raw/voc-real-part.pool.txt
     .venv/bin/python scripts/loop_on_real_photos.py score --ids data/raw/voc-real-part.unseen.txt --out reports/unseen-v1.json
+    .venv/bin/python scripts/loop_on_real_photos.py score --model models:/voc-real-part/2 --ids ... --out reports/unseen-v2.json
     .venv/bin/python scripts/loop_on_real_photos.py compare reports/unseen-v1.json reports/unseen-v2.json
 
 `correct` posts each photo to /predict as a user would, then its annotation's labels to /feedback
@@ -57,9 +58,22 @@ def correct(client: httpx.Client, listed: list[tuple[Path, list[str]]]) -> None:
     print(f"{accepted} corrections accepted (202) from one client")
 
 
-def score(client: httpx.Client, listed: list[tuple[Path, list[str]]]) -> dict:
-    """The served model's answers on `listed` against their true labels."""
-    answers = [predict(client, photo) for photo, _ in listed]
+def registry_answers(model_uri: str, listed: list[tuple[Path, list[str]]]) -> list[dict]:
+    """A registry version's answers as the server would give them (its TFLite export where it has
+    one), for a version that does not serve: one the gate refused, say."""
+    from multitag.lifecycle.predictor import Predictor
+
+    predictor = Predictor.from_uri(model_uri)
+    version = model_uri.rsplit("/", 1)[-1]
+    answers = []
+    for start in range(0, len(listed), 16):
+        for answer in predictor.predict_bytes([photo.read_bytes() for photo, _ in listed[start : start + 16]]):
+            answers.append({"labels": answer.labels, "probabilities": answer.probabilities, "model_version": version})
+    return answers
+
+
+def score(answers: list[dict], listed: list[tuple[Path, list[str]]]) -> dict:
+    """A model's answers on `listed` against their true labels."""
     classes = sorted(answers[0]["probabilities"])
     truth = np.array([[name in labels for name in classes] for _, labels in listed], dtype=int)
     scores = np.array([[a["probabilities"][name] for name in classes] for a in answers])
@@ -98,6 +112,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, help="score: where to write the result (JSON)")
+    parser.add_argument("--model", help="score: this registry version (models:/NAME/N) instead of the served one")
     args = parser.parse_args()
     if args.step == "compare":
         compare(*(json.loads(path.read_text()) for path in args.files))
@@ -107,7 +122,8 @@ def main() -> None:
         if args.step == "correct":
             correct(client, listed)
             return
-        result = score(client, listed)
+        answers = registry_answers(args.model, listed) if args.model else [predict(client, photo) for photo, _ in listed]
+        result = score(answers, listed)
     print(f"version {result['model_version']} on {result['photos']} photos: mAP {result['mAP']:.4f}, macro-F1 {result['macro_f1']:.4f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,8 +83,8 @@ def train(architecture: str, params_path: str, init_model: str | None = None, qu
 @task
 def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None = None, in_process: bool = False) -> dict:
     """Evaluate in a subprocess too: it loads every model, then returns only the summary file.
-    `in_process` (the quick path: one refitted probe, its network's outputs cached) saves that
-    process's start."""
+    `in_process` (the retraining flows, whose gate loads the same models in this process right
+    after) saves that process's start and TensorFlow's import, about 8 s."""
     if in_process:
         stages.evaluate_stage(load_params(params_path), run_name=run_name, extra_tags=extra_tags)
     else:

@@ -232,18 +232,24 @@ def test_the_gate_reuses_the_test_scores_stored_with_each_model_and_never_trusts
     monkeypatch.setattr(evaluate, "predict", counted)
     monkeypatch.setattr(evaluate, "served_scores", counted_by_member)
 
-    def judge(table_scores: np.ndarray):
+    def judge(table_scores: np.ndarray, params: GateParams):
         predicted.clear()
         scores.log_with_model(candidate_uri, scores.table(rows, table_scores, CLASSES, SIZE, "stretch"))
-        return gate.judge(candidate_uri, champion_uri, "1", GateParams(), "mAP", Layout(tmp_path))
+        return gate.judge(candidate_uri, champion_uri, "1", params, "mAP", Layout(tmp_path))
 
-    honest = judge(answers["cand"])
-    assert honest.export.passed and predicted == [4], "the candidate's stored scores reused; only the champion's 4 missing photos scored"
     wrong = answers["cand"].copy()
     wrong[:, 0] = 1 - wrong[:, 0]
-    tampered = judge(wrong)
-    assert predicted == [TEST_IMAGES, 4], "a table its export disagrees with: the candidate is scored now"
-    assert tampered.export.passed and tampered.candidate == honest.candidate and tampered.champion == honest.champion
+    # a candidate that passes on its scores is exported, and its parity checks every stored score;
+    # one refused on them is not exported, and a sample scored through the whole graph checks the table
+    serves, refused = GateParams(min_improvement=-1.0, max_class_regression=1.0), GateParams(min_improvement=1.0)
+    for params in (serves, refused):
+        honest = judge(answers["cand"], params)
+        assert predicted == [4], "the candidate's stored scores reused; only the champion's 4 missing photos scored"
+        tampered = judge(wrong, params)
+        assert predicted == [TEST_IMAGES, 4], "a table that is not the model's own: the candidate is scored now"
+        assert tampered.candidate == honest.candidate and tampered.champion == honest.champion
+        assert honest.passed == tampered.passed == (params is serves)
+        assert (honest.export is not None and honest.export.passed) == (params is serves), "only a candidate that can serve is exported"
 
 
 def test_a_quick_refit_is_exported_from_the_champions_export_and_anything_else_is_converted(tmp_path, monkeypatch):

@@ -182,12 +182,8 @@ def test_the_gate_refuses_a_gain_its_test_photos_cannot_tell_from_noise(tmp_path
     assert ci.gain >= 0.005 > ci.low, f"the constructed case needs a passing gain with a low bound below it: {ci}"
     assert default.passed and "confident_gain" not in default.checks
     strict = judged(tmp_path, monkeypatch, candidate, champion, y, GateParams(max_class_regression=1.0, require_confident_gain=True))
-    assert not strict.passed and strict.checks == {
-        "beats_champion": True,
-        "no_class_regression": True,
-        "confident_gain": False,
-        "smoke_test": True,
-    }
+    assert not strict.passed and strict.checks == {"beats_champion": True, "no_class_regression": True, "confident_gain": False}
+    assert strict.export is None and strict.smoke["ok"] is None, "refused on its scores: neither exported nor smoke-tested"
 
 
 def test_a_first_model_s_report_shows_its_photos_and_its_own_rule(tmp_path, monkeypatch):

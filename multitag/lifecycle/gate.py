@@ -1,8 +1,10 @@
 """The evaluation gate: a candidate reaches users only if it proves itself, now, on the frozen
 test split, against the champion scored in the same run. This module measures (test scores,
-the champion on the shared classes, the candidate's TFLite export against its own Keras scores,
-the fresh-process smoke test); policy.py decides. Both models are scored through Keras, the
-reference graph; the export's parity bounds how far serving may differ from it.
+read through evidence.py; the champion on the shared classes; for a candidate that passes on its
+scores, its TFLite export against its own Keras scores and the fresh-process smoke test);
+policy.py decides. Both models are scored through Keras, the reference graph; the export's parity
+bounds how far serving may differ from it. A candidate refused on its scores is neither exported
+nor smoke-tested: it never serves, and those checks were a third of a nightly retraining.
 
 The verdict also says how much evidence it rests on: how many test photos (how many of them
 users' corrections, which make the split grow; preprocess.feedback_test_share) and the 95%
@@ -13,14 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from multitag.config import GateParams
 from multitag.layout import Layout
-from multitag.lifecycle import policy, scores
+from multitag.lifecycle import policy
+from multitag.lifecycle.evidence import TestPhotos, corrections_in_test, matches_graph, test_scores, test_split
 from multitag.lifecycle.export import Base, Parity, export_for_serving, served_export
 from multitag.lifecycle.predictor import Predictor
 from multitag.lifecycle.smoke import run_in_fresh_process
@@ -28,6 +30,7 @@ from multitag.modeling import bootstrap, metrics
 from multitag.modeling.baselines import Baseline
 
 SMOKE_IMAGES = 3
+SMOKE_NOT_RUN = "not run: refused on its scores, so never served (no export either)"
 
 log = logging.getLogger(__name__)
 
@@ -81,75 +84,25 @@ class Verdict:
         return out
 
 
-@dataclass(frozen=True)
-class TestPhotos:
-    """The frozen test split as one model sees it: labels, uint8 pixels, each photo's sha256, and the
-    resize mode the pixels were made with (with the size, what a stored score is valid for)."""
-
-    y_true: np.ndarray
-    images: np.ndarray
-    hashes: list[str]
-    resize: str
-    cache: Path | None = None  # the feature cache: members' outputs on photos scored before (modeling/ensemble.py)
-
-
-def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
-    """The frozen test split at the model's own input size: the processed arrays (memory-mapped)
-    when their size matches, else the test photos decoded now."""
-    import json
-
-    from multitag.data.manifest import label_matrix, read
-    from multitag.data.preprocess import load_split
-
-    test = read(layout.processed / "manifest.parquet").query("split == 'test'")
-    hashes = list(test["sha256"]) if "sha256" in test else [""] * len(test)
-    x_test, y_test = load_split(layout.processed, "test")
-    if x_test.shape[1] == predictor.input_size:
-        summary = layout.processed / "summary.json"
-        resize = json.loads(summary.read_text()).get("resize", predictor.resize) if summary.exists() else predictor.resize
-        return TestPhotos(np.asarray(y_test), x_test, hashes, resize, layout.feature_cache)
-    images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
-    return TestPhotos(label_matrix(test["labels"], predictor.classes), images, hashes, predictor.resize, layout.feature_cache)
-
-
-def test_scores(predictor: Predictor, photos: TestPhotos) -> np.ndarray:
-    """The model's scores on the test photos: those stored with it (scores.py) where they apply,
-    the rest scored now (photos that joined the split since it was scored), member by member
-    through the feature cache (evaluate.served_scores: after a quick refit, the champion's members
-    have already answered the photos the corrections added)."""
-    from multitag.modeling.evaluate import served_scores
-
-    table = scores.stored(predictor.folder) if predictor.folder else None
-    if table is None:
-        return served_scores(predictor.model, photos.images, photos.cache)
-    known, found = table.scores_for(photos.hashes, predictor.classes, int(photos.images.shape[1]), photos.resize)
-    missing = np.flatnonzero(~found)
-    if len(missing):
-        known[missing] = served_scores(predictor.model, np.asarray(photos.images[missing]), photos.cache)
-    log.info("%s: %d test scores stored with the model, %d predicted now", predictor.uri, int(found.sum()), len(missing))
-    return known
-
-
-def checked_candidate_scores(
-    candidate: Predictor, candidate_uri: str, photos: TestPhotos, champion: Predictor | None = None
+def checked_export(
+    candidate: Predictor, candidate_uri: str, photos: TestPhotos, scores: np.ndarray, champion: Predictor | None = None
 ) -> tuple[np.ndarray, Parity | None]:
-    """The candidate's test scores and its export's parity check.
+    """The candidate's TFLite export, checked against its test scores on every test photo, and the
+    scores the verdict should rest on.
 
-    Stored scores (from `evaluate`) are what the export is checked against, so a parity that holds
-    also proves they are this logged model's answers. Should it fail against stored scores, the
-    model is scored now and exported again: a stale table can never decide a verdict. A quick
-    refit of the champion is exported from the champion's own export (export.refitted_probe_export).
+    Should parity fail against the given scores, the model is scored now and exported again: a stale
+    table can never decide a verdict (the new scores are returned, and the caller decides again). A
+    quick refit of the champion is exported from the champion's own export (export.refitted_probe_export).
     """
     from multitag.modeling.evaluate import predict
 
-    reference = test_scores(candidate, photos)
     base = champion_export(champion)
-    parity = export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, reference, candidate.classes, base)
+    parity = export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, scores, candidate.classes, base)
     if parity is None or parity.passed or parity.error or candidate.folder is None:
-        return reference, parity
+        return scores, parity
     fresh = predict(candidate.model, photos.images)
-    if np.array_equal(fresh, reference):
-        return reference, parity
+    if np.array_equal(fresh, scores):
+        return scores, parity
     log.warning("%s: stored test scores differ from the model's own; scored now and exported again", candidate_uri)
     return fresh, export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, fresh, candidate.classes, base)
 
@@ -182,38 +135,64 @@ def judge(
     migration, named in the verdict); with no class in common there is nothing to compare,
     which the verdict says instead of blocking in silence.
 
-    The candidate's TFLite export is checked against its Keras scores on the same test images
-    and logged inside its model folder only when parity holds (export.py), before the smoke test,
-    so the fresh process answers through the runtime the API will serve.
+    Only a candidate that passes on its scores gets the serving checks (policy.needs_serving_checks):
+    its TFLite export, checked against its Keras scores on every test photo and logged inside its
+    model folder only when parity holds (export.py), then the smoke test, after the export so the
+    fresh process answers through the runtime the API will serve.
     """
     candidate = Predictor.from_uri(candidate_uri, runtime="keras")
     champion = Predictor.from_uri(champion_uri, runtime="keras") if champion_uri else None
     photos = test_split(candidate, layout)
-    y_true = photos.y_true
-    scores, parity = checked_candidate_scores(candidate, candidate_uri, photos, champion)
-    cand_metrics, _ = summary_metrics(y_true, scores, candidate)
-    comparison = compare_with_champion(candidate, photos, scores, champion, champion_version, layout, primary) if champion else None
-    smoke = smoke_test(candidate_uri, layout)
-    decision = policy.decide(policy.CandidateScores(cand_metrics, list(baselines), smoke), comparison, params, primary)
+    scores = test_scores(candidate, photos)
+    if not matches_graph(candidate, photos, scores):
+        from multitag.modeling.evaluate import predict
+
+        log.warning("%s: stored test scores are not the model's own; scoring it now", candidate_uri)
+        scores = predict(candidate.model, photos.images)
+    measured, comparison = measure(candidate, photos, scores, champion, champion_version, layout, primary, baselines)
+    decision = policy.decide(measured, comparison, params, primary)
+    parity = None
+    if policy.needs_serving_checks(decision):
+        checked, parity = checked_export(candidate, candidate_uri, photos, scores, champion)
+        if checked is not scores:  # the stored table was stale after all: measure the model's own scores
+            measured, comparison = measure(candidate, photos, checked, champion, champion_version, layout, primary, baselines)
+        measured = replace(measured, smoke=smoke_test(candidate_uri, layout))
+        decision = policy.decide(measured, comparison, params, primary)
     return Verdict(
         passed=decision.passed,
         candidate_uri=candidate_uri,
         champion_version=champion_version,
         primary_metric=primary,
-        candidate=cand_metrics,
+        candidate=measured.metrics,
         champion=comparison.champion if comparison and comparison.comparable else None,
         checks=decision.checks,
         reasons=decision.reasons,
         class_regressions=decision.class_regressions,
-        smoke=smoke,
+        smoke=measured.smoke if measured.smoke is not None else {"ok": None, "error": SMOKE_NOT_RUN},
         baselines=decision.baseline_scores,
         task=comparison.task if comparison else "first model",
         export=parity,
-        test_images=len(y_true),
+        test_images=len(photos.y_true),
         test_from_corrections=corrections_in_test(layout),
         gain_interval=comparison.gain_interval if comparison else None,
         rule=policy.decision_rule(params, primary, comparison),
     )
+
+
+def measure(
+    candidate: Predictor,
+    photos: TestPhotos,
+    scores: np.ndarray,
+    champion: Predictor | None,
+    champion_version: str | None,
+    layout: Layout,
+    primary: str,
+    baselines: Sequence[Baseline],
+) -> tuple[policy.CandidateScores, policy.ChampionScores | None]:
+    """The candidate's own metrics (the serving checks not run yet) and its comparison with the champion."""
+    own, _ = summary_metrics(photos.y_true, scores, candidate)
+    comparison = compare_with_champion(candidate, photos, scores, champion, champion_version, layout, primary) if champion else None
+    return policy.CandidateScores(own, list(baselines), smoke=None), comparison
 
 
 def compare_with_champion(
@@ -263,14 +242,6 @@ def compare_with_champion(
 
 def _on_classes(predictor: Predictor, classes: list[str], columns: list[int]) -> Predictor:
     return Predictor(predictor.model, classes, predictor.thresholds[columns], predictor.input_size)
-
-
-def corrections_in_test(layout: Layout) -> int:
-    """How many photos of the frozen test split are users' corrections."""
-    from multitag.data.manifest import read
-    from multitag.data.splits import corrections_in_test as count
-
-    return count(read(layout.processed / "manifest.parquet"))
 
 
 def smoke_test(model_uri: str, layout: Layout) -> dict:

@@ -5,7 +5,8 @@ The gate (gate.py) measures; this module decides. Checks: (a) the user's optiona
 floors, (b) beats the champion by `gate.min_improvement` on the primary metric (with
 `gate.require_confident_gain`, the lower bound of the gain's paired-bootstrap interval must clear
 it too: the gain is then unlikely to be luck of the test draw), (c) no class's AP drops by more
-than `gate.max_class_regression`, (d) the serving smoke test passed within the latency budget.
+than `gate.max_class_regression`, (d) the serving smoke test passed within the latency budget
+(run only for a candidate that passes (a)-(c): `needs_serving_checks`).
 With no champion yet, (b) and (c) become: beats each baseline that could be scored (class prior,
 frozen-feature probe), which needs no hand-set number.
 
@@ -32,7 +33,8 @@ class CandidateScores:
 
     metrics: dict[str, float]  # headline metrics on all its classes, at its own thresholds
     baselines: list[Baseline] = field(default_factory=list)  # only consulted with no champion
-    smoke: dict = field(default_factory=dict)  # {"ok", "latency_ms_max", "error"} of the fresh-process test
+    # {"ok", "latency_ms_max", "error"} of the fresh-process test; None: not run yet (`needs_serving_checks`)
+    smoke: dict | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,18 @@ def decide(candidate: CandidateScores, champion: ChampionScores | None, params: 
         if champion.dropped:
             checks["keeps_the_champions_classes"] = params.allow_dropping_classes
             reasons += [] if params.allow_dropping_classes else [dropping_classes(champion)]
-    checks["smoke_test"], why = smoke_check(candidate.smoke, params)
-    reasons += why
+    if candidate.smoke is not None:
+        checks["smoke_test"], why = smoke_check(candidate.smoke, params)
+        reasons += why
     return Decision(all(checks.values()), checks, reasons, regressions, baseline_scores)
+
+
+def needs_serving_checks(decision: Decision) -> bool:
+    """Whether a decision made without the serving checks (the TFLite export, the smoke test through
+    it: about a minute on 2 cores) could still pass with them. A candidate refused on its scores
+    never serves, so it is not exported: most retrainings on a small test split are refused, and
+    the export was a third of a nightly (issue 21)."""
+    return decision.passed
 
 
 def floor_checks(candidate: dict[str, float], params: GateParams) -> tuple[dict[str, bool], list[str]]:
