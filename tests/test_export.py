@@ -122,6 +122,35 @@ def test_the_gate_logs_a_matching_export_and_the_registered_version_serves_throu
     assert "parity held" in gated.verdict.export.summary()
 
 
+def test_a_version_refused_on_its_scores_is_exported_and_smoke_tested_before_a_person_promotes_it(registry_env, tmp_path, monkeypatch):
+    """The gate skips the serving checks for a candidate its scores refuse (it is not to serve); a
+    person who promotes it anyway (`multitag registry promote`) gets them run first."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from multitag.cli import app
+    from multitag.config import GateParams
+    from multitag.layout import Layout
+    from multitag.lifecycle import gate, registry
+
+    images, labels = labelled_images(TEST_IMAGES, seed=5)
+    write_test_split(tmp_path, images, labels)
+    monkeypatch.chdir(tmp_path)  # the project whose test split the checks read
+    model_uri = log_model(served_model("small_cnn", seed=0))
+    verdict = gate.judge(model_uri, None, None, GateParams(min_mAP=1.0), "mAP", Layout(tmp_path))  # a floor no model reaches
+    assert not verdict.passed and verdict.export is None and "smoke_test" not in verdict.checks
+    name = f"refused-{time.time_ns()}"
+    version = registry.register(model_uri, name, verdict.tags())
+    assert not (export_folder(f"models:/{name}/{version}") / export.EXPORT_FILE).exists()
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": name}}))
+    result = CliRunner().invoke(app, ["registry", "promote", version, "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "exporting and smoke-testing it first" in result.output
+    assert (export_folder(f"models:/{name}/{version}") / export.EXPORT_FILE).exists(), "exported before it serves"
+    assert registry.alias_version(name, registry.CHAMPION).version == version
+
+
 def test_a_candidate_whose_export_fails_parity_is_registered_without_it_and_keras_serves(registry_env, monkeypatch):
     """An honest failure: the converter is handed another initialisation of the same graph, so the
     file is a real, working export that answers differently from the candidate."""

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from multitag.config import load_params
+from multitag.config import Params, load_params
+from multitag.errors import UsageError
 
 if TYPE_CHECKING:
     pass
@@ -58,8 +59,24 @@ def registry_promote(
     name = params.registry.model_name
     if not ignore_shadow:
         guard_promotion(params, queue_of(params_path), version)
+    serving_checks_for(name, version, params)
     former = registry.promote(name, version)
     console.print(f"[green]champion is now version {version}[/green]" + (f" (previous-champion: {former.version})" if former else ""))
+
+
+def serving_checks_for(name: str, version: str, params: Params) -> None:
+    """A version the gate refused on its scores was neither exported nor smoke-tested (it was not to
+    serve): run those checks now, before it serves, and refuse when the smoke test fails."""
+    from multitag.lifecycle import gate, registry
+
+    info = next((v for v in registry.list_versions(name) if v.version == str(version)), None)
+    if info is None or not gate.refused_unchecked(info.tags):
+        return  # no such version (promote says so), or nothing the gate left unchecked
+    console.print(f"version {version} was refused by the gate and never exported: exporting and smoke-testing it first ...")
+    champion = registry.alias_version(name, registry.CHAMPION)
+    champion_uri = f"models:/{name}/{champion.version}" if champion else None
+    if reasons := gate.prepare_to_serve(f"models:/{name}/{version}", champion_uri, params.gate):
+        raise UsageError(f"not promoting version {version}: {'; '.join(reasons)}")
 
 
 @registry_app.command("shadow-report")

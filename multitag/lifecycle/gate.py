@@ -107,6 +107,23 @@ def checked_export(
     return fresh, export_for_serving(candidate.model, candidate_uri, photos.images, photos.y_true, fresh, candidate.classes, base)
 
 
+def refused_unchecked(tags: dict[str, str]) -> bool:
+    """Whether a registered version's gate tags say it was refused on its scores, before the serving checks ran."""
+    return tags.get("gate_verdict") == "failed" and "gate_check_smoke_test" not in tags
+
+
+def prepare_to_serve(model_uri: str, champion_uri: str | None, params: GateParams, layout: Layout = Layout()) -> list[str]:
+    """The serving checks for a version the gate refused on its scores, which were never run on it,
+    before a person promotes it anyway (`multitag registry promote`): its TFLite export checked on
+    the test split and logged when parity holds (derived from the champion's for a quick refit of
+    it), then the smoke test through it. Returns why it must not serve; [] when it may."""
+    candidate = Predictor.from_uri(model_uri, runtime="keras")
+    champion = Predictor.from_uri(champion_uri, runtime="keras") if champion_uri else None
+    photos = test_split(candidate, layout)
+    checked_export(candidate, model_uri, photos, test_scores(candidate, photos), champion)
+    return policy.smoke_check(smoke_test(model_uri, layout), params)[1]
+
+
 def champion_export(champion: Predictor | None) -> Base | None:
     """The champion's model with its checked export, if it has one: what a quick refit of it is exported from."""
     exported = served_export(champion.folder) if champion is not None and champion.folder is not None else None

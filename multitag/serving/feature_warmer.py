@@ -25,12 +25,12 @@ are logged, never raised. Off with `serve.warm_features: false`.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from multitag.feedback.queue import FeedbackQueue
 from multitag.feedback.store import decoded_batches
 from multitag.serving.limits import DecodeBudget
+from multitag.serving.version_worker import VersionWorker
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
 log = logging.getLogger(__name__)
@@ -38,25 +38,17 @@ BATCH = 8  # photos per pass of the Keras model: what a concurrent /predict may 
 SCAN_LIMIT = 5000  # newest pending corrections looked at per check: more than any night's
 
 
-class FeatureWarmer:
+class FeatureWarmer(VersionWorker):
     """Warms the feature cache with the served version's member outputs on pending corrections' photos."""
 
+    name = "feature-warmer"
+
     def __init__(self, watcher: ChampionWatcher, queue: FeedbackQueue, cache: Path, decoding: DecodeBudget, limit: int = SCAN_LIMIT):
-        self.watcher, self.queue, self.cache, self.decoding, self.limit = watcher, queue, cache, decoding, limit
+        super().__init__(watcher)
+        self.queue, self.cache, self.decoding, self.limit = queue, cache, decoding, limit
         self._warmed: set[str] = set()  # image hashes done for `_version`
         self._version: str | None = None
         self._keras: object | None = None  # the served version's Keras model, loaded on first use
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feature-warmer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop after the batch in progress."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
 
     def check(self) -> int:
         """Warm what the pending corrections need for the served version; how many photos it ran
@@ -81,7 +73,7 @@ class FeatureWarmer:
         model = self._model(served)
         done = 0
         for hashes, images in decoded_batches(todo, self.decoding.decoder(served.predictor), BATCH):
-            if self._stop.is_set() or not self._serving(served.version.version):
+            if self.interrupted(served.version.version):
                 break
             if ensemble.scores(model, images, self.cache) is None:  # not a shape scored member by member: nothing to cache
                 self._warmed.update(todo)
@@ -105,16 +97,6 @@ class FeatureWarmer:
 
             self._keras = tracking.load_keras(served.predictor.folder)
         return self._keras
-
-    def _serving(self, version: str) -> bool:
-        current = self.watcher.current
-        return current is not None and current.version.version == version
-
-    def _run(self) -> None:
-        while True:
-            self.check()
-            if self._stop.wait(self.watcher.interval_s):
-                return
 
 
 def feature_warmer_for(

@@ -21,7 +21,6 @@ It never delays /predict more than any concurrent request would:
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 
@@ -32,14 +31,17 @@ from multitag.feedback.store import decoded_batches
 from multitag.lifecycle.predictor import Predictor
 from multitag.serving.batching import MicroBatcher
 from multitag.serving.limits import DecodeBudget
+from multitag.serving.version_worker import VersionWorker
 from multitag.serving.watcher import ChampionWatcher, ServedModel
 
 log = logging.getLogger(__name__)
 BATCH = 16  # images per model call when the server does not micro-batch
 
 
-class Rescorer:
+class Rescorer(VersionWorker):
     """Re-scores stored photos with each version `watcher` starts serving, checking every `watcher.interval_s`."""
+
+    name = "rescorer"
 
     def __init__(
         self,
@@ -51,21 +53,11 @@ class Rescorer:
         batcher: MicroBatcher | None = None,
         limit: int = review.SCAN_LIMIT,
     ):
-        self.watcher, self.prediction_log, self.queue, self.max_age_s = watcher, prediction_log, queue, max_age_s
+        super().__init__(watcher)
+        self.prediction_log, self.queue, self.max_age_s = prediction_log, queue, max_age_s
         self.decoding, self.batcher, self.limit = decoding, batcher, limit
         self.batch_size = batcher.max_batch if batcher is not None else BATCH
         self._done_for: str | None = None  # the version whose photos were re-scored (or tried)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rescorer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop after the batch in progress."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
 
     def check(self) -> None:
         """Re-score for the served version if it has not been done for it yet; never raises."""
@@ -86,7 +78,7 @@ class Rescorer:
             return 0
         predictor, logged = served.predictor, 0
         for hashes, images in decoded_batches(paths, self.decoding.decoder(predictor), self.batch_size):
-            if self._stop.is_set() or not self._serving(version):
+            if self.interrupted(version):
                 log.info(
                     "re-scoring for %s version %s stopped after %d of %d photo(s): %s",
                     served.name,
@@ -116,20 +108,10 @@ class Rescorer:
         log.info("re-scored %d of %d stored photo(s) with %s version %s for the review list", logged, len(paths), served.name, version)
         return logged
 
-    def _serving(self, version: str) -> bool:
-        current = self.watcher.current
-        return current is not None and current.version.version == version
-
     def _predict(self, predictor: Predictor, images: np.ndarray) -> np.ndarray:
         if self.batcher is None:
             return predictor.predict_arrays(images)
         return self.batcher.submit(predictor, images).result()
-
-    def _run(self) -> None:
-        while True:
-            self.check()
-            if self._stop.wait(self.watcher.interval_s):
-                return
 
 
 def rescorer_for(
