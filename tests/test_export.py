@@ -146,7 +146,7 @@ def test_a_version_refused_on_its_scores_is_exported_and_smoke_tested_before_a_p
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"registry": {"model_name": name}}))
     result = CliRunner().invoke(app, ["registry", "promote", version, "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    assert "exporting and smoke-testing it first" in result.output
+    assert "never exported: exporting" in result.output
     assert (export_folder(f"models:/{name}/{version}") / export.EXPORT_FILE).exists(), "exported before it serves"
     assert registry.alias_version(name, registry.CHAMPION).version == version
 

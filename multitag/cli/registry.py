@@ -75,7 +75,7 @@ def serving_checks_for(name: str, version: str, params: Params) -> None:
     console.print(f"version {version} was refused by the gate and never exported: exporting and smoke-testing it first ...")
     champion = registry.alias_version(name, registry.CHAMPION)
     champion_uri = f"models:/{name}/{champion.version}" if champion else None
-    if reasons := gate.prepare_to_serve(f"models:/{name}/{version}", champion_uri, params.gate):
+    if reasons := gate.prepare_to_serve(registry.run_uri(info), champion_uri, params.gate):
         raise UsageError(f"not promoting version {version}: {'; '.join(reasons)}")
 
 

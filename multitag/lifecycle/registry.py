@@ -86,6 +86,13 @@ def register_run(model_uri: str, name: str, run_id: str, tags: dict[str, str]) -
     return version
 
 
+def run_uri(info: VersionInfo) -> str:
+    """The `runs:/` URI of a version's logged model: where files are added to it (tracking.log_model_files),
+    which every version made from it then carries. Its path under the run is the end of its source."""
+    path = info.source.rsplit("/artifacts/", 1)[1] if "/artifacts/" in info.source else "model"
+    return f"runs:/{info.run_id}/{path}"
+
+
 def alias_version(name: str, alias: str) -> VersionInfo | None:
     """The version an alias points to, or None when the model or the alias does not exist yet.
 
