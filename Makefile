@@ -52,7 +52,7 @@ test: install weights
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 3 --dist loadfile --durations 25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses 3 --dist loadfile --no-loadscope-reorder --durations 25 $(PYTEST_ARGS)
 
 serve: install
 	$(BIN)/multitag serve

@@ -125,7 +125,7 @@ def child_main(args: argparse.Namespace) -> None:
     data = (batches.ImageBatches(train_inputs, y_train, params.batch_size, True, params.seed),)
     fit_started = time.perf_counter()
     train.fit_phase(
-        train._trainer(network, None),
+        train.fitting_wrapper(network, None),
         data,
         val_inputs,
         y_val,

@@ -20,12 +20,12 @@ import sys
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from multitag.config import load_params
 from multitag.feedback.retraining import owning_export
 from multitag.feedback.screen_rules import summary as held_summary
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
+from tasks.context import RunContext
 
 
 @flow(name="nightly-retraining", log_prints=True)
@@ -47,14 +47,15 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
     """The story both flows share; `quick` changes only what trains."""
     logger = get_run_logger()
     kind = "quick" if quick else "full"
-    needed = min_feedback if min_feedback is not None else load_params(params_path).retrain.min_feedback
-    fb.expire(params_path)
-    leaked = fb.reject_leaked(params_path)
-    held = fb.screen(params_path)
+    context = RunContext(params_path)  # params, queue, prediction log and class list, read once for the run
+    needed = min_feedback if min_feedback is not None else context.params.retrain.min_feedback
+    fb.expire(context)
+    leaked = fb.reject_leaked(context)
+    held = fb.screen(context)
     if held:
         logger.info("held %d feedback items for review (%s): see `multitag feedback list --state held`", len(held), held_summary(held))
-    pending = fb.pending_count(params_path)
-    owed = not quick and fb.last_retrain_was_quick(params_path)
+    pending = fb.pending_count(context)
+    owed = not quick and fb.last_retrain_was_quick(context)
     if pending < needed and not owed:
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked, "held": held}
@@ -62,11 +63,11 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
         logger.info("the last retraining was a quick refit: fine-tuning on the corrections it consumed (%d pending too)", pending)
     run_id = flow_run.get_id() or "local"
     with exclusive_run(f"{kind} retraining flow"), owning_export(run_id):
-        fb.claim(params_path, run_id)
-        with fb.leases_renewed(params_path, run_id):
+        fb.claim(context, run_id)
+        with fb.leases_renewed(context, run_id):
             try:
-                invalid = fb.reject_invalid(params_path, run_id)
-                run = fb.prepare(params_path, run_id, quick)
+                invalid = fb.reject_invalid(context, run_id)
+                run = fb.prepare(context, run_id, quick)
                 t.validate(run.params_path)
                 t.preprocess(run.params_path)
                 for architecture in run.architectures:
@@ -78,13 +79,13 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
                     "warm_start_version": run.champion_version,
                     fb.RETRAIN_TAG: kind,
                 }
-                t.evaluate(run.params_path, run_name=f"{kind}-retraining", extra_tags=tags, in_process=True)
+                t.evaluate(run.params_path, run_name=f"{kind}-retraining", extra_tags=tags)
                 t.gate(run.params_path)
                 registration = t.register(run.params_path, extra_tags=tags)
             except BaseException:  # a cancelled run gives its items back too
-                fb.release(params_path, run_id)
+                fb.release(context, run_id)
                 raise
-            fb.ack(params_path, run_id, used)
+            fb.ack(context, run_id, used)
     logger.info(
         "%s retraining used %d feedback items (%d rejected as invalid); gate %s (%s); champion is version %s",
         kind,

@@ -10,90 +10,79 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from multitag.config import load_params
 from multitag.data.splits import frozen_fingerprints, frozen_from_corrections, read_frozen_test
 from multitag.feedback import retraining
 from multitag.feedback.retention import expire_items
-from multitag.layout import Layout
+from tasks.context import RunContext
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
 RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the nightly) or quick
+# Queue work is retried on I/O errors and never cached: each call reads and changes the queue now
+QUEUE_TASK = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
 
 
-@task(retries=2, retry_delay_seconds=5)
-def expire(params_path: str) -> dict[str, int]:
+@task(**QUEUE_TASK)
+def expire(context: RunContext) -> dict[str, int]:
     """Retention, also when no server sweeps: held items nobody released for feedback.held_days are
     rejected, decided ones older than feedback.retention_days deleted (retention.expire_items)."""
-    params = load_params(params_path)
-    return expire_items(retraining.open_queue(params), params.feedback)
+    return expire_items(context.queue, context.params.feedback)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def reject_leaked(params_path: str) -> list[int]:
+@task(**QUEUE_TASK)
+def reject_leaked(context: RunContext) -> list[int]:
     """Feedback images whose content is in the frozen test split never train (those a correction put
     there go to test again: splits.frozen_from_corrections), nor do near-duplicates of test photos."""
-    params, frozen_test = load_params(params_path), Layout().frozen_test
-    queue = retraining.open_queue(params)
-    exact = queue.reject_leaked(read_frozen_test(frozen_test) or set(), frozen_from_corrections(frozen_test))
-    near = retraining.reject_near_duplicates(queue, frozen_fingerprints(frozen_test), params.retrain.near_duplicate_bits)
+    frozen_test = context.layout.frozen_test
+    exact = context.queue.reject_leaked(read_frozen_test(frozen_test) or set(), frozen_from_corrections(frozen_test))
+    near = retraining.reject_near_duplicates(context.queue, frozen_fingerprints(frozen_test), context.params.retrain.near_duplicate_bits)
     return sorted(exact + near)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def screen(params_path: str) -> dict[int, str]:
+@task(**QUEUE_TASK)
+def screen(context: RunContext) -> dict[int, str]:
     """Hold suspicious pending corrections for review instead of training on them (retrain.screen;
     multitag/feedback/screen.py); {id: reason} of those held now."""
-    from multitag.data.sources import read_source
     from multitag.feedback import screen as screening
-    from multitag.feedback.predictions import PredictionLog
 
-    params = load_params(params_path)
-    if not params.retrain.screen:
+    if not context.params.retrain.screen:
         return {}
-    queue = retraining.open_queue(params)
-    hours = params.serve.prediction_log_hours
-    log = PredictionLog(queue.database, hours * 3600) if hours > 0 else None
-    name, classes = params.registry.model_name, read_source(params.data).classes
-    return screening.screen_queue(queue, classes, params.retrain, log, name, screening.champion_scorer(name))
+    scorer = screening.champion_scorer(context.task)
+    return screening.screen_queue(context.queue, context.classes, context.params.retrain, context.prediction_log, context.task, scorer)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def pending_count(params_path: str) -> int:
-    queue = retraining.open_queue(load_params(params_path))
-    queue.release_expired()
-    return queue.pending_count()
+@task(**QUEUE_TASK)
+def pending_count(context: RunContext) -> int:
+    context.queue.release_expired()
+    return context.queue.pending_count()
 
 
-@task(retries=2, retry_delay_seconds=5)
-def claim(params_path: str, run_id: str) -> list[int]:
-    return [item.id for item in retraining.open_queue(load_params(params_path)).claim(run_id)]
+@task(**QUEUE_TASK)
+def claim(context: RunContext, run_id: str) -> list[int]:
+    return [item.id for item in context.queue.claim(run_id)]
 
 
-def leases_renewed(params_path: str, run_id: str) -> AbstractContextManager[None]:
+def leases_renewed(context: RunContext, run_id: str) -> AbstractContextManager[None]:
     """Keep the run's claims while the block runs (not a task: a thread beside the flow's tasks)."""
-    return retraining.leases_renewed(retraining.open_queue(load_params(params_path)), run_id)
+    return retraining.leases_renewed(context.queue, run_id)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def reject_invalid(params_path: str, run_id: str) -> dict[int, str]:
+@task(**QUEUE_TASK)
+def reject_invalid(context: RunContext, run_id: str) -> dict[int, str]:
     """Claimed items the validation stage would quarantine are rejected with its reason, once."""
-    from multitag.data.sources import read_source
-
-    params = load_params(params_path)
-    classes = read_source(params.data).classes
-    return retraining.reject_invalid(retraining.open_queue(params), run_id, classes, params.validate_)
+    return retraining.reject_invalid(context.queue, run_id, context.classes, context.params.validate_)
 
 
-@task(retries=2, retry_delay_seconds=5)
-def last_retrain_was_quick(params_path: str) -> bool:
+@task(**QUEUE_TASK)
+def last_retrain_was_quick(context: RunContext) -> bool:
     """Whether the newest retrained version came from the quick path, promoted or not: its
     corrections are consumed, but no network has fine-tuned on them yet, so the nightly owes them a
     full retrain. A full retrain registers a newer version (even one the gate refuses), which
     settles the debt: a refused attempt is not retried every night for nothing."""
     from multitag.lifecycle import registry
 
-    retrained = [v for v in registry.list_versions(load_params(params_path).registry.model_name) if RETRAIN_TAG in v.tags]
+    retrained = [v for v in registry.list_versions(context.task) if RETRAIN_TAG in v.tags]
     return bool(retrained) and retrained[0].tags[RETRAIN_TAG] == "quick"  # list_versions: newest first
 
 
@@ -113,8 +102,8 @@ class RetrainRun:
         return self.init_model if architecture == self.champion_architecture else None
 
 
-@task
-def prepare(params_path: str, run_id: str, quick: bool = False) -> RetrainRun:
+@task(cache_policy=NO_CACHE)
+def prepare(context: RunContext, run_id: str, quick: bool = False) -> RetrainRun:
     """Fetch the champion, write this run's params file, then export feedback as training data.
 
     The export comes last, after everything that can fail before training, and a failed run's
@@ -124,33 +113,32 @@ def prepare(params_path: str, run_id: str, quick: bool = False) -> RetrainRun:
     """
     from multitag.params_file import set_params
 
-    params = load_params(params_path)
-    init_model, version, architecture = retraining.download_champion(params.registry.model_name, Path(".multitag") / "champion")
+    params = context.params
+    init_model, version, architecture = retraining.download_champion(context.task, Path(".multitag") / "champion")
     RUN_PARAMS.parent.mkdir(parents=True, exist_ok=True)
-    RUN_PARAMS.write_text(Path(params_path).read_text())
+    RUN_PARAMS.write_text(Path(context.params_path).read_text())
     architectures = params.train.architectures if params.retrain.all_architectures and not quick else [architecture]
     set_params(RUN_PARAMS, {"train.architectures": architectures})
-    queue = retraining.open_queue(params)
-    claimed = queue.claimed(run_id)
-    retraining.export_feedback(queue, claimed, Layout().feedback_export, owner=run_id)
+    claimed = context.queue.claimed(run_id)
+    retraining.export_feedback(context.queue, claimed, context.layout.feedback_export, owner=run_id)
     return RetrainRun(str(RUN_PARAMS), str(init_model), version, architecture, list(architectures), [item.id for item in claimed])
 
 
-@task(retries=2, retry_delay_seconds=5)
-def ack(params_path: str, run_id: str, ids: list[int]) -> int:
+@task(**QUEUE_TASK)
+def ack(context: RunContext, run_id: str, ids: list[int]) -> int:
     """Mark the run's items consumed, then record the export they are in as a data version."""
-    acked = retraining.open_queue(load_params(params_path)).ack(run_id, ids)
-    retraining.finish_export(Layout().feedback_export)
-    if Layout().feedback_export.exists():
-        subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(Layout().feedback_export)], check=False)
+    acked = context.queue.ack(run_id, ids)
+    export = context.layout.feedback_export
+    retraining.finish_export(export)
+    if export.exists():
+        subprocess.run([sys.executable, "-m", "dvc", "add", "--quiet", str(export)], check=False)
     return acked
 
 
-@task(retries=2, retry_delay_seconds=5)
-def release(params_path: str, run_id: str) -> int:
+@task(**QUEUE_TASK)
+def release(context: RunContext, run_id: str) -> int:
     """Give the run's items back to pending and rebuild the export without them: a failed run
     leaves no trace in the training data."""
-    queue = retraining.open_queue(load_params(params_path))
-    released = queue.release(run_id)
-    retraining.export_feedback(queue, [], Layout().feedback_export)
+    released = context.queue.release(run_id)
+    retraining.export_feedback(context.queue, [], context.layout.feedback_export)
     return released

@@ -210,9 +210,21 @@ def tiny_server(tiny_champion: TinyChampion, tmp_path_factory: pytest.TempPathFa
             server.stop()
 
 
-# The longest modules first (minutes each on 2 cores): `--dist loadfile` hands modules out in
-# collection order, so these start at once on their own workers instead of being the run's tail.
-LONGEST_FIRST = ("test_scaled_out.py", "test_own_data_journey.py", "test_pipeline_e2e.py", "test_export.py")
+# The longest modules first, longest first (minutes each on 2 cores; from `make test`'s --durations):
+# with `--dist loadfile --no-loadscope-reorder` (the Makefile) xdist hands modules out in collection
+# order, so these start at once instead of being the run's tail. (Without --no-loadscope-reorder
+# xdist sorts modules by their number of tests, and these few-test modules came last.)
+LONGEST_FIRST = (
+    "test_pipeline_e2e.py",
+    "test_scaled_out.py",
+    "test_own_data_journey.py",
+    "test_real_data.py",
+    "test_export_architectures.py",
+    "test_export.py",
+    "test_api_reliability.py",
+    "test_architectures.py",
+    "test_warm_start.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -358,6 +358,7 @@ def test_the_nightly_screen_task_holds_what_the_rules_flag_and_can_be_switched_o
     import yaml
 
     from multitag.config import load_params
+    from tasks.context import RunContext
     from tasks.feedback import screen as screen_task
 
     params_path = project_params(tmp_path, monkeypatch)
@@ -369,8 +370,8 @@ def test_the_nightly_screen_task_holds_what_the_rules_flag_and_can_be_switched_o
     off = yaml.safe_load(params_path.read_text())
     off["retrain"]["screen"] = False
     (tmp_path / "off.yaml").write_text(yaml.safe_dump(off))
-    assert screen_task.fn(str(tmp_path / "off.yaml")) == {}
-    held = screen_task.fn(str(params_path))
+    assert screen_task.fn(RunContext(tmp_path / "off.yaml")) == {}
+    held = screen_task.fn(RunContext(params_path))
     assert list(held) == [added[-1].id] and [i.id for i in queue.list_items("held")] == [added[-1].id]
 
 

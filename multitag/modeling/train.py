@@ -155,7 +155,7 @@ def train_architecture(
         report(f"{name}: features in {timings['feature']:.0f} s{cached}; training the head on them")
         t0 = time.perf_counter()
         fit_phase(
-            _trainer(head, None),
+            fitting_wrapper(head, None),
             (f_train, y_train.astype("float32")),
             f_val,
             y_val,
@@ -172,7 +172,7 @@ def train_architecture(
         models.unfreeze_top(extractor, params.fine_tune_layers)
     fine_tune_epochs = 0 if quick else params.fine_tune_epochs if arch.pretrained else params.small_cnn_epochs
     learning_rate = params.fine_tune_learning_rate if arch.pretrained else params.head_learning_rate
-    trainer = _trainer(logits_model, augmentation(params.seed) if params.augment else None)
+    trainer = fitting_wrapper(logits_model, augmentation(params.seed) if params.augment else None)
     trainable = _count(logits_model.trainable_weights) if fine_tune_epochs > 0 else 0
     t0 = time.perf_counter()
     label = f"{name} {'fine-tune' if arch.pretrained else 'from scratch'}"
@@ -230,7 +230,7 @@ def _count(weights: list) -> int:
     return int(sum(np.prod(weight.shape) for weight in weights))
 
 
-def _trainer(network: keras.Model, augment: keras.Sequential | None) -> keras.Model:
+def fitting_wrapper(network: keras.Model, augment: keras.Sequential | None) -> keras.Model:
     """A wrapper that is compiled and fitted instead of `network` itself, so the saved model
     carries no optimizer, loss or augmentation: only what serving needs."""
     inputs = keras.Input(network.input_shape[1:])
