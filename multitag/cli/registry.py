@@ -84,7 +84,8 @@ def registry_shadow_report(
     limit: int = typer.Option(10_000, help="Read the newest LIMIT images the challenger scored."), params_path: Path = ParamsOption
 ) -> None:
     """How the challenger, scoring live traffic in shadow mode, answered compared with the champion, per class."""
-    from multitag.feedback.shadow import challenger_report, refusals, requires_shadow
+    from multitag.feedback.shadow import challenger_report
+    from multitag.lifecycle.policy import requires_shadow, shadow_refusals
 
     params = load_params(params_path)
     report = challenger_report(params, queue_of(params_path), limit)
@@ -114,7 +115,7 @@ def registry_shadow_report(
     )
     if not requires_shadow(params.gate):
         console.print("the gate has no shadow settings (gate.shadow_min_agreement, gate.shadow_require_feedback_win)")
-    elif reasons := refusals(report, params.gate):
+    elif reasons := shadow_refusals(report, params.gate):
         console.print(f"[yellow]the gate would refuse to promote it: {'; '.join(reasons)}[/yellow]")
     else:
         console.print("[green]the gate's shadow settings allow promoting it[/green]")

@@ -7,9 +7,9 @@ champion's. This module reads those pairs back from the prediction log:
 - per class, on the classes both models know: how often the two agree, how often each would
   have tagged it, and, for images with a correction in the feedback queue, how often each was right;
 - overall: agreement over every (image, class) and the share of images whose label sets match;
-- `refusals`: what the gate's shadow settings (`gate.shadow_min_agreement`,
-  `gate.shadow_require_feedback_win`) say against promoting the challenger, checked by
-  `multitag registry promote` (`guard_promotion`).
+- `guard_promotion`: before `multitag registry promote` makes the challenger champion, its report
+  against the gate's shadow settings (`gate.shadow_min_agreement`, `gate.shadow_require_feedback_win`);
+  the rule itself is lifecycle/policy.py's `shadow_refusals`, beside the gate's other rules.
 
 One pair per image: an image sent a hundred times weighs as much as one sent once.
 """
@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from multitag.config import GateParams, Params
+from multitag.config import Params
 from multitag.errors import MultitagError, UsageError
 from multitag.feedback.predictions import LoggedPrediction, PredictionLog
 from multitag.feedback.queue import FeedbackQueue, Truth
-from multitag.lifecycle import registry
+from multitag.lifecycle import policy, registry
 
 DEFAULT_LIMIT = 10_000  # the newest shadowed images a report reads
 OVERRIDE = "override with `multitag registry promote VERSION --ignore-shadow`"
@@ -148,32 +148,6 @@ def report_from_log(
     return build_report(pairs, corrections, model_name, challenger_version, champion_version)
 
 
-def refusals(report: ShadowReport, gate: GateParams) -> list[str]:
-    """Why the gate's shadow settings refuse to promote this challenger ([]: they do not)."""
-    reasons = []
-    if gate.shadow_min_agreement is not None:
-        if report.agreement is None:
-            reasons.append(f"no shadow answers of version {report.challenger_version} yet, and gate.shadow_min_agreement is set")
-        elif report.agreement < gate.shadow_min_agreement:
-            reasons.append(
-                f"agreement with the champion {report.agreement:.3f} over {report.images} image(s) is below "
-                f"gate.shadow_min_agreement {gate.shadow_min_agreement:.3f}"
-            )
-    if gate.shadow_require_feedback_win:
-        if report.feedback_images == 0:
-            reasons.append("no shadowed image has a correction yet, and gate.shadow_require_feedback_win is set")
-        elif report.challenger_correct <= report.champion_correct:
-            reasons.append(
-                f"on {report.feedback_images} corrected image(s) the challenger was right {report.challenger_correct} time(s), "
-                f"the champion {report.champion_correct} (gate.shadow_require_feedback_win needs more)"
-            )
-    return reasons
-
-
-def requires_shadow(gate: GateParams) -> bool:
-    return gate.shadow_min_agreement is not None or gate.shadow_require_feedback_win
-
-
 def open_log(params: Params, queue: FeedbackQueue) -> PredictionLog:
     """The prediction log the server writes, for reading; UsageError when the log is off (nothing to report)."""
     if params.serve.prediction_log_hours <= 0:
@@ -195,7 +169,7 @@ def guard_promotion(params: Params, queue: FeedbackQueue, version: str) -> Shado
     """Before `version` becomes champion: when it is the challenger and the gate has shadow settings,
     raise ShadowGateError with the numbers unless its shadow report satisfies them. Other versions
     (a rollback to an older one, say) have no shadow record and pass. Returns the report it checked."""
-    if not requires_shadow(params.gate):
+    if not policy.requires_shadow(params.gate):
         return None
     challenger = registry.alias_version(params.registry.model_name, registry.CHALLENGER)
     if challenger is None or challenger.version != str(version):
@@ -206,7 +180,7 @@ def guard_promotion(params: Params, queue: FeedbackQueue, version: str) -> Shado
             f"is off (serve.prediction_log_hours: 0), so there is none; {OVERRIDE}"
         )
     report = challenger_report(params, queue)
-    if reasons := refusals(report, params.gate):
+    if reasons := policy.shadow_refusals(report, params.gate):
         raise ShadowGateError(
             f"not promoting challenger version {version}: {'; '.join(reasons)}. See `multitag registry shadow-report`; "
             f"let more traffic (and corrections) accumulate, or {OVERRIDE}"

@@ -11,15 +11,17 @@ With no champion yet, (b) and (c) become: beats each baseline that could be scor
 frozen-feature probe), which needs no hand-set number.
 
 It also holds the rules around the decision: which candidate the gate judges (the best on
-validation, `select_candidate`) and whether a verdict is about the candidates at hand before
-anything is registered on it (`judged_candidate`, the stale-verdict rule). The alias move itself
-is compare-and-set in registry.promote.
+validation, `select_candidate`), whether a verdict is about the candidates at hand before
+anything is registered on it (`judged_candidate`, the stale-verdict rule), and when a person's
+promotion of the challenger is refused on its shadow record (`shadow_refusals`). The alias move
+itself is compare-and-set in registry.promote.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from multitag.config import GateParams
 from multitag.errors import StaleVerdictError
@@ -229,3 +231,41 @@ def judged_candidate(summary: dict, gate_result: dict) -> dict:
         f"reports/gate.json judged {judged or 'a candidate it does not name'}, but metrics/candidates.json holds run(s) {runs} "
         f"on data {summary['data_hash']}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
     )
+
+
+class ShadowNumbers(Protocol):
+    """What the shadow rules read of a challenger's shadow report (feedback/shadow.py ShadowReport)."""
+
+    challenger_version: str
+    images: int
+    agreement: float | None
+    feedback_images: int
+    champion_correct: int
+    challenger_correct: int
+
+
+def shadow_refusals(report: ShadowNumbers, gate: GateParams) -> list[str]:
+    """Why the gate's shadow settings refuse to promote this challenger ([]: they do not): the rule
+    `multitag registry promote` applies to a challenger, read from its shadow report (feedback/shadow.py)."""
+    reasons = []
+    if gate.shadow_min_agreement is not None:
+        if report.agreement is None:
+            reasons.append(f"no shadow answers of version {report.challenger_version} yet, and gate.shadow_min_agreement is set")
+        elif report.agreement < gate.shadow_min_agreement:
+            reasons.append(
+                f"agreement with the champion {report.agreement:.3f} over {report.images} image(s) is below "
+                f"gate.shadow_min_agreement {gate.shadow_min_agreement:.3f}"
+            )
+    if gate.shadow_require_feedback_win:
+        if report.feedback_images == 0:
+            reasons.append("no shadowed image has a correction yet, and gate.shadow_require_feedback_win is set")
+        elif report.challenger_correct <= report.champion_correct:
+            reasons.append(
+                f"on {report.feedback_images} corrected image(s) the challenger was right {report.challenger_correct} time(s), "
+                f"the champion {report.champion_correct} (gate.shadow_require_feedback_win needs more)"
+            )
+    return reasons
+
+
+def requires_shadow(gate: GateParams) -> bool:
+    return gate.shadow_min_agreement is not None or gate.shadow_require_feedback_win
