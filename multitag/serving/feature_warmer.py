@@ -74,22 +74,21 @@ class FeatureWarmer(VersionWorker):
         done = 0
         for hashes, images in decoded_batches(todo, self.decoding.decoder(served.predictor), BATCH):
             if self.interrupted(served.version.version):
-                break
+                return done  # the rest waits for the next check (or the next version)
             if ensemble.scores(model, images, self.cache) is None:  # not a shape scored member by member: nothing to cache
-                self._warmed.update(todo)
-                return done
-            self._warmed.update(hashes)
+                break
             done += len(hashes)
+        self._warmed.update(todo)  # tried once per version: a photo that would not decode is not tried again
         log.info("feature cache: %d corrected photo(s) warmed for %s version %s", done, served.name, served.version.version)
         return done
 
     def _to_warm(self) -> dict[str, Path]:
-        """Stored photos of pending corrections not warmed yet for the served version."""
-        pending = {item.image_sha256 for item in self.queue.list_items("pending", self.limit)} - self._warmed
-        paths = {sha: self.queue.images.path(sha) for sha in sorted(pending)}
-        gone = {sha for sha, path in paths.items() if not path.exists()}
-        self._warmed.update(gone)  # nothing to warm: the retraining will not find them either
-        return {sha: path for sha, path in paths.items() if sha not in gone}
+        """Stored photos of pending corrections not tried yet for the served version (what it remembers
+        is kept to the pending ones, so it stays as small as the queue's pending items)."""
+        pending = {item.image_sha256 for item in self.queue.list_items("pending", self.limit)}
+        self._warmed &= pending
+        paths = {sha: self.queue.images.path(sha) for sha in sorted(pending - self._warmed)}
+        return {sha: path for sha, path in paths.items() if path.exists()}
 
     def _model(self, served: ServedModel):
         if self._keras is None:
