@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from multitag.feedback.retraining import owning_export
 from multitag.feedback.screen_rules import summary as held_summary
+from multitag.stages import outcome_message
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
@@ -104,6 +105,22 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
         "rejected_invalid": invalid,
         **registration,
     }
+
+
+def outcome(result: dict) -> str:
+    """How `multitag retrain --now/--quick` ends: what the run trained and what is served now, or why
+    nothing ran and what to do next."""
+    held = result.get("held") or {}
+    held_note = f"; {len(held)} held for review (`multitag feedback list --state held`)" if held else ""
+    if result["status"] != "retrained":
+        return (
+            f"Nothing to do: {result['pending']} pending correction(s), {result['needed']} needed (retrain.min_feedback){held_note}. "
+            "Next: correct more photos on the page, or lower retrain.min_feedback."
+        )
+    rejected = len(result["rejected_invalid"]) + len(result["rejected_leakage"])
+    rejected_note = f"; {rejected} rejected (invalid, or in the test split)" if rejected else ""
+    trained = f"{result['kind'].capitalize()} retraining trained on {len(result['feedback_ids'])} correction(s){held_note}{rejected_note}."
+    return f"{trained}\n{outcome_message(result)}"
 
 
 if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH] [--quick]

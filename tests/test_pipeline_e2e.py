@@ -374,7 +374,7 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
     carries the feedback ids it learned from; the next nightly then owes it a full retrain."""
     import httpx
 
-    from flows.nightly_retraining import nightly_retraining, quick_retraining
+    from flows.nightly_retraining import nightly_retraining, outcome, quick_retraining
     from multitag.feedback.retraining import open_queue
     from multitag.lifecycle import registry
 
@@ -401,6 +401,7 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         queue = open_queue(params)
         idle = nightly_retraining(min_feedback=10**6)
         assert idle["status"] == "nothing to do" and leaked_id in idle["rejected_leakage"]
+        assert outcome(idle).startswith(f"Nothing to do: {idle['pending']} pending correction(s), {10**6} needed")
         pending = sorted(i.id for i in queue.list_items("pending", 100))
         assert {r.json()["id"] for r in posted[:-1]} <= set(pending)
         # Tiny data makes "better" noisy: let every configured check pass so that the loop, not the
@@ -412,6 +413,9 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         new_champion = registry.alias_version("multitag", registry.CHAMPION)
         assert new_champion.version == result["champion_version"] != champion
         assert new_champion.tags["feedback_ids"] == ",".join(map(str, pending)) and new_champion.tags["retrain"] == "quick"
+        said = outcome(result)  # what `multitag retrain --quick` ends with
+        assert said.startswith(f"Quick retraining trained on {len(pending)} correction(s)")
+        assert f"Served now: models:/multitag@champion (version {new_champion.version})" in said
         trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
         assert trained["start"] == "quick" and trained["fine_tune_trainable_parameters"] == 0, "only the cheap member was refitted"
         assert {item.id: item.state for item in queue.list_items(limit=100)}[leaked_id] == "rejected"

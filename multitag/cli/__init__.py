@@ -162,13 +162,18 @@ def retrain(
         help="Here and now, refit only the champion's cheap member (its probe, else its head) on cached features (minutes), then gate and serve.",
     ),
     params_path: Path = ParamsOption,
+    as_json: bool = typer.Option(False, "--json", help="With --now/--quick: print the run's whole result as JSON instead of its outcome."),
 ) -> None:
     """Retrain from pending feedback: the full nightly-retraining flow, or with --quick the
     quick-retraining flow (corrections served in minutes; the next nightly trains them in full)."""
     if now or quick:
-        from flows.nightly_retraining import nightly_retraining, quick_retraining
+        from flows.nightly_retraining import nightly_retraining, outcome, quick_retraining
 
-        out.print_json(data=(quick_retraining if quick else nightly_retraining)(params_path=str(params_path)))
+        result = (quick_retraining if quick else nightly_retraining)(params_path=str(params_path))
+        if as_json:
+            out.print_json(data=result)
+        else:
+            console.print(outcome(result))
         return
     import os
 
