@@ -16,11 +16,12 @@ from multitag.data.splits import frozen_fingerprints, frozen_from_corrections, r
 from multitag.feedback import retraining
 from multitag.feedback.retention import expire_items
 from tasks.context import RunContext
+from tasks.retrying import RETRIED
 
 RUN_PARAMS = Path(".multitag/nightly-params.yaml")
 RETRAIN_TAG = "retrain"  # on a version a retraining registered: full (the nightly) or quick
 # Queue work is retried on I/O errors and never cached: each call reads and changes the queue now
-QUEUE_TASK = {"retries": 2, "retry_delay_seconds": 5, "cache_policy": NO_CACHE}
+QUEUE_TASK = {**RETRIED, "cache_policy": NO_CACHE}
 
 
 @task(**QUEUE_TASK)

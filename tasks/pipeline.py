@@ -16,12 +16,12 @@ from multitag.config import load_params
 from multitag.feedback.retraining import unfinished_export_owner
 from multitag.layout import Layout
 from tasks.caching import StageCache
+from tasks.retrying import RETRIED
 
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5}
 CACHED = {"persist_result": True}
 
 
-@task(**IO_RETRIES)
+@task(**RETRIED)
 def apply_overrides(params_path: str, overrides: dict) -> str:
     """Record run parameters in params.yaml first, so DVC sees what this run used."""
     from multitag.params_file import set_params
@@ -44,28 +44,28 @@ PREPROCESS = StageCache("preprocess")
 TRAIN = StageCache("train", extra_inputs=lambda p: [p["init_model"]] if p.get("init_model") else [], args=("architecture", "quick"))
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=SYNTHESIZE.key)
+@task(**RETRIED, **CACHED, cache_key_fn=SYNTHESIZE.key)
 def synthesize(params_path: str) -> str:
     root = str(stages.synthesize_stage(load_params(params_path)))
     SYNTHESIZE.record({"params_path": params_path})
     return root
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=VALIDATE.key)
+@task(**RETRIED, **CACHED, cache_key_fn=VALIDATE.key)
 def validate(params_path: str) -> dict[str, str]:
     paths = {name: str(path) for name, path in stages.validate_stage(load_params(params_path)).items()}
     VALIDATE.record({"params_path": params_path})
     return paths
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=PREPROCESS.key)
+@task(**RETRIED, **CACHED, cache_key_fn=PREPROCESS.key)
 def preprocess(params_path: str) -> dict:
     summary = stages.preprocess_stage(load_params(params_path))
     PREPROCESS.record({"params_path": params_path})
     return summary
 
 
-@task(**IO_RETRIES, **CACHED, cache_key_fn=TRAIN.key)
+@task(**RETRIED, **CACHED, cache_key_fn=TRAIN.key)
 def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False) -> str:
     """Train in a subprocess so TensorFlow's memory is released after each architecture. A quick
     refit (only the cheap member of `init_model`: its probe, else its head; flows/nightly_retraining.py)
@@ -94,14 +94,14 @@ def gate(params_path: str) -> dict:
     return stages.gate_stage(load_params(params_path))
 
 
-@task(**IO_RETRIES)
+@task(**RETRIED)
 def register(params_path: str, extra_tags: dict[str, str] | None = None) -> dict:
     """Retried on I/O errors, which is safe: the stage registers each candidate's run once and
     promoting the champion again changes nothing, so a retry never duplicates or re-promotes."""
     return stages.register_stage(load_params(params_path), extra_tags=extra_tags)
 
 
-@task(**IO_RETRIES)
+@task(**RETRIED)
 def record_data_versions() -> None:
     """`dvc commit` the stages this run executed, so dvc.lock matches what is on disk."""
     subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], check=True)

@@ -7,8 +7,9 @@ of its own for tests that move aliases), `serve_params` and `live_server` (the A
 loopback port, in a thread of the test process, stopped in teardown).
 
 Engine fixtures (tests/engines.py): `postgres` (a private PostgreSQL cluster for the session),
-`postgres_url` (a fresh database on it per test) and `mlflow_server` (an MLflow tracking server
-on its own database of that cluster, per module).
+`postgres_url` (a fresh database on it per test), `mlflow_server` (an MLflow tracking server
+on its own database of that cluster, per module) and `prefect_api` (a Prefect server per test
+worker, for the flow runs of the tests that ask for it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from engines import MlflowServer, PostgresCluster, postgres_bindir
+from engines import MlflowServer, PostgresCluster, PrefectServer, postgres_bindir
 
 TINY_CLASSES = ["cat", "dog", "person"]
 TINY_THRESHOLDS = [0.3, 0.5, 0.7]
@@ -291,6 +292,18 @@ def mlflow_server(postgres: PostgresCluster, tmp_path_factory: pytest.TempPathFa
     finally:
         server.stop()
         postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server for this test worker's flow runs: its API URL. Use it with
+    engines.flows_reporting_to; the user's default, a temporary server per process, is what
+    test_own_data_journey's demo run starts."""
+    server = PrefectServer.start(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server.api_url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

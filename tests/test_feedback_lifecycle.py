@@ -4,17 +4,19 @@ training data. Real SQLite queue, real threads, real Prefect flow runs; no model
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from corpus import encode, solid
+from engines import flows_reporting_to
 
 from multitag.config import ValidateParams, load_params
 from multitag.data.manifest import Record, SourceData
 from multitag.data.validation import SUPERSEDED, ValidationFailed, validate
-from multitag.errors import MissingInputError
+from multitag.errors import MissingInputError, RegistryUnavailableError
 from multitag.feedback.queue import ClaimLost, FeedbackQueue
 from multitag.feedback.retraining import export_feedback, feedback_records, leases_renewed, open_queue, reject_invalid
 from multitag.layout import Layout
@@ -125,8 +127,8 @@ def test_a_run_keeps_its_claims_past_the_lease_while_it_lives_and_loses_them_aft
 
 
 @pytest.fixture(scope="module")
-def nightly_stores(tmp_path_factory):
-    """A Prefect test server and an MLflow registry under a temporary folder, for this module's
+def nightly_stores(tmp_path_factory, prefect_api):
+    """The worker's Prefect server and an MLflow registry under a temporary folder, for this module's
     flow runs. The registry holds `with-champion` (a champion whose file only needs to download:
     these runs stop before training) and `no-champion` (registered, no alias)."""
     from mlflow import MlflowClient
@@ -144,9 +146,7 @@ def nightly_stores(tmp_path_factory):
             client.create_registered_model(name)
         version = client.create_model_version("with-champion", source=str(root / "champion"), tags={"architecture": "small_cnn"})
         client.set_registered_model_alias("with-champion", "champion", version.version)
-        from prefect.testing.utilities import prefect_test_harness
-
-        with prefect_test_harness(server_startup_timeout=180):
+        with flows_reporting_to(prefect_api):
             yield
 
 
@@ -187,6 +187,39 @@ def test_a_failed_nightly_run_leaves_no_export_and_its_items_pending(nightly_sto
     assert {item.id: (item.state, item.claimed_by) for item in items} == dict.fromkeys(ids, ("pending", None))
     assert all(item.updated_at > before[item.id] for item in items), "the run claimed them, then gave them back"
     assert feedback_records(Layout().feedback_export) == [], "a failed run leaves no feedback in the training data"
+
+
+@pytest.mark.parametrize(
+    ("error", "tries"),
+    [
+        (ValidationFailed("3 of 6 images are invalid"), 1),
+        (subprocess.CalledProcessError(1, ["multitag", "train"]), 1),  # the stage's own process failed
+        (RegistryUnavailableError("the tracking server did not answer"), 3),
+        (OSError("the network share went away"), 3),
+    ],
+    ids=["validation", "stage-subprocess", "registry-unreachable", "io-error"],
+)
+def test_a_stage_is_tried_again_only_after_a_failure_a_retry_can_fix(nightly_stores, error, tries):
+    """The flows' tasks retry twice (tasks/retrying.py), but a failure of the work itself fails the
+    same way each time: a failed nightly reports it once, without two more trainings first."""
+    from prefect import flow, task
+
+    from tasks.retrying import RETRIED
+
+    attempts: list[int] = []
+
+    @task(**{**RETRIED, "retry_delay_seconds": 0})
+    def stage() -> None:
+        attempts.append(1)
+        raise error
+
+    @flow
+    def run() -> None:
+        stage()
+
+    with pytest.raises(type(error)):
+        run()
+    assert len(attempts) == tries
 
 
 def test_an_export_a_killed_run_left_behind_never_reaches_training(tmp_path, monkeypatch):

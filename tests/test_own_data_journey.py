@@ -19,21 +19,24 @@ pytestmark = pytest.mark.slow
 OWN_CLASSES = ["circle", "ring", "star"]
 
 
-def pipeline(root, *arguments: str) -> str:
-    """`multitag pipeline ...` in the project, as a user types it; returns what it printed."""
-    result = run([sys.executable, "-m", "multitag.cli", "pipeline", *arguments], root, project_env(root))
+def pipeline(root, *arguments: str, prefect_api: str | None = None) -> str:
+    """`multitag pipeline ...` in the project, as a user types it; returns what it printed. Without
+    `prefect_api` the run starts its own temporary Prefect server, as it does for a user."""
+    env = {**project_env(root), **({"PREFECT_API_URL": prefect_api} if prefect_api else {})}
+    result = run([sys.executable, "-m", "multitag.cli", "pipeline", *arguments], root, env)
     return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
-def journey(tmp_path_factory):
+def journey(tmp_path_factory, prefect_api):
     from multitag.data.sources import synthetic
 
     base = tmp_path_factory.mktemp("journey")
     root = make_project(base / "project")
-    demo_output = pipeline(root, "--source", "synthetic")
+    demo_output = pipeline(root, "--source", "synthetic")  # `make demo`, with Prefect in-process
     own = synthetic.generate(base / "holiday-photos", 140, 48, seed=11)  # other images, a CSV folder
-    own_output = pipeline(root, "--source", "csv", "--path", str(own), "--classes", ",".join(OWN_CLASSES), "--arch", "small_cnn")
+    own_arguments = ("--source", "csv", "--path", str(own), "--classes", ",".join(OWN_CLASSES), "--arch", "small_cnn")
+    own_output = pipeline(root, *own_arguments, prefect_api=prefect_api)
     return root, own, demo_output, own_output
 
 

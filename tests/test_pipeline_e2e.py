@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from engines import flows_reporting_to
 from project import make_project, project_env, run, stored_aliases
 
 from multitag.data.splits import frozen_from_corrections, joins_test, read_frozen_test
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(tmp_path_factory, prefect_api):
     """One tiny project on which the training pipeline has run once under Prefect."""
     # These tests send arbitrary labels as corrections, which the screen would rightly hold where the
     # champion confidently disagrees; the screen has its own tests (test_feedback_screen.py).
@@ -32,11 +33,9 @@ def project(tmp_path_factory):
         patch.chdir(root)
         for key, value in project_env(root).items():
             patch.setenv(key, value)
-        from prefect.testing.utilities import prefect_test_harness
-
         from flows.training_pipeline import training_pipeline
 
-        with prefect_test_harness(server_startup_timeout=180):
+        with flows_reporting_to(prefect_api):
             registration = training_pipeline()
             yield root, registration
 
@@ -273,7 +272,7 @@ def test_failed_retraining_returns_claimed_feedback_to_pending(project):
     versions_before = len(registry.list_versions("multitag"))
     queue = open_queue(_params())
     before = {item.id: item.updated_at for item in queue.list_items("pending", 100)}
-    # the training subprocess fails on the missing weights file (the module fixture's Prefect test harness is still up)
+    # the training subprocess fails on the missing weights file (the module fixture's Prefect server is still the API)
     with pytest.raises(subprocess.CalledProcessError, match="'train'"):
         nightly_retraining(params_path=str(broken))
     pending = queue.list_items("pending", 100)
@@ -295,6 +294,9 @@ def _claimed_by_someone(queue) -> list[int]:
     return sorted(item.id for item in queue.list_items("claimed", 100))
 
 
+LEASE_S = 12  # the renewal runs every 4 s: two missed renewals on a busy machine still keep the claim
+
+
 def test_retraining_killed_mid_training_returns_its_claims_to_pending_after_the_lease(project):
     """SIGKILL leaves no chance to release: the claim's lease is what brings the items back."""
     import psutil
@@ -308,13 +310,13 @@ def test_retraining_killed_mid_training_returns_its_claims_to_pending_after_the_
     if queue.pending_count() < 3:
         _add_feedback(root, 3)
     pending = sorted(i.id for i in queue.list_items("pending", 100))
-    # The lease must outlast validate + preprocess + the start of training on a busy machine, and
-    # training must outlast the kill (no early stop).
+    # A short lease, which the living run renews (a third of it at a time) through validate,
+    # preprocess and the start of training; training must outlast the kill (no early stop).
     long_training = _params_variant(
-        root, "params-kill.yaml", {"feedback": {"lease_seconds": 45}, "train": {"small_cnn_epochs": 300, "patience": 300}}
+        root, "params-kill.yaml", {"feedback": {"lease_seconds": LEASE_S}, "train": {"small_cnn_epochs": 300, "patience": 300}}
     )
     versions_before = len(registry.list_versions("multitag"))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the module's test server, no ephemeral start
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the worker's test server, no temporary one
     script = "import sys; from flows.nightly_retraining import nightly_retraining; nightly_retraining(params_path=sys.argv[1])"
     retraining = subprocess.Popen(
         [sys.executable, "-c", script, long_training],

@@ -114,7 +114,7 @@ def test_coco_real_labels_match_the_yolo_files(tmp_path):
 
 
 VOC_SLICE = 420  # photos: enough for frequent classes to tune, few enough that rare ones cannot
-MODEL_MARGIN = 0.3  # test mAP over the class prior's (measured: 0.61 against 0.13)
+MODEL_MARGIN = 0.3  # test mAP over the class prior's (measured: 0.55 against 0.13)
 INVARIANT_SHARE = 0.97  # tag decisions (photo x class) kept under a harmless change
 CAT_RECALL = 0.8  # photos of a cat alone tagged cat
 
@@ -161,7 +161,8 @@ def slice_model(tmp_path_factory) -> SliceModel:
             {
                 "data": {"source": "voc", "path": str(data)},
                 "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
-                "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40},
+                # the photo recipe's probe reads 384px; 224 keeps this fixture a third of the cost
+                "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40, "probe_input_size": 224},
             }
         )
         layout = Layout(root=tmp_path / "work")
@@ -210,7 +211,7 @@ def test_the_model_and_the_probe_baseline_both_learn_well_beyond_the_class_prior
 @pytest.mark.slow
 def test_labels_survive_what_a_photo_library_does_to_a_photo(slice_model):
     """Invariance: re-saved as JPEG (quality 85) or 10% darker, a test photo keeps its tags (measured
-    on this slice: 98.4% and 99.5% of the decisions, photo x class, unchanged)."""
+    on this slice: 98.8% and 99.6% of the decisions, photo x class, unchanged)."""
     import io
 
     from multitag.modeling.metrics import apply_thresholds

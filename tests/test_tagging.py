@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from corpus import encode, solid
+from engines import flows_reporting_to
 from typer.testing import CliRunner
 
 from multitag.lifecycle.predictor import Predictor
@@ -136,7 +137,7 @@ def test_tag_with_xmp_writes_a_sidecar_per_tagged_photo(registry_env, tmp_path):
             assert sorted(found) == sorted(f"multitag|{label}" for label in row.labels)
 
 
-def test_the_watched_folder_flow_tags_what_is_new_and_ships_doing_nothing(registry_env, tmp_path, monkeypatch):
+def test_the_watched_folder_flow_tags_what_is_new_and_ships_doing_nothing(registry_env, tmp_path, prefect_api):
     """flows/tag_library.py, the `tag-library` deployment's flow, run in-process under Prefect."""
     from flows.tag_library import TAGS_FILE
     from flows.tag_library import tag_library as watched
@@ -144,11 +145,11 @@ def test_the_watched_folder_flow_tags_what_is_new_and_ships_doing_nothing(regist
     photos = library(tmp_path / "library")
     params = tmp_path / "params.yaml"
     params.write_text(f"registry:\n  model_name: {registry_env.name}\n")
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    assert watched(params_path=str(params)) == {"status": "no folder"}
-    first = watched(folder=str(photos), params_path=str(params))
-    assert (first["tagged"], first["skipped"], len(first["failed"])) == (6, 0, 1) and first["out"] == str(photos / TAGS_FILE)
-    (photos / "2026" / "new.png").write_bytes(encode(solid("a new photo", (40, 30)), "PNG"))
-    second = watched(folder=str(photos), params_path=str(params))
+    with flows_reporting_to(prefect_api):
+        assert watched(params_path=str(params)) == {"status": "no folder"}
+        first = watched(folder=str(photos), params_path=str(params))
+        assert (first["tagged"], first["skipped"], len(first["failed"])) == (6, 0, 1) and first["out"] == str(photos / TAGS_FILE)
+        (photos / "2026" / "new.png").write_bytes(encode(solid("a new photo", (40, 30)), "PNG"))
+        second = watched(folder=str(photos), params_path=str(params))
     assert (second["tagged"], second["skipped"]) == (1, 6), "only the new photo (and the broken one, tried again) is scored"
     assert len(read_rows(photos / TAGS_FILE)) == 8
