@@ -304,7 +304,7 @@ class MlflowServer(StartedServer):
 @dataclass
 class PrefectServer(StartedServer):
     """`prefect server start` on a free loopback port, with a PREFECT_HOME (database, log) of its
-    own and no UI: the API that the flow runs of one test worker report to, in-process and in the
+    own: the API that the flow runs of one test worker report to, in-process and in the
     processes they start. One per worker instead of a temporary server per flow process, which
     cost 13 s each on 2 cores, half of it migrating a fresh database."""
 
@@ -314,10 +314,10 @@ class PrefectServer(StartedServer):
     def start(cls, home: Path, timeout_s: float = 180) -> PrefectServer:
         home.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
-        env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+        env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
 
-        def command(port: int) -> list[str]:
-            return [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+        def command(port: int) -> list[str]:  # the API alone: no UI, no scheduler or other services
+            return [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-services"]
 
         url, process = start_http_server(command, "Prefect server", home / "server.log", home, env, timeout_s, health="/api/health")
         return cls(process=process, api_url=f"{url}/api")
