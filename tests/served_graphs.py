@@ -11,9 +11,10 @@ SIZE = 32  # the smallest input every architecture accepts
 PROBE_SIZE = 48  # the probe reads the images larger, resized inside the graph, as the photo recipe does
 
 
-def served_model(architecture: str, seed: int):
-    """The graph the project serves, untrained: flip averaging, plus the frozen-feature probe branch
-    that resizes inside the graph, in front of the sigmoid (models.with_sigmoid)."""
+def served_model(architecture: str, seed: int, probe: bool = True):
+    """The graph the project serves, untrained: flip averaging, plus (unless `probe` is False) the
+    frozen-feature probe branch that resizes inside the graph, in front of the sigmoid
+    (models.with_sigmoid)."""
     import keras
 
     from multitag.modeling import models
@@ -21,6 +22,8 @@ def served_model(architecture: str, seed: int):
     keras.utils.set_random_seed(seed)
     extractor = models.build_feature_extractor(architecture, SIZE, None)
     network = models.assemble(extractor, models.build_head(int(extractor.output_shape[-1]), len(CLASSES), [], 0.0))
+    if not probe:
+        return models.with_sigmoid(network, flip_average=True)
     features = models.probe_features(models.build_feature_extractor(architecture, PROBE_SIZE, None), SIZE)
     rng = np.random.default_rng(seed)
     kernel = rng.normal(0, 0.05, (int(features.output_shape[-1]), len(CLASSES))).astype("float32")

@@ -1,5 +1,11 @@
-"""The TFLite export covers the whole served graph of every architecture the project trains: a
-file of its own, as each conversion takes a while (make test spreads test files over workers)."""
+"""The TFLite export covers the served graph of every architecture the project trains: a file of
+its own, as each conversion takes a while (make test spreads test files over workers).
+
+ResNet50's graph is its network with flip averaging, every op it adds, without the probe branch's
+second copy of it (the branch itself is converted with the three others): that copy doubled its
+conversion, 52 s against 24 s on 2 cores. EfficientNetB0 keeps the whole graph: untrained, its
+network alone gives every random image nearly the same scores, and AP parity on such ties
+measures float noise. The gate checks every real export's parity before it serves anyway."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ def test_the_export_of_each_architectures_served_graph_answers_like_keras(archit
     """Every architecture the project trains, with ImageNet weights or not (`weights: null` here)."""
     from multitag.lifecycle.tflite import TFLiteModel
 
-    model = served_model(architecture, seed=0)
+    model = served_model(architecture, seed=0, probe=architecture != "resnet50")
     images, labels = labelled_images(6, seed=1)
     reference = model.predict_on_batch(images.astype("float32"))
     exported = TFLiteModel(export.to_tflite(model, tmp_path / "model.tflite")).predict_on_batch(images)

@@ -6,9 +6,11 @@ than the whole pipeline)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from multitag.config import TrainParams
 from multitag.data import manifest
@@ -72,12 +74,37 @@ def test_a_quick_refit_trains_only_the_head_on_cached_features_of_the_champions_
     assert len(list(cache.glob("*.npz"))) == 1, "the champion's frozen features were cached"
 
 
-def test_a_quick_refit_of_an_ensemble_refits_the_probe_alone_and_keeps_the_champions_network(tmp_path: Path):
-    processed = write_processed(tmp_path)
+@dataclass(frozen=True)
+class Ensemble:
+    """A mobilenetv2 + probe champion trained once for the module, with its feature cache."""
+
+    processed: Path
+    params: TrainParams
+    model: Path
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory) -> Ensemble:
+    root = tmp_path_factory.mktemp("ensemble")
+    processed = write_processed(root)
     params = tiny_params(**MOBILENET, head_epochs=1, probe_ensemble=True, probe_input_size=SIZE, network_weight=0.5)
-    champion, quick, cache = tmp_path / "champion", tmp_path / "quick", tmp_path / "features"
-    train_architecture("mobilenetv2", processed, champion, params, feature_cache=cache)
-    result = train_architecture("mobilenetv2", processed, quick, params, init_model=champion / MODEL_FILE, feature_cache=cache, quick=True)
+    params = params.model_copy(update={"flip_average": True})  # as served on photos: both views
+    train_architecture("mobilenetv2", processed, root / "model", params, feature_cache=root / "features")
+    return Ensemble(processed, params, root / "model", root / "features")
+
+
+def test_a_quick_refit_of_an_ensemble_refits_the_probe_alone_and_keeps_the_champions_network(ensemble: Ensemble, tmp_path: Path):
+    champion, quick = ensemble.model, tmp_path / "quick"
+    result = train_architecture(
+        "mobilenetv2",
+        ensemble.processed,
+        quick,
+        ensemble.params,
+        init_model=champion / MODEL_FILE,
+        feature_cache=ensemble.cache,
+        quick=True,
+    )
 
     assert result.start == "quick" and result.head_seconds == 0 and result.fine_tune_trainable_parameters == 0
     assert read_history(quick) == {}, "neither the head nor the network trained"
@@ -87,21 +114,16 @@ def test_a_quick_refit_of_an_ensemble_refits_the_probe_alone_and_keeps_the_champ
     assert refitted.get_layer("probe_branch") is not None
 
 
-def test_the_probes_training_features_are_the_file_evaluation_reads(tmp_path: Path):
+def test_the_probes_training_features_are_the_file_evaluation_reads(ensemble: Ensemble):
     """One home for a photo's probe features: the frozen features training computes for its train
     photos are the served model's probe member outputs, in the file modeling/ensemble.py reads, so a
     photo seen by either is never sent through the 384 px backbone again."""
     from multitag.modeling.ensemble import members, view_averaged
     from multitag.modeling.feature_cache import cached_features, member_file
 
-    processed = write_processed(tmp_path)
-    params = tiny_params(**MOBILENET, head_epochs=1, probe_ensemble=True, probe_input_size=SIZE, network_weight=0.5)
-    params = params.model_copy(update={"flip_average": True})  # as served on photos: both views
-    cache = tmp_path / "features"
-    train_architecture("mobilenetv2", processed, tmp_path / "model", params, feature_cache=cache)
-    probe = members(load_served_model(tmp_path / "model")).probe_features
-    x_train = np.load(processed / "train_x.npy")
-    path = member_file(cache, probe, SIZE, flip=True)
+    probe = members(load_served_model(ensemble.model)).probe_features
+    x_train = np.load(ensemble.processed / "train_x.npy")
+    path = member_file(ensemble.cache, probe, SIZE, flip=True)
     assert path.exists(), "training wrote them under the served member's own key"
     stored, computed = cached_features(path, x_train, lambda rows: view_averaged(probe, rows, True))
     assert computed == 0, "every train photo's probe features were read, none computed again"
