@@ -71,3 +71,30 @@ class Layout:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    # The records the last stages hand each other (dvc.yaml names them as outs and deps)
+
+    @property
+    def candidates(self) -> Path:
+        """evaluate -> gate, register: each candidate's run, URI and scores."""
+        return self.metrics / "candidates.json"
+
+    @property
+    def comparison(self) -> Path:
+        """evaluate's table of the candidates, as `multitag evaluate` and the flows print it."""
+        return self.metrics / "comparison.md"
+
+    @property
+    def gate_record(self) -> Path:
+        """gate -> register: the verdict and the exact candidate it judged."""
+        return self.reports / "gate.json"
+
+    @property
+    def gate_report(self) -> Path:
+        """The verdict for a person (`multitag gate` prints it)."""
+        return self.reports / "gate.md"
+
+    @property
+    def registration(self) -> Path:
+        """register's result: the versions, the verdict, the champion now."""
+        return self.reports / "registration.json"

@@ -85,8 +85,8 @@ def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None 
     """Evaluate in this process: the gate loads TensorFlow and the same models here right after, so
     a process of its own only added a start and TensorFlow's import (about 7 s a run)."""
     stages.evaluate_stage(load_params(params_path), run_name=run_name, extra_tags=extra_tags)
-    print((Layout().metrics / "comparison.md").read_text())  # the flows log prints: the table `multitag evaluate` shows
-    return json.loads((Layout().metrics / "candidates.json").read_text())
+    print(Layout().comparison.read_text())  # the flows log prints: the table `multitag evaluate` shows
+    return json.loads(Layout().candidates.read_text())
 
 
 @task
@@ -117,8 +117,8 @@ def publish_report(registration: dict) -> str:
             "",
             "## Architectures",
             "",
-            (layout.metrics / "comparison.md").read_text(),
-            (layout.reports / "gate.md").read_text(),
+            layout.comparison.read_text(),
+            layout.gate_report.read_text(),
             f"Registered versions: {registration['versions']}; champion is version {registration['champion_version']}.",
         ]
     )

@@ -68,3 +68,18 @@ def test_each_stage_names_its_own_module_and_that_module_holds_the_stage():
     for name, spec in stages.items():
         assert f"multitag/stages/{name}.py" in spec.get("do", spec)["deps"], name
         assert callable(getattr(importlib.import_module(f"multitag.stages.{name}"), f"{name}_stage")), name
+
+
+def test_the_records_the_last_stages_hand_on_are_where_dvc_yaml_says():
+    """Layout is the code's one home for the records' names; dvc.yaml declares them as outs of
+    the stage that writes them and deps of the stages that read them."""
+    from multitag.layout import Layout
+
+    layout = Layout(Path("."))
+    stage = lambda name: dvc_stage(name, yaml.safe_load((REPO / "params.yaml").read_text()))  # noqa: E731
+    written = {"evaluate": [layout.candidates, layout.comparison], "gate": [layout.gate_record, layout.gate_report]}
+    written["register"] = [layout.registration]
+    for name, records in written.items():
+        assert sorted(stage(name).outs) == sorted(str(record) for record in records), name
+    assert str(layout.candidates) in stage("gate").deps and str(layout.candidates) in stage("register").deps
+    assert str(layout.gate_record) in stage("register").deps

@@ -72,7 +72,7 @@ def evaluate(
         from multitag.stages import evaluate_stage
 
         summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
-        out.print((Layout().metrics / "comparison.md").read_text())
+        out.print(Layout().comparison.read_text())
         console.print(f"MLflow parent run {summary['parent_run_id']}")
     else:
         from multitag.stages.evaluate import evaluate_uri
@@ -136,7 +136,7 @@ def gate(params_path: Path = ParamsOption) -> None:
     from multitag.stages import gate_stage
 
     result = gate_stage(load_params(params_path))
-    out.print((Layout().reports / "gate.md").read_text())
+    out.print(Layout().gate_report.read_text())
     console.print(f"selected {result['selected']}: {'PASSED' if result['verdict']['passed'] else 'FAILED'}")
 
 
@@ -229,7 +229,7 @@ def pipeline(
         params_path, choice, on_restore=lambda p: console.print(f"[yellow]the run failed: {p} is back as it was before it[/]")
     ):
         registration = training_pipeline(params_path=str(params_path))
-    out.print((Layout().metrics / "comparison.md").read_text())
+    out.print(Layout().comparison.read_text())
     console.print(outcome_message(registration))
 
 

@@ -61,7 +61,7 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
         table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
         import mlflow
 
-        mlflow.log_text(table, "comparison.md")
+        mlflow.log_text(table, layout.comparison.name)
         mlflow.log_dict(rows, "comparison.json")
         parent_id = parent.info.run_id
     tracking.log_dvc_metrics(
@@ -69,9 +69,9 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
         histories,
         {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows},
     )
-    (layout.metrics / "comparison.md").write_text(table)
+    layout.comparison.write_text(table)
     summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
-    write_json(layout.metrics / "candidates.json", summary)
+    write_json(layout.candidates, summary)
     return summary
 
 

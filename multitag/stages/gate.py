@@ -21,7 +21,7 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     from multitag.lifecycle import gate, gate_report, policy, registry
     from multitag.modeling.baselines import score_baselines
 
-    summary = json.loads((layout.metrics / "candidates.json").read_text())
+    summary = json.loads(layout.candidates.read_text())
     best = policy.select_candidate(summary["candidates"], params.evaluate.primary_metric)
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
@@ -36,8 +36,8 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
         baselines,
     )
     result = gate_record(summary, best, verdict)
-    write_json(layout.reports / "gate.json", result)
-    (layout.reports / "gate.md").write_text(gate_report.verdict_markdown(verdict))
+    write_json(layout.gate_record, result)
+    layout.gate_report.write_text(gate_report.verdict_markdown(verdict))
     return result
 
 

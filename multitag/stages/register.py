@@ -22,8 +22,8 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
 
     from multitag.lifecycle import policy, registry
 
-    summary = json.loads((layout.metrics / "candidates.json").read_text())
-    gate_result = json.loads((layout.reports / "gate.json").read_text())
+    summary = json.loads(layout.candidates.read_text())
+    gate_result = json.loads(layout.gate_record.read_text())
     judged = policy.judged_candidate(summary, gate_result)
     name = params.registry.model_name
     versions = {}
@@ -65,7 +65,7 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
         "evidence": gate_result.get("evidence", ""),
         "champion_version": champion.version if champion else None,
     }
-    write_json(layout.reports / "registration.json", result)
+    write_json(layout.registration, result)
     return result
 
 
