@@ -311,13 +311,17 @@ class PrefectServer(StartedServer):
     api_url: str
 
     @classmethod
-    def start(cls, home: Path, timeout_s: float = 180) -> PrefectServer:
+    def start(cls, home: Path, services: bool = False, timeout_s: float = 180) -> PrefectServer:
+        """Start it (database and server.log under `home`); returns once /api/health answers.
+        Without `services` it is the API alone, no UI or scheduler: enough for flow runs to report
+        to; a work pool's worker and deployments need `services`."""
         home.mkdir(parents=True, exist_ok=True)
         env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
         env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        options = [] if services else ["--no-ui", "--no-services"]
 
-        def command(port: int) -> list[str]:  # the API alone: no UI, no scheduler or other services
-            return [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--no-services"]
+        def command(port: int) -> list[str]:
+            return [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), *options]
 
         url, process = start_http_server(command, "Prefect server", home / "server.log", home, env, timeout_s, health="/api/health")
         return cls(process=process, api_url=f"{url}/api")

@@ -37,7 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from engines import ApiServer, MlflowServer, PostgresCluster, free_port, log_tail, start_process, stop_process
+from engines import ApiServer, MlflowServer, PostgresCluster, PrefectServer, log_tail, start_process, stop_process
 from project import make_project, project_env, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -127,10 +127,12 @@ def stack(postgres: PostgresCluster, mlflow_server: MlflowServer, tmp_path_facto
     root = tiny_project(folder / "project")
     (root / ".prefect").mkdir()
     queue_url = postgres.create_database("scaled_out_queue")
-    prefect_api = f"http://127.0.0.1:{free_port()}/api"
+    timezone, project = load_params(root / "params.yaml").retrain.timezone, project_env(root)
+    server = PrefectServer.start(root / ".prefect", services=True, timeout_s=SERVER_START_S)  # a worker and deployments
+    prefect_api = server.api_url
     env = {
         **os.environ,
-        **project_env(root),
+        **project,
         "MLFLOW_TRACKING_URI": mlflow_server.uri,
         QUEUE_URL_ENV: queue_url,
         QUEUE_IMAGES_ENV: str(folder / "shared-volume" / "feedback-images"),
@@ -139,17 +141,10 @@ def stack(postgres: PostgresCluster, mlflow_server: MlflowServer, tmp_path_facto
         "PREFECT_CLI_PROMPT": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",  # pick runs up quickly (default 10 s)
         "MULTITAG_PROJECT_DIR": str(root),  # prefect.yaml's pull step
-        "MULTITAG_RETRAIN_TIMEZONE": load_params(root / "params.yaml").retrain.timezone,
+        "MULTITAG_RETRAIN_TIMEZONE": timezone,
     }
-    stack = Stack(root, env, prefect_api, queue_url)
+    stack = Stack(root, env, prefect_api, queue_url, processes={"server": server.process})
     try:
-        port = prefect_api.rsplit(":", 1)[1].split("/")[0]
-        server = stack.processes["server"] = start_process(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port], root / ".prefect" / "server.log", root, env
-        )
-        wait_until(
-            lambda: answers(f"{prefect_api}/health", lambda body: body is True), "healthy Prefect server", SERVER_START_S, server, ""
-        )
         run([PREFECT, "work-pool", "create", POOL, "--type", "process"], root, env)
         worker = stack.processes["worker"] = start_process(
             [PREFECT, "worker", "start", "--pool", POOL], root / ".prefect" / "worker.log", root, env
