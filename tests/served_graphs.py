@@ -11,10 +11,11 @@ SIZE = 32  # the smallest input every architecture accepts
 PROBE_SIZE = 48  # the probe reads the images larger, resized inside the graph, as the photo recipe does
 
 
-def served_model(architecture: str, seed: int, probe: bool = True):
-    """The graph the project serves, untrained: flip averaging, plus (unless `probe` is False) the
-    frozen-feature probe branch that resizes inside the graph, in front of the sigmoid
-    (models.with_sigmoid)."""
+def served_model(architecture: str, seed: int, probe: str | None = "same"):
+    """The graph the project serves, untrained: flip averaging, plus the frozen-feature probe branch
+    that resizes inside the graph, in front of the sigmoid (models.with_sigmoid). The probe's
+    backbone is the network's own architecture ("same", as training builds it), another one, or
+    none (None)."""
     import keras
 
     from multitag.modeling import models
@@ -22,13 +23,14 @@ def served_model(architecture: str, seed: int, probe: bool = True):
     keras.utils.set_random_seed(seed)
     extractor = models.build_feature_extractor(architecture, SIZE, None)
     network = models.assemble(extractor, models.build_head(int(extractor.output_shape[-1]), len(CLASSES), [], 0.0))
-    if not probe:
+    if probe is None:
         return models.with_sigmoid(network, flip_average=True)
-    features = models.probe_features(models.build_feature_extractor(architecture, PROBE_SIZE, None), SIZE)
+    backbone = architecture if probe == "same" else probe
+    features = models.probe_features(models.build_feature_extractor(backbone, PROBE_SIZE, None), SIZE)
     rng = np.random.default_rng(seed)
     kernel = rng.normal(0, 0.05, (int(features.output_shape[-1]), len(CLASSES))).astype("float32")
-    probe = models.probe_branch(features, kernel, rng.normal(0, 0.1, len(CLASSES)).astype("float32"))
-    return models.with_sigmoid(network, flip_average=True, probe=probe, network_weight=0.5)
+    probe_branch = models.probe_branch(features, kernel, rng.normal(0, 0.1, len(CLASSES)).astype("float32"))
+    return models.with_sigmoid(network, flip_average=True, probe=probe_branch, network_weight=0.5)
 
 
 def labelled_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
