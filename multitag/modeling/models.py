@@ -92,8 +92,9 @@ def architecture(name: str) -> Architecture:
 
 
 def resolve_weights(name: str, weights: str | None) -> str | None:
-    """'imagenet', None, or a file path; a path that does not exist is a clear error, not a download."""
-    if weights in (None, "imagenet") or not architecture(name).pretrained:
+    """'imagenet', None, or a file path; a path that does not exist is a clear error (a usage error,
+    which the flows do not retry), not a download or the loader's bare file-not-found."""
+    if weights in (None, "imagenet"):
         return weights
     from pathlib import Path
 
