@@ -25,7 +25,7 @@ def train_stage(params: Params, architecture: str, layout: Layout = Layout(), in
 def trains_apart(architectures: list[str]) -> bool:
     """Whether each architecture trains in a process of its own: yes when a run trains several, so
     that TensorFlow's memory (fine-tuning holds the most) goes back to the OS before the next one.
-    A run that trains one (the photo recipe, a nightly, a quick refit) trains in its own process:
+    A run that trains one (the photo recipe, a nightly, a quick refit) trains in the run's process:
     the evaluation and the gate load TensorFlow there right after anyway, and a process of its own
     only added a start and an import (5-7 s a run)."""
     return len(architectures) > 1
