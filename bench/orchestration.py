@@ -4,7 +4,7 @@ the same stage functions called directly, in the same order, on the same data.
 - flow: `flows.training_pipeline.training_pipeline()`, in-process, against a Prefect server that
   is already up (started once before any timing, so its 5-25 s start-up is left out);
 - direct: the plain functions inside the flow's tasks (`task.fn`: `validate_stage`,
-  `preprocess_stage`, `train_stage` (`train_in_subprocess` for each of several), the same `multitag.cli evaluate` subprocess,
+  `preprocess_stage`, `train_in_subprocess`, the same `multitag.cli evaluate` subprocess,
   `gate_stage`, `register_stage`, and the `dvc commit` the flow records data versions with),
   called one after the other with no Prefect machinery.
 
@@ -67,7 +67,6 @@ PARAMS_PATH = "params.yaml"
 def run_direct() -> dict[str, float]:
     """The flow's steps without Prefect: each task's own function (`.fn`), in the flow's order."""
     from multitag.config import load_params
-    from multitag.stages import trains_apart
     from tasks import pipeline as t
 
     steps = [
@@ -76,8 +75,7 @@ def run_direct() -> dict[str, float]:
         ("validate", lambda: t.validate.fn(PARAMS_PATH)),
         ("preprocess", lambda: t.preprocess.fn(PARAMS_PATH)),
     ]
-    architectures = load_params(PARAMS_PATH).train.architectures  # trained apart when several, as the flow does
-    steps += [("train", lambda arch=arch: t.train.fn(arch, PARAMS_PATH, apart=trains_apart(architectures))) for arch in architectures]
+    steps += [("train", lambda arch=arch: t.train.fn(arch, PARAMS_PATH)) for arch in load_params(PARAMS_PATH).train.architectures]
     steps += [
         ("evaluate", lambda: t.evaluate.fn(PARAMS_PATH, run_name="training-pipeline")),
         ("gate", lambda: t.gate.fn(PARAMS_PATH)),

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 
 from multitag.feedback.retraining import owning_export
 from multitag.feedback.screen_rules import summary as held_summary
-from multitag.stages import outcome_message, trains_apart
+from multitag.stages import outcome_message
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
 from tasks import pipeline as t
@@ -72,8 +72,7 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
                 t.validate(run.params_path)
                 t.preprocess(run.params_path)
                 for architecture in run.architectures:
-                    init_model, apart = run.warm_start_for(architecture), trains_apart(run.architectures)
-                    t.train(architecture, run.params_path, init_model=init_model, quick=quick, apart=apart)
+                    t.train(architecture, run.params_path, init_model=run.warm_start_for(architecture), quick=quick)
                 used = run.feedback_ids
                 tags = {
                     "feedback_ids": ",".join(map(str, used)),

@@ -39,9 +39,8 @@ def training_pipeline(
         t.synthesize(params_path)  # generates shapes only when they are the data
         t.validate(params_path)
         t.preprocess(params_path)
-        architectures = params.train.architectures
-        for architecture in architectures:
-            t.train(architecture, params_path, apart=stages.trains_apart(architectures))
+        for architecture in params.train.architectures:
+            t.train(architecture, params_path)
         t.evaluate(params_path, run_name="training-pipeline")
         t.gate(params_path)
         registration = t.register(params_path)

@@ -66,17 +66,18 @@ def preprocess(params_path: str) -> dict:
 
 
 @task(**RETRIED, **CACHED, cache_key_fn=TRAIN.key)
-def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False, apart: bool = False) -> str:
-    """Train one architecture: in this process, or in a process of its own when the run trains
-    several (`apart`, stages.trains_apart). `quick` refits only the cheap member of `init_model`
-    (its probe, else its head; flows/nightly_retraining.py)."""
-    init = Path(init_model) if init_model else None
-    if apart:
-        stages.train_in_subprocess(architecture, Path(params_path), init_model=init, quick=quick)
+def train(architecture: str, params_path: str, init_model: str | None = None, quick: bool = False) -> str:
+    """Train in a subprocess so TensorFlow's memory is released after each architecture. A quick
+    refit (only the cheap member of `init_model`: its probe, else its head; flows/nightly_retraining.py)
+    runs in this process instead: it holds little memory, and the gate loads TensorFlow here anyway,
+    so a process of its own would only add a start (about 7 s of a 2-minute target)."""
+    if quick:
+        stages.train_stage(load_params(params_path), architecture, init_model=Path(init_model) if init_model else None, quick=True)
+        model_dir = str(Layout().models / architecture)
     else:
-        stages.train_stage(load_params(params_path), architecture, init_model=init, quick=quick)
+        model_dir = str(stages.train_in_subprocess(architecture, Path(params_path), init_model=Path(init_model) if init_model else None))
     TRAIN.record({"architecture": architecture, "params_path": params_path, "init_model": init_model, "quick": quick})
-    return str(Layout().models / architecture)
+    return model_dir
 
 
 @task

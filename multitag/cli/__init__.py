@@ -36,13 +36,13 @@ def train(
 ) -> None:
     """Train architectures on data/processed (each in its own process when several)."""
     from multitag.modeling.train import best_val_text
-    from multitag.stages import train_in_subprocess, train_stage, trains_apart
+    from multitag.stages import train_in_subprocess, train_stage
 
     if quick and init_model is None:
         raise UsageError("--quick refits a trained model's probe (else its head): give it --init-model")
     params = load_params(params_path)
     names = arch or params.train.architectures
-    if not trains_apart(names):
+    if len(names) == 1:
         result = train_stage(params, names[0], init_model=init_model, quick=quick)
         console.print(f"[green]{names[0]}[/green]: {best_val_text(result['best_val_mAP'])} in {result['train_seconds']:.0f}s")
     else:

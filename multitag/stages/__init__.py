@@ -7,7 +7,7 @@ from multitag.stages.gate import gate_record, gate_stage
 from multitag.stages.preprocess import preprocess_stage
 from multitag.stages.register import outcome_message, register_stage
 from multitag.stages.synthesize import synthesize_stage
-from multitag.stages.train import train_in_subprocess, train_stage, trains_apart
+from multitag.stages.train import train_in_subprocess, train_stage
 from multitag.stages.validate import validate_stage
 
 __all__ = [
@@ -21,6 +21,5 @@ __all__ = [
     "synthesize_stage",
     "train_in_subprocess",
     "train_stage",
-    "trains_apart",
     "validate_stage",
 ]

@@ -1,5 +1,5 @@
-"""The `train` stage: one architecture on the processed arrays (modeling/train.py), in the caller's
-process, or in a process of its own for each when a run trains several (`trains_apart`)."""
+"""The `train` stage: one architecture on the processed arrays (modeling/train.py), in a process of
+its own when the flows call it."""
 
 from __future__ import annotations
 
@@ -20,15 +20,6 @@ def train_stage(params: Params, architecture: str, layout: Layout = Layout(), in
         architecture, layout.processed, layout.models / architecture, params.train, init_model, layout.feature_cache, quick
     )
     return asdict(result)
-
-
-def trains_apart(architectures: list[str]) -> bool:
-    """Whether each architecture trains in a process of its own: yes when a run trains several, so
-    that TensorFlow's memory (fine-tuning holds the most) goes back to the OS before the next one.
-    A run that trains one (the photo recipe, a nightly, a quick refit) trains in the run's process:
-    the evaluation and the gate load TensorFlow there right after anyway, and a process of its own
-    only added a start and an import (5-7 s a run)."""
-    return len(architectures) > 1
 
 
 def train_in_subprocess(
