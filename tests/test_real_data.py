@@ -163,6 +163,7 @@ def slice_model(tmp_path_factory) -> SliceModel:
                 "preprocess": {"image_size": 112, "workers": 2},  # not a size Keras has own weights for: the 224 file
                 # the photo recipe's probe reads 384px; 224 keeps this fixture a third of the cost
                 "train": {"architectures": ["mobilenetv2"], "fine_tune_epochs": 0, "head_epochs": 40, "probe_input_size": 224},
+                "evaluate": {"latency_runs": 3},  # no test here reads the latency
             }
         )
         layout = Layout(root=tmp_path / "work")
@@ -172,7 +173,10 @@ def slice_model(tmp_path_factory) -> SliceModel:
         model_dir = layout.models / "mobilenetv2"
         classes = manifest.read_classes(layout.processed / "classes.json")
         model = load_served_model(model_dir)
-        evaluation = evaluate_model("mobilenetv2", model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate)
+        # with the feature cache training wrote, as the evaluate stage scores (member by member)
+        evaluation = evaluate_model(
+            "mobilenetv2", model, model_dir / MODEL_FILE, layout.processed, classes, params.evaluate, layout.feature_cache
+        )
         yield SliceModel(params, layout, classes, model, evaluation)
 
 
