@@ -3,10 +3,10 @@ its own, as each conversion takes a while (make test spreads test files over wor
 
 Each graph is the architecture's network with flip averaging and the probe branch, every op they
 add. MobileNetV2's probe has a MobileNetV2 backbone, as training builds it. The two large networks
-are not converted twice over: ResNet50 goes without the probe (its copy doubled the conversion, 52 s
-against 24 s on 2 cores), EfficientNetB0 has a small CNN's probe (31 s against 50 s). It keeps one
-because, untrained, its network alone gives every image the same scores to 1e-7, and AP parity on
-such ties measures float noise. The gate checks every real export's parity before it serves."""
+are not converted twice over (a second copy of a backbone doubles the conversion): ResNet50 goes
+without the probe, and EfficientNetB0 has a small CNN's probe. It keeps one because, untrained,
+its network alone gives every image the same scores to 1e-7, and AP parity on such ties measures
+float noise. The gate checks every real export's parity before it serves."""
 
 from __future__ import annotations
 

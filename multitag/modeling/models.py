@@ -40,10 +40,36 @@ class ReverseChannels(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="multitag")
 class MirrorImage(layers.Layer):
-    """Left-right mirror of an (N, H, W, C) batch; a named layer so saved models load safely."""
+    """Left-right mirror of an (N, H, W, C) batch; a named layer so saved models load safely. The
+    served graphs of models registered before BothViews call each member on it and on the images."""
 
     def call(self, inputs):
         return keras.ops.flip(inputs, axis=2)
+
+
+@keras.saving.register_keras_serializable(package="multitag")
+class BothViews(layers.Layer):
+    """(N, H, W, C) -> (2N, H, W, C): the images, then their mirror images, as one batch. Each member
+    of the served model then runs once over both views, so its export holds one copy of its graph,
+    not two: the TFLite conversion of the voc-real ensemble (two MobileNetV2s) takes half as long."""
+
+    def call(self, inputs):
+        return keras.ops.concatenate([inputs, keras.ops.flip(inputs, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
+
+
+@keras.saving.register_keras_serializable(package="multitag")
+class ViewMean(layers.Layer):
+    """(2N, C) outputs of a BothViews batch -> (N, C): each image's output averaged with its mirror's."""
+
+    def call(self, inputs):
+        half = keras.ops.shape(inputs)[0] // 2
+        return (inputs[:half] + inputs[half:]) / 2.0
+
+    def compute_output_shape(self, input_shape):
+        return (None, *input_shape[1:])
 
 
 def _caffe(x):
@@ -154,11 +180,10 @@ def with_sigmoid(
     probabilities, are averaged: on voc-real validation every one of the 12 best ensembles did so.
     """
     inputs = keras.Input(logits_model.input_shape[1:], name="image")
-    views = [inputs, MirrorImage(name="mirror")(inputs)] if flip_average else [inputs]
+    views = BothViews(name="mirror")(inputs) if flip_average else inputs
 
     def member_logits(network: keras.Model, name: str):
-        scored = [network(view) for view in views]
-        return scored[0] if len(scored) == 1 else layers.Average(name=f"{name}_views", dtype="float32")(scored)
+        return ViewMean(name=f"{name}_views", dtype="float32")(network(views)) if flip_average else network(inputs)
 
     logits = member_logits(logits_model, "network")
     if probe is not None:
