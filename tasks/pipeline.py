@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,9 +83,9 @@ def train(architecture: str, params_path: str, init_model: str | None = None, qu
 def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None = None) -> dict:
     """Evaluate in this process: the gate loads TensorFlow and the same models here right after, so
     a process of its own only added a start and TensorFlow's import (about 7 s a run)."""
-    stages.evaluate_stage(load_params(params_path), run_name=run_name, extra_tags=extra_tags)
+    record = stages.evaluate_stage(load_params(params_path), run_name=run_name, extra_tags=extra_tags)
     print(Layout().comparison.read_text())  # the flows log prints: the table `multitag evaluate` shows
-    return json.loads(Layout().candidates.read_text())
+    return record.to_json()
 
 
 @task

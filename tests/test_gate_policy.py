@@ -48,15 +48,16 @@ def test_a_class_list_change_names_what_was_added_and_removed():
 
 
 def test_the_gate_selects_the_candidate_by_the_primary_metric_on_validation():
+    from multitag.lifecycle.candidates import Candidate
     from multitag.lifecycle.policy import select_candidate
 
     candidates = [
-        {"architecture": "a", "val_mAP": 0.70, "val_macro_f1": 0.40, "test_mAP": 0.99},
-        {"architecture": "b", "val_mAP": 0.60, "val_macro_f1": 0.55, "test_mAP": 0.10},
-        {"architecture": "c", "val_mAP": None, "val_macro_f1": None},
+        Candidate("a", "run-a", "runs:/run-a/model", {"val_mAP": 0.70, "val_macro_f1": 0.40, "test_mAP": 0.99}),
+        Candidate("b", "run-b", "runs:/run-b/model", {"val_mAP": 0.60, "val_macro_f1": 0.55, "test_mAP": 0.10}),
+        Candidate("c", "run-c", "runs:/run-c/model", {"val_mAP": None, "val_macro_f1": None}),
     ]
-    assert select_candidate(candidates, "mAP")["architecture"] == "a"
-    assert select_candidate(candidates, "macro_f1")["architecture"] == "b"
+    assert select_candidate(candidates, "mAP").architecture == "a"
+    assert select_candidate(candidates, "macro_f1").architecture == "b"
 
 
 SMOKE_OK = {"ok": True, "latency_ms_max": 40.0}

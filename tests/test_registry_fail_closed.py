@@ -136,32 +136,31 @@ def test_a_champion_alias_naming_a_missing_version_stops_promotion(registry_of, 
     assert stored_aliases(database, name) == {registry.CHAMPION: "99", registry.PREVIOUS: versions[0]}
 
 
-def _candidate(run_id: str, model_uri: str) -> dict:
-    return {
-        "architecture": "small_cnn",
-        "run_id": run_id,
-        "model_uri": model_uri,
-        **{k: 0.5 for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
-    }
+def _candidate(run_id: str, model_uri: str):
+    from multitag.lifecycle.candidates import Candidate
+
+    scores = {k: 0.5 for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")}
+    return Candidate("small_cnn", run_id, model_uri, scores)
 
 
-def _write_candidates(layout, candidates: list[dict], data_hash: str = "data-1") -> dict:
+def _write_candidates(layout, candidates: list, data_hash: str = "data-1"):
     """metrics/candidates.json as `multitag evaluate` writes it."""
-    summary = {"parent_run_id": "parent", "data_hash": data_hash, "git_commit": "abc", "candidates": candidates}
-    layout.metrics.mkdir(parents=True, exist_ok=True)
-    (layout.metrics / "candidates.json").write_text(json.dumps(summary))
-    return summary
+    from multitag.lifecycle.candidates import Candidates
+
+    record = Candidates("parent", data_hash, "abc", candidates)
+    record.write(layout.candidates)
+    return record
 
 
-def _write_verdict(layout, summary: dict, passed: bool, champion_version: str | None) -> None:
-    """reports/gate.json as `multitag gate` writes it, for the summary's first candidate."""
+def _write_verdict(layout, record, passed: bool, champion_version: str | None) -> None:
+    """reports/gate.json as `multitag gate` writes it, for the record's first candidate."""
     from multitag import stages
     from multitag.lifecycle.gate import Verdict
 
-    best = summary["candidates"][0]
+    best = record.candidates[0]
     verdict = Verdict(
         passed=passed,
-        candidate_uri=best["model_uri"],
+        candidate_uri=best.model_uri,
         champion_version=champion_version,
         primary_metric="mAP",
         candidate={"mAP": 0.6},
@@ -170,7 +169,7 @@ def _write_verdict(layout, summary: dict, passed: bool, champion_version: str | 
         reasons=[],
     )
     layout.reports.mkdir(parents=True, exist_ok=True)
-    (layout.reports / "gate.json").write_text(json.dumps(stages.gate_record(summary, best, verdict)))
+    (layout.reports / "gate.json").write_text(json.dumps(stages.gate_record(record, best, verdict)))
 
 
 @pytest.fixture

@@ -71,9 +71,9 @@ def evaluate(
     elif model_uri is None:
         from multitag.stages import evaluate_stage
 
-        summary = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
+        record = evaluate_stage(params, run_name=run_name, extra_tags=dict(t.split("=", 1) for t in tag))
         out.print(Layout().comparison.read_text())
-        console.print(f"MLflow parent run {summary['parent_run_id']}")
+        console.print(f"MLflow parent run {record.parent_run_id}")
     else:
         from multitag.stages.evaluate import evaluate_uri
 

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from multitag.config import GateParams
 from multitag.errors import StaleVerdictError
+from multitag.lifecycle.candidates import Candidate, Candidates
 from multitag.modeling.baselines import Baseline
 from multitag.modeling.bootstrap import BOOTSTRAP_CONFIDENCE, GainInterval
 
@@ -204,32 +205,27 @@ def class_list_change(old: list[str], new: list[str]) -> str:
 # -- which candidate a verdict is about ---------------------------------------------------------
 
 
-def select_candidate(candidates: list[dict], primary_metric: str) -> dict:
+def select_candidate(candidates: list[Candidate], primary_metric: str) -> Candidate:
     """The candidate with the best validation value of the primary metric (undefined counts as
     worst). Validation, never test, so the gate's test comparison stays unbiased."""
     key = f"val_{primary_metric}"
-    return max(candidates, key=lambda c: c[key] if c.get(key) is not None else -1.0)
+    return max(candidates, key=lambda c: c.scores[key] if c.scores.get(key) is not None else -1.0)
 
 
-def candidate_identity(summary: dict, candidate: dict) -> dict[str, str]:
-    """What a verdict is about: the exact logged model (run id and URI) and the data it was scored on."""
-    return {"run_id": candidate["run_id"], "model_uri": candidate["model_uri"], "data_hash": summary["data_hash"]}
-
-
-def judged_candidate(summary: dict, gate_result: dict) -> dict:
+def judged_candidate(record: Candidates, gate_result: dict) -> Candidate:
     """The candidate of metrics/candidates.json that reports/gate.json judged.
 
     A verdict that names none of them (a new `multitag evaluate` since the gate, or a gate that
     crashed and left an older gate.json) is refused: it must never promote a model nobody gated.
     """
     judged = gate_result.get("candidate")
-    for candidate in summary["candidates"]:
-        if judged == candidate_identity(summary, candidate):
+    for candidate in record.candidates:
+        if judged == record.identity(candidate):
             return candidate
-    runs = ", ".join(c["run_id"] for c in summary["candidates"])
+    runs = ", ".join(c.run_id for c in record.candidates)
     raise StaleVerdictError(
         f"reports/gate.json judged {judged or 'a candidate it does not name'}, but metrics/candidates.json holds run(s) {runs} "
-        f"on data {summary['data_hash']}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
+        f"on data {record.data_hash}: that verdict is not about these candidates. Run `multitag gate`, then `multitag register`"
     )
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from multitag.config import Params
 from multitag.errors import MissingInputError, UsageError
 from multitag.layout import Layout
-from multitag.reports import write_json
+from multitag.lifecycle.candidates import Candidate, Candidates
 
 
-def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "pipeline", extra_tags: dict[str, str] | None = None) -> dict:
+def evaluate_stage(
+    params: Params, layout: Layout = Layout(), run_name: str = "pipeline", extra_tags: dict[str, str] | None = None
+) -> Candidates:
     """Score every trained architecture on the frozen test split and log them to MLflow.
 
     Writes metrics/dvclive/ (DVCLive's metrics.json and per-epoch plots, which dvc.yaml declares
@@ -48,15 +50,8 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
             rows.append(comparison_row(evaluation, train_info))
             defaulted[architecture] = evaluation.default_threshold_classes
             primary = params.evaluate.primary_metric  # the gate selects on its validation value
-            candidates.append(
-                {
-                    "architecture": architecture,
-                    "run_id": run_id,
-                    "model_uri": model_uri,
-                    **rows[-1],
-                    f"val_{primary}": evaluation.val["tuned"][primary],
-                }
-            )
+            row = {key: value for key, value in rows[-1].items() if key != "architecture"}
+            candidates.append(Candidate(architecture, run_id, model_uri, {**row, f"val_{primary}": evaluation.val["tuned"][primary]}))
             keras.backend.clear_session()
         table = comparison_markdown(rows) + threshold_note(defaulted, params.evaluate)
         import mlflow
@@ -70,9 +65,9 @@ def evaluate_stage(params: Params, layout: Layout = Layout(), run_name: str = "p
         {row["architecture"]: {**row, "default_threshold_classes": defaulted[row["architecture"]]} for row in rows},
     )
     layout.comparison.write_text(table)
-    summary = {"parent_run_id": parent_id, "data_hash": tags["data_hash"], "git_commit": tags["git_commit"], "candidates": candidates}
-    write_json(layout.candidates, summary)
-    return summary
+    record = Candidates(parent_id, tags["data_hash"], tags["git_commit"], candidates)
+    record.write(layout.candidates)
+    return record
 
 
 def log_scores(model_uri: str, evaluation, layout: Layout, image_size: int, resize: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from multitag.config import Params
 from multitag.layout import Layout
+from multitag.lifecycle.candidates import Candidate, Candidates
 from multitag.reports import write_json
 
 
@@ -12,22 +13,20 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
     """Pick the best candidate by validation score and judge it against the champion.
 
     Selection uses validation, never test, so the gate's test comparison stays unbiased.
-    Writes reports/gate.json (naming the exact candidate judged: `policy.candidate_identity`) and
+    Writes reports/gate.json (naming the exact candidate judged: `Candidates.identity`) and
     reports/gate.md. A registry that cannot be read stops the gate (RegistryUnavailableError):
     judging as if there were no champion would let any candidate through.
     """
-    import json
-
     from multitag.lifecycle import gate, gate_report, policy, registry
     from multitag.modeling.baselines import score_baselines
 
-    summary = json.loads(layout.candidates.read_text())
-    best = policy.select_candidate(summary["candidates"], params.evaluate.primary_metric)
+    record = Candidates.read(layout.candidates)
+    best = policy.select_candidate(record.candidates, params.evaluate.primary_metric)
     champion = registry.alias_version(params.registry.model_name, registry.CHAMPION)
     champion_uri = f"models:/{params.registry.model_name}/{champion.version}" if champion else None
     baselines = [] if champion else score_baselines(params.gate.baselines, layout.processed, params.train.seed)
     verdict = gate.judge(
-        best["model_uri"],
+        best.model_uri,
         champion_uri,
         champion.version if champion else None,
         params.gate,
@@ -35,19 +34,19 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
         layout,
         baselines,
     )
-    result = gate_record(summary, best, verdict)
+    result = gate_record(record, best, verdict)
     write_json(layout.gate_record, result)
     layout.gate_report.write_text(gate_report.verdict_markdown(verdict))
     return result
 
 
-def gate_record(summary: dict, best: dict, verdict) -> dict:
+def gate_record(record: Candidates, best: Candidate, verdict) -> dict:
     """reports/gate.json: the verdict, the version tags behind it, and the exact candidate judged."""
-    from multitag.lifecycle import gate, policy
+    from multitag.lifecycle import gate
 
     return {
-        "selected": best["architecture"],
-        "candidate": policy.candidate_identity(summary, best),
+        "selected": best.architecture,
+        "candidate": record.identity(best),
         "verdict": gate.as_dict(verdict),
         "evidence": verdict.evidence(),
         "tags": verdict.tags(),

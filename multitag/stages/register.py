@@ -7,6 +7,7 @@ from pathlib import Path
 
 from multitag.config import Params
 from multitag.layout import Layout
+from multitag.lifecycle.candidates import Candidate, Candidates
 from multitag.reports import write_json
 
 
@@ -22,20 +23,20 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
 
     from multitag.lifecycle import policy, registry
 
-    summary = json.loads(layout.candidates.read_text())
+    record = Candidates.read(layout.candidates)
     gate_result = json.loads(layout.gate_record.read_text())
-    judged = policy.judged_candidate(summary, gate_result)
+    judged = policy.judged_candidate(record, gate_result)
     name = params.registry.model_name
     versions = {}
-    for candidate in summary["candidates"]:
+    for candidate in record.candidates:
         selected = candidate is judged
         tags = {
-            "architecture": candidate["architecture"],
-            "data_hash": summary["data_hash"],
-            "git_commit": summary["git_commit"],
-            "run_id": candidate["run_id"],
-            "parent_run_id": summary["parent_run_id"],
-            **{k: candidate[k] for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
+            "architecture": candidate.architecture,
+            "data_hash": record.data_hash,
+            "git_commit": record.git_commit,
+            "run_id": candidate.run_id,
+            "parent_run_id": record.parent_run_id,
+            **{k: candidate.scores[k] for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
             **(
                 gate_result["tags"]
                 if selected
@@ -43,12 +44,10 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
             ),
             **(extra_tags or {}),
         }
-        versions[candidate["architecture"]] = registry.register_run(candidate["model_uri"], name, candidate["run_id"], tags)
+        version = versions[candidate.architecture] = registry.register_run(candidate.model_uri, name, candidate.run_id, tags)
         evidence = gate_result.get("evidence", "") if selected else ""
-        registry.describe(
-            name, versions[candidate["architecture"]], card(name, versions[candidate["architecture"]], candidate, tags, evidence, layout)
-        )
-    selected_version = versions[judged["architecture"]]
+        registry.describe(name, version, card(name, version, candidate, tags, evidence, layout))
+    selected_version = versions[judged.architecture]
     passed = gate_result["verdict"]["passed"]
     if passed:
         registry.promote(name, selected_version, expected_champion=gate_result["verdict"]["champion_version"])
@@ -69,7 +68,7 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     return result
 
 
-def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidence: str, layout: Layout) -> str:
+def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], evidence: str, layout: Layout) -> str:
     """The version's model card (lifecycle/model_card.py) from what the stages wrote: the processed
     data's summary, the training record, the run's evaluation and the gate's tags. A record that is
     missing (a workspace assembled by hand) leaves its part of the card empty: documentation never
@@ -84,9 +83,9 @@ def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidenc
         return json.loads(path.read_text()) if path.exists() else {}
 
     data = read(layout.processed / "summary.json")
-    trained = read(layout.models / candidate["architecture"] / "train_info.json")
+    trained = read(layout.models / candidate.architecture / "train_info.json")
     try:
-        test = mlflow.artifacts.load_dict(f"runs:/{candidate['run_id']}/evaluation.json")["test"]["tuned"]
+        test = mlflow.artifacts.load_dict(f"runs:/{candidate.run_id}/evaluation.json")["test"]["tuned"]
     except Exception:  # no evaluation logged with the run (MLflow raises its own, store-specific errors)
         test = {}
     exported = tags.get("export_parity") == "passed"
@@ -94,8 +93,8 @@ def card(name: str, version: str, candidate: dict, tags: dict[str, str], evidenc
     facts = CardFacts(
         name=name,
         version=str(version),
-        architecture=candidate["architecture"],
-        run_id=candidate["run_id"],
+        architecture=candidate.architecture,
+        run_id=candidate.run_id,
         dataset=data.get("dataset", "not recorded"),
         splits=data.get("splits", {}),
         test_from_corrections=int(data.get("test_from_corrections", 0)),
