@@ -151,6 +151,7 @@ def judged(tmp_path, monkeypatch, candidate: np.ndarray, champion: np.ndarray | 
 
 
 def test_the_gate_report_shows_the_gain_its_interval_the_photos_and_the_rule(tmp_path, monkeypatch):
+    from multitag.lifecycle.candidates import Candidate, Candidates
     from multitag.lifecycle.gate_report import verdict_markdown
     from multitag.stages import gate_record, outcome_message
 
@@ -164,7 +165,8 @@ def test_the_gate_report_shows_the_gain_its_interval_the_photos_and_the_rule(tmp
     assert "- judged on: 120 frozen test photos, 18 of them users' corrections" in report
     assert f"- mAP gain over the champion: {ci.gain:+.4f}, 95% interval [{ci.low:+.4f}, {ci.high:+.4f}] (paired bootstrap: 1000" in report
     assert "- decision rule: promote when the lower bound of the mAP gain's 95% interval is at least +0.0050" in report
-    record = gate_record({"data_hash": "h"}, {"architecture": "small_cnn", "run_id": "r", "model_uri": "cand"}, verdict)
+    judged_one = Candidate("small_cnn", "r", "cand", {})
+    record = gate_record(Candidates("p", "h", "c", [judged_one]), judged_one, verdict)
     assert record["verdict"]["gain_interval"]["n_images"] == 120 and record["verdict"]["test_from_corrections"] == 18
     assert record["tags"]["gate_test_images"] == "120" and record["tags"]["gate_gain_low"] == f"{ci.low:+.4f}"
     assert "on 120 test photos (18 from users' corrections); rule: promote when" in record["evidence"]
