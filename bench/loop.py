@@ -167,8 +167,10 @@ class Served:
 
 def gate_summary() -> dict:
     """reports/gate.json in a few numbers: the verdict, the test split, both models on it, the gain's interval."""
-    gate = json.loads(Path("reports/gate.json").read_text())
-    verdict = gate["verdict"]
+    from multitag.layout import Layout
+    from multitag.lifecycle.gate_record import GateRecord
+
+    verdict = GateRecord.read(Layout().gate_record).verdict
     return {
         "passed": verdict["passed"],
         "reasons": verdict["reasons"],
@@ -176,7 +178,7 @@ def gate_summary() -> dict:
         "champion_test": verdict.get("champion"),
         "test_photos": verdict.get("test_images"),
         "test_from_corrections": verdict.get("test_from_corrections"),
-        "gain_interval": gate.get("gain_interval", verdict.get("gain_interval")),  # null before the gate reports one
+        "gain_interval": verdict.get("gain_interval"),  # null where the gate reports none
     }
 
 
@@ -198,21 +200,21 @@ def pipeline_child(config: dict) -> dict:
         started = time.perf_counter()
         registration = training_pipeline()
         wall = time.perf_counter() - started
-    version = registration["selected_version"]
-    promoted_by_bench = config["needs_champion"] and registration["champion_version"] != version
+    version = registration.selected_version
+    promoted_by_bench = config["needs_champion"] and registration.champion_version != version
     if promoted_by_bench:
         registry.promote(name, version)
     gate = gate_summary()
     unseen = Served(name).metrics(version, [Photo(**p) for p in config["unseen"]])
     print(
-        f"loop: {config['label']}: version {version}, gate {registration['verdict']}, unseen mAP {unseen['mAP']:.4f}, {wall:.0f} s",
+        f"loop: {config['label']}: version {version}, gate {registration.verdict}, unseen mAP {unseen['mAP']:.4f}, {wall:.0f} s",
         flush=True,
     )
     return {
         "model_name": name,
         "version": version,
-        "verdict": registration["verdict"],
-        "reasons": registration["reasons"],
+        "verdict": registration.verdict,
+        "reasons": registration.reasons,
         "promoted_by_bench": promoted_by_bench,
         "wall_s": wall,
         "test_photos": gate["test_photos"],

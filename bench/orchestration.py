@@ -117,19 +117,21 @@ def child_main(variant: str, result_path: Path) -> None:
     """Import everything first (untimed), then time one whole pipeline run."""
     sys.path.insert(0, os.getcwd())  # the scratch project's code, not the installed checkout's
     import flows.training_pipeline  # noqa: F401  (imports prefect, multitag and the tasks)
+    from multitag.layout import Layout
+    from multitag.lifecycle.registration import Registration
 
     started = time.perf_counter()
     steps = run_direct() if variant == "direct" else run_flow()
     seconds = time.perf_counter() - started
-    registration = json.loads(Path("reports/registration.json").read_text())
+    registration = Registration.read(Layout().registration)
     result_path.write_text(
         json.dumps(
             {
                 "variant": variant,
                 "seconds": seconds,
                 "steps": steps,
-                "verdict": registration["verdict"],
-                "champion_version": registration["champion_version"],
+                "verdict": registration.verdict,
+                "champion_version": registration.champion_version,
             }
         )
     )

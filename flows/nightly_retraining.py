@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from multitag.feedback.retraining import owning_export
 from multitag.feedback.screen_rules import summary as held_summary
+from multitag.lifecycle.registration import Registration
 from multitag.stages import outcome_message
 from multitag.workspace import exclusive_run
 from tasks import feedback as fb
@@ -92,9 +93,9 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
         kind,
         len(used),
         len(invalid),
-        registration["verdict"],
-        registration["evidence"],
-        registration["champion_version"],
+        registration.verdict,
+        registration.evidence,
+        registration.champion_version,
     )
     return {
         "status": "retrained",
@@ -103,7 +104,7 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
         "rejected_leakage": leaked,
         "held": held,
         "rejected_invalid": invalid,
-        **registration,
+        **registration.to_json(),
     }
 
 
@@ -120,7 +121,7 @@ def outcome(result: dict) -> str:
     rejected = len(result["rejected_invalid"]) + len(result["rejected_leakage"])
     rejected_note = f"; {rejected} rejected (invalid, or in the test split)" if rejected else ""
     trained = f"{result['kind'].capitalize()} retraining trained on {len(result['feedback_ids'])} correction(s){held_note}{rejected_note}."
-    return f"{trained}\n{outcome_message(result)}"
+    return f"{trained}\n{outcome_message(Registration.from_json(result))}"
 
 
 if __name__ == "__main__":  # python -m flows.nightly_retraining [PARAMS_PATH] [--quick]

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from multitag import stages
 from multitag.config import load_params
+from multitag.lifecycle.registration import Registration
 from multitag.workspace import exclusive_run
 from tasks import pipeline as t
 
@@ -31,7 +32,7 @@ def training_pipeline(
     data_source: str | None = None,
     data_path: str | None = None,
     params_path: str = "params.yaml",
-) -> dict:
+) -> Registration:
     """Train every configured architecture, let the gate judge the best, register them all."""
     with exclusive_run("training-pipeline flow"):
         params_path = t.apply_overrides(params_path, run_overrides(architectures, epochs, data_source, data_path))

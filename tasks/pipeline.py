@@ -14,6 +14,8 @@ from multitag import stages
 from multitag.config import load_params
 from multitag.feedback.retraining import unfinished_export_owner
 from multitag.layout import Layout
+from multitag.lifecycle.gate_record import GateRecord
+from multitag.lifecycle.registration import Registration
 from tasks.caching import StageCache
 from tasks.retrying import RETRIED
 
@@ -89,12 +91,12 @@ def evaluate(params_path: str, run_name: str, extra_tags: dict[str, str] | None 
 
 
 @task
-def gate(params_path: str) -> dict:
+def gate(params_path: str) -> GateRecord:
     return stages.gate_stage(load_params(params_path))
 
 
 @task(**RETRIED)
-def register(params_path: str, extra_tags: dict[str, str] | None = None) -> dict:
+def register(params_path: str, extra_tags: dict[str, str] | None = None) -> Registration:
     """Retried on I/O errors, which is safe: the stage registers each candidate's run once and
     promoting the champion again changes nothing, so a retry never duplicates or re-promotes."""
     return stages.register_stage(load_params(params_path), extra_tags=extra_tags)
@@ -107,7 +109,7 @@ def record_data_versions() -> None:
 
 
 @task
-def publish_report(registration: dict) -> str:
+def publish_report(registration: Registration) -> str:
     """A Prefect markdown artifact with the comparison table and the gate verdict."""
     layout = Layout()
     markdown = "\n".join(
@@ -118,7 +120,7 @@ def publish_report(registration: dict) -> str:
             "",
             layout.comparison.read_text(),
             layout.gate_report.read_text(),
-            f"Registered versions: {registration['versions']}; champion is version {registration['champion_version']}.",
+            f"Registered versions: {registration.versions}; champion is version {registration.champion_version}.",
         ]
     )
     create_markdown_artifact(markdown=markdown, key="training-pipeline-report", description="Comparison and gate verdict")

@@ -152,7 +152,9 @@ def judged(tmp_path, monkeypatch, candidate: np.ndarray, champion: np.ndarray | 
 
 def test_the_gate_report_shows_the_gain_its_interval_the_photos_and_the_rule(tmp_path, monkeypatch):
     from multitag.lifecycle.candidates import Candidate, Candidates
+    from multitag.lifecycle.gate_record import GateRecord
     from multitag.lifecycle.gate_report import verdict_markdown
+    from multitag.lifecycle.registration import Registration
     from multitag.stages import gate_record, outcome_message
 
     y = labels(120)
@@ -167,11 +169,13 @@ def test_the_gate_report_shows_the_gain_its_interval_the_photos_and_the_rule(tmp
     assert "- decision rule: promote when the lower bound of the mAP gain's 95% interval is at least +0.0050" in report
     judged_one = Candidate("small_cnn", "r", "cand", {})
     record = gate_record(Candidates("p", "h", "c", [judged_one]), judged_one, verdict)
-    assert record["verdict"]["gain_interval"]["n_images"] == 120 and record["verdict"]["test_from_corrections"] == 18
-    assert record["tags"]["gate_test_images"] == "120" and record["tags"]["gate_gain_low"] == f"{ci.low:+.4f}"
-    assert "on 120 test photos (18 from users' corrections); rule: promote when" in record["evidence"]
-    registration = {"model_name": "m", "champion_version": "4", "selected": "small_cnn", "selected_version": "4", "verdict": "passed"}
-    assert record["evidence"] in outcome_message({**registration, "reasons": [], "evidence": record["evidence"]})
+    assert record.verdict["gain_interval"]["n_images"] == 120 and record.verdict["test_from_corrections"] == 18
+    assert record.tags["gate_test_images"] == "120" and record.tags["gate_gain_low"] == f"{ci.low:+.4f}"
+    assert "on 120 test photos (18 from users' corrections); rule: promote when" in record.evidence
+    record.write(tmp_path / "gate.json")
+    assert GateRecord.read(tmp_path / "gate.json") == record, "the record reads back as it was written"
+    registration = Registration("m", {"small_cnn": "4"}, "small_cnn", "4", "passed", [], record.evidence, champion_version="4")
+    assert record.evidence in outcome_message(registration)
 
 
 def test_the_gate_refuses_a_gain_its_test_photos_cannot_tell_from_noise(tmp_path, monkeypatch):

@@ -50,9 +50,9 @@ def test_pipeline_registers_a_champion_with_data_hash_and_verdict(project):
     from multitag.lifecycle import registry
 
     root, registration = project
-    assert registration["verdict"] == "passed"
+    assert registration.verdict == "passed"
     champion = registry.alias_version("multitag", registry.CHAMPION)
-    assert champion is not None and champion.version == registration["champion_version"]
+    assert champion is not None and champion.version == registration.champion_version
     assert stored_aliases(root / "mlflow.db")["champion"] == champion.version, "registered in the project's own database"
     lock = (root / "dvc.lock").read_text()
     assert champion.tags["data_hash"] in lock, "the champion's data hash is the DVC hash of data/processed"
@@ -184,13 +184,13 @@ def test_worse_candidate_is_registered_but_never_promoted(project):
     stages.evaluate_stage(params, run_name="worse")
     verdict = stages.gate_stage(params)
     registration = stages.register_stage(params)
-    assert not verdict["verdict"]["passed"] and verdict["verdict"]["checks"]["beats_champion"] is False
-    reasons, primary = verdict["verdict"]["reasons"], params.evaluate.primary_metric
+    assert not verdict.passed and verdict.verdict["checks"]["beats_champion"] is False
+    reasons, primary = verdict.reasons, params.evaluate.primary_metric
     assert any(r.startswith(f"{primary} ") and f"< required +{GateParams().min_improvement:.4f}" in r for r in reasons), reasons
-    assert registration["verdict"] == "failed"
+    assert registration.verdict == "failed"
     assert registry.alias_version("multitag", registry.CHAMPION).version == champion_before
     failed = registry.alias_version("multitag", registry.CHALLENGER)
-    assert failed is not None and failed.tags["gate_verdict"] == "failed" and failed.version == registration["selected_version"]
+    assert failed is not None and failed.tags["gate_verdict"] == "failed" and failed.version == registration.selected_version
 
 
 def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(project):
@@ -206,8 +206,8 @@ def test_better_candidate_is_promoted_and_rollback_restores_the_old_champion(pro
     stages.evaluate_stage(params, run_name="better")
     verdict = stages.gate_stage(params)
     registration = stages.register_stage(params)
-    assert registration["verdict"] == "passed", verdict["verdict"]["reasons"]
-    assert registry.alias_version("multitag", registry.CHAMPION).version == registration["selected_version"]
+    assert registration.passed, verdict.reasons
+    assert registry.alias_version("multitag", registry.CHAMPION).version == registration.selected_version
     assert registry.alias_version("multitag", registry.PREVIOUS).version == old
     registry.rollback("multitag")
     assert registry.alias_version("multitag", registry.CHAMPION).version == old

@@ -169,7 +169,7 @@ def _write_verdict(layout, record, passed: bool, champion_version: str | None) -
         reasons=[],
     )
     layout.reports.mkdir(parents=True, exist_ok=True)
-    (layout.reports / "gate.json").write_text(json.dumps(stages.gate_record(record, best, verdict)))
+    stages.gate_record(record, best, verdict).write(layout.gate_record)
 
 
 @pytest.fixture
@@ -221,9 +221,9 @@ def test_a_retried_register_reuses_the_versions_and_does_not_promote_again(regis
     _write_verdict(layout, summary, passed=True, champion_version=None)
     first = stages.register_stage(params, layout)
     again = stages.register_stage(params, layout)
-    assert again == first and first["champion_version"] == first["selected_version"]
-    assert [v.version for v in registry.list_versions(name)] == [first["selected_version"]]
-    assert stored_aliases(registry_of.database, name) == {registry.CHAMPION: first["selected_version"]}
+    assert again == first and first.champion_version == first.selected_version
+    assert [v.version for v in registry.list_versions(name)] == [first.selected_version]
+    assert stored_aliases(registry_of.database, name) == {registry.CHAMPION: first.selected_version}
 
 
 def three_versions(registry_of: Registry) -> list[str]:

@@ -137,7 +137,7 @@ def gate(params_path: Path = ParamsOption) -> None:
 
     result = gate_stage(load_params(params_path))
     out.print(Layout().gate_report.read_text())
-    console.print(f"selected {result['selected']}: {'PASSED' if result['verdict']['passed'] else 'FAILED'}")
+    console.print(f"selected {result.selected}: {'PASSED' if result.passed else 'FAILED'}")
 
 
 @app.command("register")
@@ -149,7 +149,7 @@ def register(params_path: Path = ParamsOption) -> None:
     result = register_stage(load_params(params_path))
     from multitag.stages import outcome_message
 
-    console.print(f"registered {result['versions']}; verdict {result['verdict']}")
+    console.print(f"registered {result.versions}; verdict {result.verdict}")
     console.print(outcome_message(result))
 
 

@@ -26,6 +26,7 @@ from typing import Protocol
 from multitag.config import GateParams
 from multitag.errors import StaleVerdictError
 from multitag.lifecycle.candidates import Candidate, Candidates
+from multitag.lifecycle.gate_record import GateRecord
 from multitag.modeling.baselines import Baseline
 from multitag.modeling.bootstrap import BOOTSTRAP_CONFIDENCE, GainInterval
 
@@ -212,13 +213,13 @@ def select_candidate(candidates: list[Candidate], primary_metric: str) -> Candid
     return max(candidates, key=lambda c: c.scores[key] if c.scores.get(key) is not None else -1.0)
 
 
-def judged_candidate(record: Candidates, gate_result: dict) -> Candidate:
+def judged_candidate(record: Candidates, gated: GateRecord) -> Candidate:
     """The candidate of metrics/candidates.json that reports/gate.json judged.
 
     A verdict that names none of them (a new `multitag evaluate` since the gate, or a gate that
     crashed and left an older gate.json) is refused: it must never promote a model nobody gated.
     """
-    judged = gate_result.get("candidate")
+    judged = gated.candidate
     for candidate in record.candidates:
         if judged == record.identity(candidate):
             return candidate

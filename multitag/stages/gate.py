@@ -6,10 +6,10 @@ from __future__ import annotations
 from multitag.config import Params
 from multitag.layout import Layout
 from multitag.lifecycle.candidates import Candidate, Candidates
-from multitag.reports import write_json
+from multitag.lifecycle.gate_record import GateRecord
 
 
-def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
+def gate_stage(params: Params, layout: Layout = Layout()) -> GateRecord:
     """Pick the best candidate by validation score and judge it against the champion.
 
     Selection uses validation, never test, so the gate's test comparison stays unbiased.
@@ -35,19 +35,13 @@ def gate_stage(params: Params, layout: Layout = Layout()) -> dict:
         baselines,
     )
     result = gate_record(record, best, verdict)
-    write_json(layout.gate_record, result)
+    result.write(layout.gate_record)
     layout.gate_report.write_text(gate_report.verdict_markdown(verdict))
     return result
 
 
-def gate_record(record: Candidates, best: Candidate, verdict) -> dict:
+def gate_record(record: Candidates, best: Candidate, verdict) -> GateRecord:
     """reports/gate.json: the verdict, the version tags behind it, and the exact candidate judged."""
     from multitag.lifecycle import gate
 
-    return {
-        "selected": best.architecture,
-        "candidate": record.identity(best),
-        "verdict": gate.as_dict(verdict),
-        "evidence": verdict.evidence(),
-        "tags": verdict.tags(),
-    }
+    return GateRecord(best.architecture, record.identity(best), gate.as_dict(verdict), verdict.evidence(), verdict.tags())

@@ -8,10 +8,11 @@ from pathlib import Path
 from multitag.config import Params
 from multitag.layout import Layout
 from multitag.lifecycle.candidates import Candidate, Candidates
-from multitag.reports import write_json
+from multitag.lifecycle.gate_record import GateRecord
+from multitag.lifecycle.registration import Registration
 
 
-def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[str, str] | None = None) -> dict:
+def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[str, str] | None = None) -> Registration:
     """Register every evaluated candidate; move aliases for the gated one by its verdict.
 
     Refuses a verdict about other candidates (`policy.judged_candidate`) and promotes only if the
@@ -19,13 +20,11 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
     Safe to repeat: a candidate's run is registered once, and promoting the champion again is a
     no-op. Writes reports/registration.json (the version numbers, the verdict, the champion now).
     """
-    import json
-
     from multitag.lifecycle import policy, registry
 
     record = Candidates.read(layout.candidates)
-    gate_result = json.loads(layout.gate_record.read_text())
-    judged = policy.judged_candidate(record, gate_result)
+    gated = GateRecord.read(layout.gate_record)
+    judged = policy.judged_candidate(record, gated)
     name = params.registry.model_name
     versions = {}
     for candidate in record.candidates:
@@ -38,33 +37,32 @@ def register_stage(params: Params, layout: Layout = Layout(), extra_tags: dict[s
             "parent_run_id": record.parent_run_id,
             **{k: candidate.scores[k] for k in ("val_mAP", "test_mAP", "test_macro_f1", "latency_ms", "size_mb")},
             **(
-                gate_result["tags"]
+                gated.tags
                 if selected
-                else {"gate_verdict": "not_selected", "gate_reasons": f"lower validation score than {gate_result['selected']}"}
+                else {"gate_verdict": "not_selected", "gate_reasons": f"lower validation score than {gated.selected}"}
             ),
             **(extra_tags or {}),
         }
         version = versions[candidate.architecture] = registry.register_run(candidate.model_uri, name, candidate.run_id, tags)
-        evidence = gate_result.get("evidence", "") if selected else ""
+        evidence = gated.evidence if selected else ""
         registry.describe(name, version, card(name, version, candidate, tags, evidence, layout))
     selected_version = versions[judged.architecture]
-    passed = gate_result["verdict"]["passed"]
-    if passed:
-        registry.promote(name, selected_version, expected_champion=gate_result["verdict"]["champion_version"])
+    if gated.passed:
+        registry.promote(name, selected_version, expected_champion=gated.champion_version)
     elif params.gate.register_failed_as_challenger:
         registry.mark_challenger(name, selected_version)
     champion = registry.alias_version(name, registry.CHAMPION)
-    result = {
-        "model_name": name,
-        "versions": versions,
-        "selected": gate_result["selected"],
-        "selected_version": selected_version,
-        "verdict": "passed" if passed else "failed",
-        "reasons": gate_result["verdict"]["reasons"],
-        "evidence": gate_result.get("evidence", ""),
-        "champion_version": champion.version if champion else None,
-    }
-    write_json(layout.registration, result)
+    result = Registration(
+        model_name=name,
+        versions=versions,
+        selected=gated.selected,
+        selected_version=selected_version,
+        verdict="passed" if gated.passed else "failed",
+        reasons=gated.reasons,
+        evidence=gated.evidence,
+        champion_version=champion.version if champion else None,
+    )
+    result.write(layout.registration)
     return result
 
 
@@ -111,17 +109,17 @@ def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], ev
     return model_card(facts)
 
 
-def outcome_message(registration: dict) -> str:
+def outcome_message(registration: Registration) -> str:
     """How every run ends: what is served now, or why nothing is and what to do next."""
-    name, champion = registration["model_name"], registration["champion_version"]
-    selected, version = registration["selected"], registration["selected_version"]
-    if registration["verdict"] == "passed":
+    name, champion = registration.model_name, registration.champion_version
+    selected, version = registration.selected, registration.selected_version
+    if registration.passed:
         head = f"Gate passed: {selected} (version {version}) is now the champion of {name}."
     else:
-        reasons = "; ".join(registration["reasons"]) or "see reports/gate.md"
+        reasons = "; ".join(registration.reasons) or "see reports/gate.md"
         head = f"Gate failed for {selected} (version {version}, now `challenger`): {reasons}."
-    if registration.get("evidence"):
-        head += f"\nEvidence: {registration['evidence']}."
+    if registration.evidence:
+        head += f"\nEvidence: {registration.evidence}."
     if champion is None:
         return (
             f"{head}\nNothing is served for {name} yet. Next: read reports/gate.md; to serve this model anyway, "
