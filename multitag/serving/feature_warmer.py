@@ -63,13 +63,13 @@ class FeatureWarmer(VersionWorker):
             return 0
 
     def warm(self, served: ServedModel) -> int:
-        from multitag.modeling import ensemble
-
         if served.version.version != self._version:
             self._version, self._warmed, self._keras = served.version.version, set(), None
         todo = self._to_warm()
         if not todo:
             return 0
+        from multitag.modeling import ensemble  # Keras and TensorFlow: only once there is work for them
+
         model = self._model(served)
         done = 0
         for hashes, images in decoded_batches(todo, self.decoding.decoder(served.predictor), BATCH):
