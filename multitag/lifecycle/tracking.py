@@ -27,6 +27,7 @@ from multitag.modeling import metrics
 
 if TYPE_CHECKING:  # evaluate.py imports Keras (6 s): `registry list` and the server's registry calls need none of it
     from multitag.modeling.evaluate import Evaluation
+    from multitag.modeling.train_record import TrainResult
 
 EXPERIMENT = "multitag"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -80,7 +81,7 @@ def model_metadata(evaluation: Evaluation, input_size: int, resize: str) -> dict
 def log_candidate(
     model,
     evaluation: Evaluation,
-    train_info: dict,
+    train_info: TrainResult,
     history: dict[str, list[float]],
     example: np.ndarray,
     resize: str,
@@ -89,7 +90,7 @@ def log_candidate(
     """Nested run for one architecture: params, curves, metrics, plots and the model. Returns
     (run_id, model_uri)."""
     with mlflow.start_run(run_name=evaluation.architecture, nested=True, tags={**tags, "architecture": evaluation.architecture}) as run:
-        mlflow.log_params({k: v for k, v in train_info.items() if k not in ("classes", "model_path")})
+        mlflow.log_params({k: v for k, v in train_info.to_json().items() if k not in ("classes", "model_path")})
         for key, values in history.items():
             for step, value in enumerate(values):
                 mlflow.log_metric(key, value, step=step)

@@ -13,6 +13,7 @@ import numpy as np
 from multitag.config import EvaluateParams
 from multitag.data.preprocess import load_split
 from multitag.modeling import ensemble, metrics
+from multitag.modeling.train_record import TrainResult
 from multitag.reports import markdown_table
 
 
@@ -90,19 +91,19 @@ def evaluate_model(
     )
 
 
-def comparison_row(evaluation: Evaluation, train_info: dict) -> dict:
+def comparison_row(evaluation: Evaluation, train_info: TrainResult) -> dict:
     """One line of the architecture comparison table."""
     tuned = evaluation.test["tuned"]
     return {
         "architecture": evaluation.architecture,
-        "parameters": train_info["parameters"],
+        "parameters": train_info.parameters,
         "size_mb": round(evaluation.size_mb, 2),
         "val_mAP": evaluation.val["tuned"]["mAP"],
         "test_mAP": tuned["mAP"],
         "test_macro_f1": tuned["macro_f1"],
         "test_macro_f1_at_0.5": evaluation.test["at_0.5"]["macro_f1"],
         "latency_ms": round(evaluation.latency_ms_p50, 2),
-        "train_seconds": round(train_info["train_seconds"], 1),
+        "train_seconds": round(train_info.train_seconds, 1),
     }
 
 

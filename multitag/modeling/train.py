@@ -9,10 +9,8 @@ on validation mAP. `small_cnn` has no pretrained backbone and trains end to end 
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -28,27 +26,11 @@ from multitag.modeling.batches import ImageBatches, extract_features, flip_avera
 from multitag.modeling.callbacks import EpochProgress, ValidationMAP, report
 from multitag.modeling.feature_cache import cache_file, cached_features, member_file, weights_digest
 from multitag.modeling.losses import augmentation, make_loss, positive_weights
+from multitag.modeling.train_record import TrainResult
 
 MODEL_FILE = "model.keras"
 HISTORY_DIR = "history"  # one CSVLogger file per phase
 PHASES = ("head", "fine_tune")
-
-
-@dataclass
-class TrainResult:
-    architecture: str
-    model_path: str
-    input_size: int
-    classes: list[str]
-    weights: str | None
-    train_seconds: float
-    feature_seconds: float
-    head_seconds: float
-    fine_tune_seconds: float
-    best_val_mAP: float
-    parameters: int
-    fine_tune_trainable_parameters: int  # what the last phase trained: a warm start must train what the recipe trains
-    start: str  # cold | warm (fine-tuned from the champion) | quick (only its probe, else its head, refitted)
 
 
 def configure_runtime(seed: int) -> bool:
@@ -216,7 +198,7 @@ def train_architecture(
         trainable,
         "quick" if quick else "warm" if init_model is not None else "cold",
     )
-    (out_dir / "train_info.json").write_text(json.dumps(asdict(result), indent=1) + "\n")
+    result.write(out_dir)
     report(f"{name}: done in {result.train_seconds:.0f} s, {best_val_text(result.best_val_mAP)}")
     return result
 

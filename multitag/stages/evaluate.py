@@ -18,7 +18,6 @@ def evaluate_stage(
     as the DVC metrics and plots), metrics/comparison.md and metrics/candidates.json (run ids and
     model URIs for the gate).
     """
-    import json
 
     import keras
     import numpy as np
@@ -29,6 +28,7 @@ def evaluate_stage(
     from multitag.lifecycle.versioning import dvc_dir_hash, git_commit
     from multitag.modeling.evaluate import comparison_markdown, comparison_row, evaluate_model
     from multitag.modeling.train import MODEL_FILE, load_served_model, read_history
+    from multitag.modeling.train_record import TrainResult
 
     classes = read_classes(layout.processed / "classes.json")
     tags = {"git_commit": git_commit(layout.root), "data_hash": dvc_dir_hash(layout.processed), **(extra_tags or {})}
@@ -39,7 +39,7 @@ def evaluate_stage(
             model_dir = layout.models / architecture
             if not (model_dir / MODEL_FILE).exists():
                 raise MissingInputError(f"{model_dir / MODEL_FILE} not found: run `multitag train --arch {architecture}` first")
-            train_info = json.loads((model_dir / "train_info.json").read_text())
+            train_info = TrainResult.read(model_dir)
             history = histories[architecture] = read_history(model_dir)
             model = load_served_model(model_dir)
             evaluation = evaluate_model(

@@ -76,12 +76,14 @@ def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], ev
     import mlflow
 
     from multitag.lifecycle.model_card import CardFacts, model_card
+    from multitag.modeling.train_record import RECORD_FILE, TrainResult
 
     def read(path: Path) -> dict:
         return json.loads(path.read_text()) if path.exists() else {}
 
     data = read(layout.processed / "summary.json")
-    trained = read(layout.models / candidate.architecture / "train_info.json")
+    model_dir = layout.models / candidate.architecture
+    start = TrainResult.read(model_dir).start if (model_dir / RECORD_FILE).exists() else "cold"
     try:
         test = mlflow.artifacts.load_dict(f"runs:/{candidate.run_id}/evaluation.json")["test"]["tuned"]
     except Exception:  # no evaluation logged with the run (MLflow raises its own, store-specific errors)
@@ -97,7 +99,7 @@ def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], ev
         splits=data.get("splits", {}),
         test_from_corrections=int(data.get("test_from_corrections", 0)),
         corrections_used=len([i for i in tags.get("feedback_ids", "").split(",") if i]),
-        start=trained.get("start", "cold"),
+        start=start,
         warm_start_version=tags.get("warm_start_version"),
         headline={k: test.get(k) for k in ("mAP", "macro_f1", "micro_f1")},
         per_class=test.get("per_class", {}),
