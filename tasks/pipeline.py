@@ -63,7 +63,7 @@ def validate(params_path: str) -> dict[str, str]:
 def preprocess(params_path: str) -> dict:
     summary = stages.preprocess_stage(load_params(params_path))
     PREPROCESS.record({"params_path": params_path})
-    return summary
+    return summary.to_json()
 
 
 @task(**RETRIED, **CACHED, cache_key_fn=TRAIN.key)

@@ -18,6 +18,7 @@ from multitag.data import images, manifest
 from multitag.data.preprocess import load_split, preprocess
 from multitag.data.sources import read_source
 from multitag.data.splits import frozen_fingerprints, read_frozen_test
+from multitag.data.summary import ProcessedSummary
 from multitag.data.validation import validate, write_outputs
 from multitag.errors import MissingInputError, MultitagError
 
@@ -59,7 +60,7 @@ class Validated:
     manifest_path: Path
     classes_path: Path
 
-    def preprocess(self, out: Path, frozen: Path | None = None, dataset: str = "csv:dataset", **params) -> dict:
+    def preprocess(self, out: Path, frozen: Path | None = None, dataset: str = "csv:dataset", **params) -> ProcessedSummary:
         settings = PreprocessParams(**{"image_size": SIZE, "workers": 2, **params})
         return preprocess(self.manifest_path, self.classes_path, out, settings, frozen or out.parent / f"{out.name}_frozen.json", dataset)
 
@@ -85,13 +86,14 @@ def test_arrays_follow_the_contract(hundred, tmp_path):
     out = tmp_path / "processed"
     assert manifest.read_classes(out / "classes.json") == CLASSES
     assert list(manifest.read(out / "manifest.parquet").columns) == manifest.COLUMNS
+    assert ProcessedSummary.read(out) == summary, "the summary reads back as it was written"
     total = 0
     for split, rows in processed_splits(out).items():
         x, y = load_split(out, split)
         assert isinstance(x, np.memmap), "x is memory-mapped, never loaded whole by default"
         assert x.dtype == np.uint8 and x.shape == (len(rows), SIZE, SIZE, 3)
         assert y.dtype == np.uint8 and y.shape == (len(rows), len(CLASSES))
-        assert summary["splits"][split] == len(rows) > 0
+        assert summary.splits[split] == len(rows) > 0
         total += len(rows)
     assert total == len(hundred.dataset)
 
@@ -164,9 +166,9 @@ def test_source_train_and_val_are_resplit_unless_kept(tmp_path):
     sourced = manifest.read(validated.manifest_path)
     sourced["split"] = np.where(np.arange(len(sourced)) < 50, "train", "val")  # a 50/50 source split
     resplit = Validated(validated.root, validated.dataset, manifest.write(sourced, tmp_path / "sourced.parquet"), validated.classes_path)
-    counts = resplit.preprocess(tmp_path / "resplit")["splits"]
+    counts = resplit.preprocess(tmp_path / "resplit").splits
     assert counts["train"] > 2 * counts["val"] and counts["test"] > 0
-    kept = resplit.preprocess(tmp_path / "kept", keep_source_splits=True)["splits"]
+    kept = resplit.preprocess(tmp_path / "kept", keep_source_splits=True).splits
     kept_splits = processed_splits(tmp_path / "kept")
     original = dict(zip(sourced["image_id"], sourced["split"]))
     assert all(original[i] == "train" for i in kept_splits["train"]["image_id"]) and kept["val"] > 0
@@ -186,7 +188,7 @@ def test_a_new_dataset_gets_its_own_frozen_test_split(tmp_path):
         write_bytes(own_root / f"{image_id}.png", encode(solid(image_id, IMAGE_SHAPE), "PNG"))
     write_csv(own_root, [csv_row(f"{i}.png", labels) for i, labels in dataset.items()], CLASSES)
     own = Validated(tmp_path / "own", dataset, *validate_into(own_root, tmp_path / "own" / "validated"))
-    counts = own.preprocess(tmp_path / "own_processed", frozen, dataset="csv:own")["splits"]
+    counts = own.preprocess(tmp_path / "own_processed", frozen, dataset="csv:own").splits
     own_test = processed_splits(tmp_path / "own_processed")["test"]
     assert counts["test"] == len(own_test) >= 10, counts
     assert set(own_test["image_id"]) <= set(dataset), "a demo image is in the new dataset's test split"
@@ -195,7 +197,7 @@ def test_a_new_dataset_gets_its_own_frozen_test_split(tmp_path):
     again = own.preprocess(tmp_path / "own_again", frozen, dataset="csv:own", seed=3)
     assert (
         set(processed_splits(tmp_path / "own_again")["test"]["image_id"]) == set(own_test["image_id"])
-        and again["splits"]["test"] == counts["test"]
+        and again.splits["test"] == counts["test"]
     )
 
 
@@ -305,7 +307,7 @@ def test_a_share_of_full_corrections_joins_the_frozen_test_split_by_content_hash
     assert test_ids & (full | partial) == joined, "exactly the full corrections the hash picks are test"
     assert not test_ids & partial, "a partial correction never tests"
     assert test_ids - joined, "the source still gets its own stratified test split beside the corrections"
-    assert summary["test_from_corrections"] == len(joined) and summary["splits"]["test"] == len(test_ids)
+    assert summary.test_from_corrections == len(joined) and summary.splits["test"] == len(test_ids)
     assert {sha[i] for i in joined} <= read_frozen_test(frozen), "joined corrections are frozen"
     trained = set(splits["train"]["sha256"]) | set(splits["val"]["sha256"])
     assert not trained & set(splits["test"]["sha256"]), "a test image trains"
@@ -314,13 +316,13 @@ def test_a_share_of_full_corrections_joins_the_frozen_test_split_by_content_hash
 
     again = corrected.preprocess(tmp_path / "again", frozen, feedback_test_share=0.5, seed=9)
     assert set(processed_splits(tmp_path / "again")["test"]["image_id"]) == test_ids, "the choice is not stable"
-    assert again["test_from_corrections"] == len(joined)
+    assert again.test_from_corrections == len(joined)
     lowered = corrected.preprocess(tmp_path / "lowered", frozen, feedback_test_share=0.0)
     after = processed_splits(tmp_path / "lowered")
-    assert set(after["test"]["image_id"]) == test_ids and lowered["test_from_corrections"] == len(joined), "a test image moved out"
+    assert set(after["test"]["image_id"]) == test_ids and lowered.test_from_corrections == len(joined), "a test image moved out"
     assert not set(after["test"]["sha256"]) & (set(after["train"]["sha256"]) | set(after["val"]["sha256"]))
     unset = hundred.preprocess(tmp_path / "off", tmp_path / "off_frozen.json", feedback_test_share=0.0)
-    assert set(processed_splits(tmp_path / "off")["test"]["image_id"]) == own_test and unset["test_from_corrections"] == 0
+    assert set(processed_splits(tmp_path / "off")["test"]["image_id"]) == own_test and unset.test_from_corrections == 0
 
 
 def test_a_frozen_correction_never_trains_even_when_it_comes_back_partial(hundred, tmp_path):

@@ -73,7 +73,7 @@ def data_preprocess(params_path: Path = ParamsOption) -> None:
 
     params = load_params(params_path)
     summary = preprocess_stage(params)
-    console.print(f"[green]Wrote {summary['splits']} images at {summary['image_size']}px[/green] to {Layout().processed}")
+    console.print(f"[green]Wrote {summary.splits} images at {summary.image_size}px[/green] to {Layout().processed}")
 
 
 @data_app.command("describe")

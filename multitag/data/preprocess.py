@@ -19,8 +19,8 @@ from multitag.data import manifest, splits
 from multitag.data.images import ImageError, decode_file, difference_hash, informative_hash
 from multitag.data.manifest import SPLITS
 from multitag.data.parallel import chunks, run_chunks
+from multitag.data.summary import ProcessedSummary
 from multitag.errors import MissingInputError, MultitagError
-from multitag.reports import write_json
 
 ROWS_PER_TASK = 32
 
@@ -37,7 +37,7 @@ class _Job:
 
 def preprocess(
     manifest_path: Path, classes_path: Path, out_dir: Path, params: PreprocessParams, frozen_test_path: Path, dataset: str = "default"
-) -> dict:
+) -> ProcessedSummary:
     """Split the validated manifest and write `<split>_x.npy`, `<split>_y.npy`, classes and manifest.
 
     `dataset` names whose frozen test set applies (splits.dataset_key); an empty split is an error.
@@ -46,7 +46,7 @@ def preprocess(
     classes = manifest.read_classes(classes_path)
     frozen = splits.read_frozen_test(frozen_test_path, dataset)
     if frozen is None:
-        splits.refuse_silent_redraw(out_dir / "summary.json", frozen_test_path, dataset)
+        splits.refuse_silent_redraw(ProcessedSummary.read(out_dir), out_dir, frozen_test_path, dataset)
     elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
     frame["split"] = splits.assign_splits(
         frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits, params.feedback_test_share
@@ -55,15 +55,15 @@ def preprocess(
     refuse_partial_outside_train(frame)
     splits.write_frozen_test(frame, frozen_test_path, dataset, test_fingerprints(frame))
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"dataset": dataset, "image_size": params.image_size, "resize": params.resize, "classes": classes, "splits": {}}
+    counts = {}
     for split in SPLITS:
         rows = frame[frame["split"] == split].reset_index(drop=True)
         write_split(rows, classes, out_dir, split, params)
-        summary["splits"][split] = len(rows)
-    summary["test_from_corrections"] = splits.corrections_in_test(frame)
+        counts[split] = len(rows)
+    summary = ProcessedSummary(dataset, params.image_size, params.resize, classes, counts, splits.corrections_in_test(frame))
     manifest.write(frame, out_dir / "manifest.parquet")
     manifest.write_classes(classes, out_dir / "classes.json")
-    write_json(out_dir / "summary.json", summary)
+    summary.write(out_dir)
     return summary
 
 

@@ -24,6 +24,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 from multitag.config import SplitRatios
 from multitag.data.manifest import FEEDBACK_SOURCE as FEEDBACK
 from multitag.data.manifest import label_matrix
+from multitag.data.summary import ProcessedSummary
 from multitag.errors import MissingInputError, MultitagError
 from multitag.reports import write_json
 
@@ -164,16 +165,17 @@ def frozen_fingerprints(path: Path) -> dict[int, str]:
     }
 
 
-def refuse_silent_redraw(summary_path: Path, frozen_test_path: Path, dataset: str) -> None:
+def refuse_silent_redraw(summary: ProcessedSummary | None, processed: Path, frozen_test_path: Path, dataset: str) -> None:
     """A dataset without a frozen set gets a new test split, unless the processed data shows it
-    was split before: then the set was lost (deleted, or never restored from DVC), and drawing
-    again would move test images into training and change every model's test numbers."""
-    if not summary_path.exists() or json.loads(summary_path.read_text()).get("dataset") != dataset:
+    was split before (`summary`, the one in `processed`): then the set was lost (deleted, or never
+    restored from DVC), and drawing again would move test images into training and change every
+    model's test numbers."""
+    if summary is None or summary.dataset != dataset:
         return
     raise MissingInputError(
-        f"{frozen_test_path} has no frozen test split for {dataset}, but {summary_path.parent} was split from it before: "
+        f"{frozen_test_path} has no frozen test split for {dataset}, but {processed} was split from it before: "
         f"restore the file (`dvc checkout {frozen_test_path}`, or from your backup) so the same photos stay in test; "
-        f"to draw a new test split on purpose, delete {summary_path.parent} first (every model's test numbers then change)"
+        f"to draw a new test split on purpose, delete {processed} first (every model's test numbers then change)"
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from multitag.data.summary import ProcessedSummary
 from multitag.layout import Layout
 from multitag.lifecycle import scores
 from multitag.lifecycle.predictor import Predictor
@@ -39,7 +40,6 @@ class TestPhotos:
 def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
     """The frozen test split at the model's own input size: the processed arrays (memory-mapped)
     when their size matches, else the test photos decoded now."""
-    import json
 
     from multitag.data.manifest import label_matrix, read
     from multitag.data.preprocess import load_split
@@ -48,8 +48,8 @@ def test_split(predictor: Predictor, layout: Layout) -> TestPhotos:
     hashes = list(test["sha256"]) if "sha256" in test else [""] * len(test)
     x_test, y_test = load_split(layout.processed, "test")
     if x_test.shape[1] == predictor.input_size:
-        summary = layout.processed / "summary.json"
-        resize = json.loads(summary.read_text()).get("resize", predictor.resize) if summary.exists() else predictor.resize
+        summary = ProcessedSummary.read(layout.processed)
+        resize = summary.resize if summary else predictor.resize
         return TestPhotos(np.asarray(y_test), x_test, hashes, resize, layout.feature_cache)
     images = np.stack([predictor.decode(Path(path).read_bytes()) for path in test["path"]])
     return TestPhotos(label_matrix(test["labels"], predictor.classes), images, hashes, predictor.resize, layout.feature_cache)

@@ -4,10 +4,11 @@ as uint8 arrays per split (data/preprocess.py)."""
 from __future__ import annotations
 
 from multitag.config import Params
+from multitag.data.summary import ProcessedSummary
 from multitag.layout import Layout
 
 
-def preprocess_stage(params: Params, layout: Layout = Layout()) -> dict:
+def preprocess_stage(params: Params, layout: Layout = Layout()) -> ProcessedSummary:
     """Split the validated manifest and write the uint8 arrays per split."""
     from multitag.data.preprocess import preprocess
     from multitag.data.splits import dataset_key

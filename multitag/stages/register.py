@@ -3,8 +3,6 @@ moved by the verdict, and the sentence every run ends with (what is served now).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from multitag.config import Params
 from multitag.layout import Layout
 from multitag.lifecycle.candidates import Candidate, Candidates
@@ -71,17 +69,13 @@ def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], ev
     data's summary, the training record, the run's evaluation and the gate's tags. A record that is
     missing (a workspace assembled by hand) leaves its part of the card empty: documentation never
     stops a registration."""
-    import json
-
     import mlflow
 
+    from multitag.data.summary import ProcessedSummary
     from multitag.lifecycle.model_card import CardFacts, model_card
     from multitag.modeling.train_record import RECORD_FILE, TrainResult
 
-    def read(path: Path) -> dict:
-        return json.loads(path.read_text()) if path.exists() else {}
-
-    data = read(layout.processed / "summary.json")
+    data = ProcessedSummary.read(layout.processed)
     model_dir = layout.models / candidate.architecture
     start = TrainResult.read(model_dir).start if (model_dir / RECORD_FILE).exists() else "cold"
     try:
@@ -95,9 +89,9 @@ def card(name: str, version: str, candidate: Candidate, tags: dict[str, str], ev
         version=str(version),
         architecture=candidate.architecture,
         run_id=candidate.run_id,
-        dataset=data.get("dataset", "not recorded"),
-        splits=data.get("splits", {}),
-        test_from_corrections=int(data.get("test_from_corrections", 0)),
+        dataset=data.dataset if data else "not recorded",
+        splits=data.splits if data else {},
+        test_from_corrections=data.test_from_corrections if data else 0,
         corrections_used=len([i for i in tags.get("feedback_ids", "").split(",") if i]),
         start=start,
         warm_start_version=tags.get("warm_start_version"),
