@@ -64,8 +64,7 @@ def test_the_architecture_trains_evaluates_and_serves_from_its_uri(architecture,
     assert evaluation.scores_test.shape == (12, len(CLASSES)) and evaluation.test["tuned"]["mAP"] is not None
 
     example = np.load(processed / "test_x.npy")[:4]
-    info = {"architecture": architecture, "parameters": result.parameters, "train_seconds": result.train_seconds}
-    _, model_uri = tracking.log_candidate(model, evaluation, info, history, example, "stretch", {})
+    _, model_uri = tracking.log_candidate(model, evaluation, result, history, example, "stretch", {})
     served = Predictor.from_uri(model_uri, runtime="keras")
     (answer,) = served.predict_bytes([encode(solid(f"{architecture}-photo", (80, 60)), "PNG")])
     assert served.info["architecture"] == architecture and list(answer.probabilities) == CLASSES
