@@ -25,6 +25,10 @@ from multitag.lifecycle import registry
 CLIENTS = 8
 SWITCHES = 3
 SWITCH_LOAD_SECONDS = float(os.environ.get("MULTITAG_SWITCH_LOAD_SECONDS", "60"))
+# Each client pauses between requests, as the scaled-out test's load does: requests are always
+# arriving around each switch, and the load leaves the other test worker a core (in a closed
+# loop, 4 clients kept one busy for the whole minute).
+CLIENT_PAUSE_S = 0.05
 
 
 def png(name: str) -> bytes:
@@ -101,6 +105,7 @@ def test_switching_the_champion_under_load_fails_no_request(registry_env, fresh_
                 outcomes[str(response.status_code)] += 1
                 if response.status_code == 200:
                     seen.append(response.json()["predictions"][0]["model_version"])
+                stop.wait(CLIENT_PAUSE_S)
 
     workers = [threading.Thread(target=load) for _ in range(4)]
     for worker in workers:
@@ -117,4 +122,5 @@ def test_switching_the_champion_under_load_fails_no_request(registry_env, fresh_
             worker.join(timeout=60)
 
     assert set(outcomes) == {"200"}, outcomes
+    assert outcomes["200"] >= 10 * SWITCH_LOAD_SECONDS, f"too little load to call it load: {outcomes}"
     assert list(dict.fromkeys(seen)) == versions  # every version served, first seen in promotion order
