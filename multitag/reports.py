@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Self
 
 
 def write_json(path: Path, payload: object) -> Path:
@@ -13,6 +15,19 @@ def write_json(path: Path, payload: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1, default=float) + "\n")
     return path
+
+
+class JsonRecord:
+    """A dataclass one stage writes as a JSON object of its fields and the next reads back: the
+    conversion every such record shares. Reading takes exactly the record's fields, so a file
+    missing one fails loudly, and keys the record does not know (a larger dict holding it) are left."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> Self:
+        return cls(**{field.name: record[field.name] for field in fields(cls)})
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:

@@ -46,7 +46,7 @@ def preprocess(
     classes = manifest.read_classes(classes_path)
     frozen = splits.read_frozen_test(frozen_test_path, dataset)
     if frozen is None:
-        splits.refuse_silent_redraw(ProcessedSummary.read(out_dir), out_dir, frozen_test_path, dataset)
+        splits.refuse_silent_redraw(out_dir, frozen_test_path, dataset)
     elsewhere = (splits.read_frozen_test(frozen_test_path) or set()) - (frozen or set())
     frame["split"] = splits.assign_splits(
         frame, classes, params.split_ratios, params.seed, frozen, elsewhere, params.keep_source_splits, params.feedback_test_share

@@ -165,11 +165,12 @@ def frozen_fingerprints(path: Path) -> dict[int, str]:
     }
 
 
-def refuse_silent_redraw(summary: ProcessedSummary | None, processed: Path, frozen_test_path: Path, dataset: str) -> None:
+def refuse_silent_redraw(processed: Path, frozen_test_path: Path, dataset: str) -> None:
     """A dataset without a frozen set gets a new test split, unless the processed data shows it
-    was split before (`summary`, the one in `processed`): then the set was lost (deleted, or never
+    was split before (its summary names the dataset): then the set was lost (deleted, or never
     restored from DVC), and drawing again would move test images into training and change every
     model's test numbers."""
+    summary = ProcessedSummary.read(processed)
     if summary is None or summary.dataset != dataset:
         return
     raise MissingInputError(

@@ -10,25 +10,22 @@ only, as a typed record (issue 24), with the JSON it always had.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from multitag.reports import write_json
+from multitag.reports import JsonRecord, write_json
 
 SUMMARY_FILE = "summary.json"  # in data/processed
 
 
 @dataclass(frozen=True)
-class ProcessedSummary:
+class ProcessedSummary(JsonRecord):
     dataset: str
     image_size: int
     resize: str
     classes: list[str]
     splits: dict[str, int]
     test_from_corrections: int
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def write(self, processed: Path) -> None:
         write_json(processed / SUMMARY_FILE, self.to_json())
@@ -39,5 +36,4 @@ class ProcessedSummary:
         path = processed / SUMMARY_FILE
         if not path.exists():
             return None
-        record = json.loads(path.read_text())
-        return cls(**{field.name: record[field.name] for field in fields(cls)})
+        return cls.from_json(json.loads(path.read_text()))

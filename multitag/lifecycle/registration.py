@@ -8,14 +8,14 @@ record (issue 24); the JSON layout is the one the stage always wrote.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from multitag.reports import write_json
+from multitag.reports import JsonRecord, write_json
 
 
 @dataclass(frozen=True)
-class Registration:
+class Registration(JsonRecord):
     """The register stage's record. `verdict` is "passed" or "failed"; `champion_version` is the
     champion after the run (None: nothing is served for this model name)."""
 
@@ -32,15 +32,11 @@ class Registration:
     def passed(self) -> bool:
         return self.verdict == "passed"
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
     @classmethod
     def from_json(cls, record: dict) -> Registration:
         """From the record's JSON, or from a larger dict that holds it (a retraining flow's result).
         A record from before the evidence line was kept reads as one without it."""
-        record = {"evidence": "", **record}
-        return cls(**{field.name: record[field.name] for field in fields(cls)})
+        return super().from_json({"evidence": "", **record})
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())

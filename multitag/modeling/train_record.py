@@ -9,16 +9,16 @@ record (issue 24), without TensorFlow: the stages that read it may not need it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from multitag.reports import write_json
+from multitag.reports import JsonRecord, write_json
 
 RECORD_FILE = "train_info.json"  # in the architecture's model folder
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(JsonRecord):
     architecture: str
     model_path: str
     input_size: int
@@ -33,13 +33,9 @@ class TrainResult:
     fine_tune_trainable_parameters: int  # what the last phase trained: a warm start must train what the recipe trains
     start: str  # cold | warm (fine-tuned from the champion) | quick (only its probe, else its head, refitted)
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
     def write(self, model_dir: Path) -> None:
         write_json(model_dir / RECORD_FILE, self.to_json())
 
     @classmethod
     def read(cls, model_dir: Path) -> TrainResult:
-        record = json.loads((model_dir / RECORD_FILE).read_text())
-        return cls(**{field.name: record[field.name] for field in fields(cls)})
+        return cls.from_json(json.loads((model_dir / RECORD_FILE).read_text()))
