@@ -594,7 +594,12 @@ def plot(report: dict, path: Path) -> None:
         for name, run in report["runs"].items():
             rows = [row for row in run["rows"] if row["kind"] in ("base", run["rows"][-1]["kind"])]
             points = [(row["photos_corrected"], value(row)) for row in rows if value(row) is not None]
-            ax.plot(*zip(*points), marker="o", markersize=3, label=name, linestyle="--" if run["corrupt"] else "-")
+            (line,) = ax.plot(*zip(*points), marker="o", markersize=3, label=name, linestyle="--" if run["corrupt"] else "-")
+            if ax is axes[0] and any("candidate_unseen" in row for row in rows):  # what the labels bought, the gate aside
+                candidates = [(row["photos_corrected"], candidate_map(row)) for row in rows]
+                ax.plot(
+                    *zip(*candidates), marker="x", markersize=4, linestyle=":", color=line.get_color(), label=f"{name}: night's candidate"
+                )
         if ax is not axes[2]:
             key = "mAP" if ax is axes[0] else "macro_f1"
             ax.axhline(report["ceiling"]["unseen"][key], color="black", linewidth=1, label="ceiling (all labels)")
@@ -626,6 +631,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work", type=Path, help="where the projects go (default: a temporary folder, removed unless --keep)")
     parser.add_argument("--keep", action="store_true", help="keep the projects and the children's logs")
     parser.add_argument("--out", type=Path, help="default bench/results/loop.json (smoke: loop-smoke.json); the PNG beside it")
+    parser.add_argument("--replot", type=Path, metavar="JSON", help="only redraw the PNG of a saved result (beside it), running nothing")
     parser.add_argument("--child", choices=["pipeline", "loop"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -645,6 +651,10 @@ def main() -> None:
     args = parse_args()
     if args.child:
         child_main(args)
+        return
+    if args.replot:
+        plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png"))
+        print(f"redrawn: {args.replot.with_suffix('.png')}")
         return
     require_shared_data()
     started = time.perf_counter()
