@@ -234,7 +234,6 @@ def test_the_nightly_run_consumes_the_queue_and_both_replicas_switch_under_load_
 
     before = {replica.url: replica.health()["model_version"] for replica in replicas}
     load = Load(replicas, stack.root / "data" / "raw" / "synthetic" / "images")
-    started = time.monotonic()
     load.start()
     try:
         registration = stack.run_deployment("nightly-retraining/nightly-retraining", {})
@@ -245,9 +244,8 @@ def test_the_nightly_run_consumes_the_queue_and_both_replicas_switch_under_load_
         time.sleep(2)  # a little load on the new version too
     finally:
         load.stop()
-    seconds = time.monotonic() - started
 
-    assert load.requests >= 5 * seconds, f"too little load to call it load: {load.requests} requests in {seconds:.0f} s"
+    assert load.requests >= 5 * load.seconds, f"too little load to call it load: {load.requests} requests in {load.seconds:.0f} s"
     assert not load.failures, f"{len(load.failures)} of {load.requests} requests failed during the switch: {load.failures[:5]}"
     for replica in replicas:
         assert load.versions[replica.url] >= {before[replica.url], new_champion}, "each replica answered with both versions"
@@ -275,12 +273,14 @@ class Load:
         self.images = [path.read_bytes() for path in sorted(images.glob("*.png"))[:8]]
         self.failures: list[str] = []
         self.requests = 0
+        self._started, self.seconds = 0.0, 0.0  # when it started; how long it ran, start to stop
         self.versions: dict[str, set[str]] = {replica.url: set() for replica in replicas}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def start(self) -> None:
+        self._started = time.monotonic()
         for thread in self._threads:
             thread.start()
 
@@ -288,6 +288,7 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=60)
+        self.seconds = time.monotonic() - self._started
 
     def _client(self, number: int) -> None:
         with httpx.Client(timeout=60) as client:
