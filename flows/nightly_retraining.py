@@ -57,12 +57,14 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
     if held:
         logger.info("held %d feedback items for review (%s): see `multitag feedback list --state held`", len(held), held_summary(held))
     pending = fb.pending_count(context)
-    owed = not quick and fb.last_retrain_was_quick(context)
+    owed = 0 if quick else fb.corrections_owed(context)
     if pending < needed and not owed:
         logger.info("nothing to do: %d pending feedback items, %d needed (retrain.min_feedback)", pending, needed)
         return {"status": "nothing to do", "pending": pending, "needed": needed, "rejected_leakage": leaked, "held": held}
     if owed:
-        logger.info("the last retraining was a quick refit: fine-tuning on the corrections it consumed (%d pending too)", pending)
+        logger.info(
+            "fine-tuning on the %d correction(s) quick refits consumed since the last full retraining (%d pending too)", owed, pending
+        )
     run_id = flow_run.get_id() or "local"
     with exclusive_run(f"{kind} retraining flow"), owning_export(run_id):
         fb.claim(context, run_id)
@@ -101,6 +103,7 @@ def retrain(params_path: str, min_feedback: int | None, quick: bool) -> dict:
         "status": "retrained",
         "kind": kind,
         "feedback_ids": used,
+        "owed": owed,
         "rejected_leakage": leaked,
         "held": held,
         "rejected_invalid": invalid,
@@ -120,7 +123,9 @@ def outcome(result: dict) -> str:
         )
     rejected = len(result["rejected_invalid"]) + len(result["rejected_leakage"])
     rejected_note = f"; {rejected} rejected (invalid, or in the test split)" if rejected else ""
-    trained = f"{result['kind'].capitalize()} retraining trained on {len(result['feedback_ids'])} correction(s){held_note}{rejected_note}."
+    owed = result.get("owed") or 0
+    owed_note = f", and fine-tuned on the {owed} a quick refit trained only its cheap member on" if owed else ""
+    trained = f"{result['kind'].capitalize()} retraining trained on {len(result['feedback_ids'])} new correction(s){owed_note}{held_note}{rejected_note}."
     return f"{trained}\n{outcome_message(Registration.from_json(result))}"
 
 

@@ -76,15 +76,19 @@ def reject_invalid(context: RunContext, run_id: str) -> dict[int, str]:
 
 
 @task(**QUEUE_TASK)
-def last_retrain_was_quick(context: RunContext) -> bool:
-    """Whether the newest retrained version came from the quick path, promoted or not: its
-    corrections are consumed, but no network has fine-tuned on them yet, so the nightly owes them a
-    full retrain. A full retrain registers a newer version (even one the gate refuses), which
+def corrections_owed(context: RunContext) -> int:
+    """How many corrections the quick refits since the newest full retraining consumed, promoted or
+    not (0: none): they are consumed, but no network has fine-tuned on them yet, so the nightly owes
+    them a full retrain. A full retrain registers a newer version (even one the gate refuses), which
     settles the debt: a refused attempt is not retried every night for nothing."""
     from multitag.lifecycle import registry
 
-    retrained = [v for v in registry.list_versions(context.task) if RETRAIN_TAG in v.tags]
-    return bool(retrained) and retrained[0].tags[RETRAIN_TAG] == "quick"  # list_versions: newest first
+    owed = 0
+    for version in (v for v in registry.list_versions(context.task) if RETRAIN_TAG in v.tags):  # newest first
+        if version.tags[RETRAIN_TAG] != "quick":
+            break
+        owed += len([i for i in version.tags.get("feedback_ids", "").split(",") if i])
+    return owed
 
 
 @dataclass(frozen=True)

@@ -416,7 +416,7 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
         assert new_champion.version == result["champion_version"] != champion
         assert new_champion.tags["feedback_ids"] == ",".join(map(str, pending)) and new_champion.tags["retrain"] == "quick"
         said = outcome(result)  # what `multitag retrain --quick` ends with
-        assert said.startswith(f"Quick retraining trained on {len(pending)} correction(s)")
+        assert said.startswith(f"Quick retraining trained on {len(pending)} new correction(s)")
         assert f"Served now: models:/multitag@champion (version {new_champion.version})" in said
         trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
         assert trained["start"] == "quick" and trained["fine_tune_trainable_parameters"] == 0, "only the cheap member was refitted"
@@ -435,6 +435,8 @@ def test_corrections_sent_to_the_api_retrain_a_champion_the_api_then_serves(proj
     assert owed["status"] == "retrained" and owed["kind"] == "full" and owed["feedback_ids"] == [], (
         "with nothing pending, the nightly still fine-tunes a quick refit on what it learned from"
     )
+    assert owed["owed"] == len(pending)
+    assert outcome(owed).startswith(f"Full retraining trained on 0 new correction(s), and fine-tuned on the {len(pending)} a quick refit")
     trained = json.loads((root / "models" / new_champion.tags["architecture"] / "train_info.json").read_text())
     assert trained["start"] == "warm"
 
