@@ -126,8 +126,9 @@ class GateParams(BaseModel, extra="forbid"):
     min_mAP: float | None = Field(None, ge=0, le=1)
     min_macro_f1: float | None = Field(None, ge=0, le=1)
     baselines: list[Literal["class_prior", "probe"]] = ["class_prior", "probe"]
-    # A gain of a metric in [0, 1] lies in [-1, 1]: below 0 is a non-inferiority margin, -1 never refuses on the gain.
-    min_improvement: float = Field(0.005, ge=-1, le=1)
+    # A gain of a metric in [0, 1] lies in [-1, 1]: 0 = at least the champion's score (docs/DECISIONS.md, "The gate's
+    # margin"); below 0 is a non-inferiority margin, -1 never refuses on the gain.
+    min_improvement: float = Field(0.0, ge=-1, le=1)
     require_confident_gain: bool = False  # promote only when the gain's bootstrap interval's lower bound clears min_improvement
     max_class_regression: float = Field(0.1, ge=0)
     allow_dropping_classes: bool = False  # a candidate that tags fewer of the champion's classes may replace it

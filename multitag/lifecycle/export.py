@@ -35,8 +35,9 @@ RECORD_FILE = "parity.json"
 # networks in training mode: dropout, batch statistics) was off by 0.16 to 0.75. 1e-4 keeps a 30x
 # margin over the noise and can change a label only for a score within 1e-4 of its threshold.
 MAX_SCORE_DIFFERENCE = 1e-4
-# Per class, below the smallest mAP gain the gate counts as an improvement (gate.min_improvement
-# defaults to 0.005): the export may never differ from the model by what the gate calls a change.
+# Per class: a quarter of the noise of a class's AP on a few hundred test photos (the gate's bootstrap
+# interval of the mAP gain is about +-0.03 there), and 3-4 orders of magnitude over what float32
+# rounding moves (the score differences above): an export this close ranks like the model.
 MAX_AP_DIFFERENCE = 0.005
 
 CONVERTED = "converted"
