@@ -131,6 +131,9 @@ class GateParams(BaseModel, extra="forbid"):
     min_improvement: float = Field(0.0, ge=-1, le=1)
     require_confident_gain: bool = False  # promote only when the gain's bootstrap interval's lower bound clears min_improvement
     max_class_regression: float = Field(0.1, ge=0)
+    # A class with fewer test positives cannot refuse on its AP drop (reported instead): with 2-3 positives one
+    # photo moving a few ranks moves AP by more than max_class_regression (docs/DECISIONS.md, "The gate's margin").
+    min_class_positives: int = Field(8, ge=0)
     allow_dropping_classes: bool = False  # a candidate that tags fewer of the champion's classes may replace it
     smoke_latency_ms: float = Field(2000, gt=0)
     register_failed_as_challenger: bool = True

@@ -4,10 +4,21 @@ change is named in the verdict."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 
 from multitag.config import GateParams
-from multitag.lifecycle.policy import CandidateScores, ChampionScores, baseline_checks, class_list_change, decide, floor_checks
+from multitag.lifecycle.policy import (
+    CandidateScores,
+    ChampionScores,
+    baseline_checks,
+    class_list_change,
+    decide,
+    decision_rule,
+    floor_checks,
+)
 from multitag.modeling.baselines import Baseline, class_prior_scores, mean_ap
 
 
@@ -85,6 +96,29 @@ def test_with_a_champion_the_candidate_must_gain_the_margin_and_lose_no_class():
     dog_drops = decide(candidate, _champion(0.75, 0.70, {"cat": 0.95, "dog": 0.55}, {"cat": 0.7, "dog": 0.7}), params, "mAP")
     assert not dog_drops.passed and list(dog_drops.class_regressions) == ["dog"]
     assert dog_drops.reasons == ["AP dropped more than 0.10 on: dog (0.150)"]
+
+
+def test_a_class_drop_refuses_only_where_the_test_split_has_the_positives_to_show_it():
+    """Issue 21's journeys: diningtable, 2-3 test positives, "dropped" 0.14-0.16 AP on candidates
+    better on unseen photos; one photo moving a few ranks does that."""
+    params = GateParams(max_class_regression=0.1, min_class_positives=8)
+    candidate = CandidateScores({"mAP": 0.9}, [], SMOKE_OK)
+    drops = ChampionScores(
+        "3",
+        "same classes",
+        {"mAP": 0.71},
+        {"mAP": 0.70},
+        {"cat": 0.80, "dog": 0.55},
+        {"cat": 0.70, "dog": 0.70},
+        None,
+        (),
+        {"cat": 40, "dog": 3},
+    )
+    few = decide(candidate, drops, params, "mAP")
+    assert few.passed and few.class_regressions == {} and few.unjudged_drops == {"dog": pytest.approx(0.15)}
+    enough = decide(candidate, replace(drops, test_positives={"cat": 40, "dog": 8}), params, "mAP")
+    assert not enough.passed and enough.class_regressions == {"dog": pytest.approx(0.15)} and enough.unjudged_drops == {}
+    assert "8+ test positives" in decision_rule(params, "mAP", drops)
 
 
 def test_a_champion_with_no_class_in_common_fails_with_what_to_do():

@@ -46,6 +46,7 @@ class Verdict:
     checks: dict[str, bool]
     reasons: list[str]
     class_regressions: dict[str, float] = field(default_factory=dict)
+    unjudged_drops: dict[str, float] = field(default_factory=dict)  # AP drops on classes with too few test positives to judge
     smoke: dict = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     task: str = "first model"
@@ -185,6 +186,7 @@ def judge(
         checks=decision.checks,
         reasons=decision.reasons,
         class_regressions=decision.class_regressions,
+        unjudged_drops=decision.unjudged_drops,
         smoke=measured.smoke if measured.smoke is not None else {"ok": None, "error": SMOKE_NOT_RUN},
         baselines=decision.baseline_scores,
         task=comparison.task if comparison else "first model",
@@ -254,6 +256,7 @@ def compare_with_champion(
         dict(zip(shared, map(float, their_ap))),
         interval,
         dropped,
+        dict(zip(shared, map(int, (y_shared == 1).sum(axis=0)))),
     )
 
 

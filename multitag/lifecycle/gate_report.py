@@ -27,6 +27,7 @@ def verdict_markdown(verdict: Verdict) -> str:
             ((k, f"{v:.4f}", f"{(verdict.champion or {}).get(k, float('nan')):.4f}") for k, v in verdict.candidate.items()),
         ),
         "",
+        *_unjudged_lines(verdict.unjudged_drops),
         *_baseline_lines(verdict.baselines),
         "Reasons: " + ("; ".join(verdict.reasons) or "all checks passed"),
         *(["", verdict.export.summary()] if verdict.export else []),
@@ -43,6 +44,13 @@ def _gain_lines(verdict: Verdict) -> list[str]:
         f"[{interval.low:+.4f}, {interval.high:+.4f}] (paired bootstrap: {interval.resamples} resamples of the "
         f"{interval.n_images} test photos, the same for both models)"
     ]
+
+
+def _unjudged_lines(drops: dict[str, float]) -> list[str]:
+    if not drops:
+        return []
+    listed = ", ".join(f"{name} (-{drop:.3f})" for name, drop in drops.items())
+    return [f"AP drops not judged (too few test positives; gate.min_class_positives): {listed}", ""]
 
 
 def _baseline_lines(baselines: dict[str, float]) -> list[str]:
