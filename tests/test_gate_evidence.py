@@ -6,6 +6,8 @@ tiny processed test split with stand-in models (no Keras model, no registry)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -203,3 +205,16 @@ def test_a_first_model_s_report_shows_its_photos_and_its_own_rule(tmp_path, monk
     assert "- judged on: 40 frozen test photos, 5 of them users' corrections" in report and "gain over the champion" not in report
     assert "- decision rule: a first model: promote when its mAP beats every baseline" in report
     assert verdict.evidence().startswith("judged on 40 test photos (5 from users' corrections); rule: a first model")
+
+
+def test_the_report_lists_the_class_drops_too_few_test_positives_could_judge():
+    from multitag.lifecycle.gate import Verdict
+    from multitag.lifecycle.gate_report import verdict_markdown
+
+    checks = {"beats_champion": True, "no_class_regression": True}
+    verdict = Verdict(
+        passed=True, candidate_uri="c", champion_version="1", primary_metric="mAP", candidate={}, champion={}, checks=checks, reasons=[]
+    )
+    assert "not judged" not in verdict_markdown(verdict)
+    unjudged = replace(verdict, unjudged_drops={"diningtable": 0.139})
+    assert "AP drops not judged (too few test positives; gate.min_class_positives): diningtable (-0.139)" in verdict_markdown(unjudged)
