@@ -481,8 +481,8 @@ def evaluate_targets(report: dict) -> list[dict]:
     runs = report["runs"]
     clean = {name: run for name, run in runs.items() if not run["corrupt"]}
     targets = []
-    for name, run in clean.items() if report["ceiling"] else ():
-        ceiling = report["ceiling"]["unseen"]["mAP"]
+    ceiling = report["ceiling"]["unseen"]["mAP"] if report["ceiling"] else None
+    for name, run in clean.items() if ceiling is not None else ():
         final = last(run)["unseen"]["mAP"]
         targets.append(
             {
@@ -497,8 +497,8 @@ def evaluate_targets(report: dict) -> list[dict]:
             label_efficiency(clean, report["base"]["unseen"]["mAP"], candidate_map, "unseen mAP of each night's candidate, the gate aside")
         )
     costs = corruption_costs(report)
+    share = next((run["corrupt"] for run in runs.values() if run["corrupt"]), 0.0)
     for what, cost in costs.items():
-        share = next(run["corrupt"] for run in runs.values() if run["corrupt"])
         targets.append(
             {
                 "target": f"{share:.0%} corrupted corrections cost under {SCREEN_COST_SHARE:.0%} of the {what} with the screen on as with it off",
@@ -529,10 +529,8 @@ def summarize(paths: list[Path]) -> None:
     """The corruption costs of several saved draws side by side, and their mean: one draw's cost is
     within the unseen set's noise, the paired difference over draws is what can show one."""
     table = {path: corruption_costs(json.loads(path.read_text())) for path in paths}
-    for what in ("unseen mAP as served", "unseen mAP of the final candidate"):
+    for what in dict.fromkeys(what for costs in table.values() for what in costs):  # the curves, in corruption_costs' order
         rows = [(path, costs[what]) for path, costs in table.items() if what in costs]
-        if not rows:
-            continue
         print(f"corruption cost, {what}:")
         for path, cost in rows:
             print(f"  {path.name:32s} screen on {cost[True]:+.4f}   screen off {cost[False]:+.4f}")

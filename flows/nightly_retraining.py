@@ -123,7 +123,7 @@ def outcome(result: dict) -> str:
         )
     rejected = len(result["rejected_invalid"]) + len(result["rejected_leakage"])
     rejected_note = f"; {rejected} rejected (invalid, or in the test split)" if rejected else ""
-    owed = result.get("owed") or 0
+    owed = result["owed"]
     owed_note = f", and fine-tuned on the {owed} a quick refit trained only its cheap member on" if owed else ""
     trained = f"{result['kind'].capitalize()} retraining trained on {len(result['feedback_ids'])} new correction(s){owed_note}{held_note}{rejected_note}."
     return f"{trained}\n{outcome_message(Registration.from_json(result))}"

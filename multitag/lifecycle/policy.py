@@ -5,8 +5,8 @@ The gate (gate.py) measures; this module decides. Checks: (a) the user's optiona
 floors, (b) beats the champion by `gate.min_improvement` on the primary metric (with
 `gate.require_confident_gain`, the lower bound of the gain's paired-bootstrap interval must clear
 it too: the gain is then unlikely to be luck of the test draw), (c) no class's AP drops by more
-than `gate.max_class_regression` (judged on classes with `gate.min_class_positives` test positives), (d) the serving smoke test passed within the latency budget
-(run only for a candidate that passes (a)-(c): `needs_serving_checks`).
+than `gate.max_class_regression` (judged on classes with `gate.min_class_positives` test
+positives), (d) the serving smoke test passed within the latency budget (run only for a candidate that passes (a)-(c): `needs_serving_checks`).
 With no champion yet, (b) and (c) become: beats each baseline that could be scored (class prior,
 frozen-feature probe), which needs no hand-set number.
 
